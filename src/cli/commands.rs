@@ -1,0 +1,177 @@
+//! What each command does on the CLI side: ask the daemon, or, for `save`
+//! and `forget` when no daemon runs, edit the state file under its lock.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{Action, EXIT_NOT_RUNNING};
+use crate::config::Config;
+use crate::control::client::{self, NotRunning};
+use crate::control::{Reply, Request};
+use crate::daemon::{self, ConfigSource};
+use crate::events::DiskRow;
+use crate::state::{self, State, StateLock};
+
+pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitCode> {
+    if action == Action::Daemon {
+        daemon::run(ConfigSource { path: config_path, explicit })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::load(&config_path, explicit)?;
+    match action {
+        Action::Daemon => unreachable!("handled above"),
+        Action::Save { uuid, name } => {
+            // Checked here too, so that a typo is reported the same way with or without a daemon.
+            let uuid = state::check_uuid(&uuid)?;
+            state::check_name(&name)?;
+            edit(&config, Request::Save { uuid: uuid.clone(), name: name.clone() }, |s| {
+                let outcome = s.save_disk(&uuid, &name)?;
+                Ok(daemon::saved_message(&outcome, &uuid, &name))
+            })
+        }
+        Action::Forget { uuid } => {
+            let uuid = state::check_uuid(&uuid)?;
+            edit(&config, Request::Forget { uuid: uuid.clone() }, |s| {
+                Ok(daemon::forgotten_message(&s.forget_disk(&uuid)?))
+            })
+        }
+        Action::Register { fifo } => {
+            let fifo = std::path::absolute(&fifo).unwrap_or(fifo);
+            print_reply(client::send(&config, &Request::Register { path: fifo })?)
+        }
+        Action::Unregister { fifo } => {
+            let fifo = std::path::absolute(&fifo).unwrap_or(fifo);
+            print_reply(client::send(&config, &Request::Unregister { path: fifo })?)
+        }
+        Action::Plug { device } => print_reply(client::send(&config, &Request::Plug { device })?),
+        Action::Unplug { device } => print_reply(client::send(&config, &Request::Unplug { device })?),
+        Action::Stop => print_reply(client::send(&config, &Request::Stop)?),
+        Action::Disks { json } => disks(&config, json),
+        Action::Status { json } => status(&config, json),
+        Action::Watch { json } => super::watch::run(&config, json),
+    }
+}
+
+/// Sends a state edit to the daemon, or applies it to the state file
+/// directly (under the lock) when no daemon runs.
+fn edit(
+    config: &Config,
+    request: Request,
+    apply: impl FnOnce(&mut State) -> Result<String>,
+) -> Result<ExitCode> {
+    match client::send(config, &request) {
+        Ok(reply) => print_reply(reply),
+        Err(e) if e.is::<NotRunning>() => {
+            let _lock = StateLock::acquire(&config.state_dir, Duration::from_secs(10))?;
+            let path = config.state_path();
+            let mut state = State::load(&path)?;
+            let message = apply(&mut state)?;
+            state.store(&path)?;
+            println!("{message} (daemon not running: state file {} updated)", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn print_reply(reply: Reply) -> Result<ExitCode> {
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_else(|| "the daemon refused the command".into()));
+    }
+    if let Some(m) = reply.message {
+        println!("{m}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn disks(config: &Config, json: bool) -> Result<ExitCode> {
+    // The daemon knows which disks are connected; without it the state file
+    // still tells what is known.
+    let (rows, live): (Vec<DiskRow>, bool) = match client::send(config, &Request::Disks) {
+        Ok(reply) if reply.ok => {
+            let data = reply.data.context("the daemon's disks reply has no data")?;
+            (
+                serde_json::from_value(data["disks"].clone())
+                    .context("the daemon's disks reply is not valid")?,
+                true,
+            )
+        }
+        Ok(reply) => bail!("{}", reply.error.unwrap_or_default()),
+        Err(e) if e.is::<NotRunning>() => {
+            let state = State::load(&config.state_path())?;
+            (state.disks.iter().map(|d| DiskRow::new(d, false)).collect(), false)
+        }
+        Err(e) => return Err(e),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "disks": rows, "daemon_running": live }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("No known disks. Remember one with: tetras-back save UUID NAME");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<16} {:<36} {:<9} {:<19} LAST BACKUP", "NAME", "UUID", "CONNECTED", "LAST SEEN");
+    for r in &rows {
+        let connected = match (live, r.connected) {
+            (false, _) => "?",
+            (true, true) => "yes",
+            (true, false) => "no",
+        };
+        let when = |t: Option<chrono::DateTime<chrono::Local>>| {
+            t.map_or("never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        };
+        let backup = match &r.last_backup {
+            None => "never".to_owned(),
+            Some(status) => format!("{status} ({})", when(r.last_backup_finished)),
+        };
+        println!("{:<16} {:<36} {:<9} {:<19} {backup}", r.name, r.uuid, connected, when(r.last_seen));
+    }
+    if !live {
+        println!("(the daemon is not running: connection state unknown)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(config: &Config, json: bool) -> Result<ExitCode> {
+    let reply = match client::send(config, &Request::Status) {
+        Ok(r) => r,
+        Err(e) if e.is::<NotRunning>() => {
+            if json {
+                println!("{}", serde_json::json!({ "running": false }));
+            } else {
+                println!("tetras-back daemon: not running ({e})");
+            }
+            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+        }
+        Err(e) => return Err(e),
+    };
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_default());
+    }
+    let mut data = reply.data.unwrap_or_default();
+    if json {
+        data["running"] = true.into();
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = |k: &str| match &data[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let uptime = Duration::from_secs(data["uptime_secs"].as_u64().unwrap_or(0));
+    println!("tetras-back daemon: running (pid {}, up {})", s("pid"), humantime::format_duration(uptime));
+    println!("activity:    {}", s("activity"));
+    println!("config:      {}", s("config"));
+    println!("state:       {}", s("state_dir"));
+    println!("scripts:     {}", s("scripts"));
+    println!("known disks: {}   subscribers: {}", s("known_disks"), s("subscribers"));
+    Ok(ExitCode::SUCCESS)
+}

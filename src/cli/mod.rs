@@ -1,0 +1,274 @@
+//! The command line: the legacy flags of the Perl Tetras-back
+//! (`--save UUID=name`, `--plug /dev/sdb1`, ...) and the modern subcommands,
+//! both turned into one [`Action`] so that clap's types stop here.
+
+mod commands;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config;
+
+/// Exit code of a command that needs the daemon when it is not running
+/// (the code `systemctl status` uses for an inactive unit).
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tetras-back",
+    version,
+    about = "Back up this server onto known USB disks when they are plugged in",
+    long_about = "Back up this server onto known USB disks when they are plugged in.\n\n\
+        Remember a disk once with `tetras-back save UUID NAME` (or the original's \
+        `--save UUID=NAME`); from then on the daemon backs the server up whenever that \
+        disk is plugged in, unmounts it and says when it is safe to remove.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  tetras-back --save 0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f=office\n  \
+        tetras-back disks\n  tetras-back watch"
+)]
+struct Cli {
+    /// Configuration file
+    #[arg(long, global = true, value_name = "PATH", env = "TETRAS_BACK_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// More log output (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+
+    #[command(flatten)]
+    legacy: Legacy,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The original's flags, kept exactly.
+#[derive(Args, Debug)]
+#[group(multiple = false)]
+struct Legacy {
+    /// Remember a disk by filesystem UUID under a name (as `save`)
+    #[arg(long, value_name = "UUID=NAME")]
+    save: Option<String>,
+    /// Forget a disk (as `forget`)
+    #[arg(long, value_name = "UUID")]
+    forget: Option<String>,
+    /// Send events to this FIFO (as `register`)
+    #[arg(long, value_name = "FIFO")]
+    register: Option<PathBuf>,
+    /// Stop sending events to this FIFO (as `unregister`)
+    #[arg(long, value_name = "FIFO")]
+    unregister: Option<PathBuf>,
+    /// Act as if this device was plugged in (as `plug`)
+    #[arg(long, value_name = "DEV")]
+    plug: Option<PathBuf>,
+    /// Act as if this device was removed (as `unplug`)
+    #[arg(long, value_name = "DEV")]
+    unplug: Option<PathBuf>,
+    /// Run the daemon in the foreground (as `daemon`)
+    #[arg(long)]
+    start: bool,
+    /// Stop the running daemon (as `stop`)
+    #[arg(long)]
+    stop: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon in the foreground (what the systemd unit starts)
+    #[command(after_help = "Example:\n  tetras-back daemon -v")]
+    Daemon,
+    /// Remember a disk: back it up whenever it is plugged in
+    #[command(after_help = "Example (the UUID is the filesystem's, as `blkid` shows it):\n  \
+        tetras-back save 0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f office\n\n\
+        Saving a known UUID under another name renames it. Works with or without the daemon.")]
+    Save {
+        /// Filesystem UUID
+        uuid: String,
+        /// Name: 1 to 64 characters from A-Z a-z 0-9 . _ -
+        name: String,
+    },
+    /// Forget a disk
+    #[command(after_help = "Example:\n  tetras-back forget 0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f")]
+    Forget {
+        /// Filesystem UUID of a known disk
+        uuid: String,
+    },
+    /// Send events, one JSON line each, to an existing FIFO
+    #[command(
+        after_help = "Example:\n  mkfifo /run/my-notifier.fifo && tetras-back register /run/my-notifier.fifo"
+    )]
+    Register {
+        /// Absolute path of the FIFO
+        fifo: PathBuf,
+    },
+    /// Stop sending events to a FIFO
+    #[command(after_help = "Example:\n  tetras-back unregister /run/my-notifier.fifo")]
+    Unregister {
+        /// Absolute path of the FIFO
+        fifo: PathBuf,
+    },
+    /// Act as if a block device was plugged in
+    #[command(after_help = "Example:\n  tetras-back plug /dev/sdb1")]
+    Plug {
+        /// Block device
+        device: PathBuf,
+    },
+    /// Act as if a block device was removed
+    #[command(after_help = "Example:\n  tetras-back unplug /dev/sdb1")]
+    Unplug {
+        /// Block device
+        device: PathBuf,
+    },
+    /// Stop the running daemon
+    #[command(after_help = "Example:\n  tetras-back stop")]
+    Stop,
+    /// List the known disks, whether they are connected, and their last backup
+    #[command(after_help = "Example:\n  tetras-back disks --json")]
+    Disks {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say whether the daemon runs and what it is doing
+    #[command(after_help = "Example:\n  tetras-back status\n\nExit code 3: the daemon is not running.")]
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print events live until Ctrl-C
+    #[command(after_help = "Example:\n  tetras-back watch --json | jq .\n\n\
+        Registers a temporary FIFO with the daemon and removes it on exit.")]
+    Watch {
+        /// Print the raw JSON lines
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What to do, with the CLI's syntax gone.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    Daemon,
+    Save { uuid: String, name: String },
+    Forget { uuid: String },
+    Register { fifo: PathBuf },
+    Unregister { fifo: PathBuf },
+    Plug { device: PathBuf },
+    Unplug { device: PathBuf },
+    Stop,
+    Disks { json: bool },
+    Status { json: bool },
+    Watch { json: bool },
+}
+
+impl Cli {
+    fn action(self) -> Result<Action, String> {
+        let l = self.legacy;
+        if let Some(command) = self.command {
+            return Ok(match command {
+                Command::Daemon => Action::Daemon,
+                Command::Save { uuid, name } => Action::Save { uuid, name },
+                Command::Forget { uuid } => Action::Forget { uuid },
+                Command::Register { fifo } => Action::Register { fifo },
+                Command::Unregister { fifo } => Action::Unregister { fifo },
+                Command::Plug { device } => Action::Plug { device },
+                Command::Unplug { device } => Action::Unplug { device },
+                Command::Stop => Action::Stop,
+                Command::Disks { json } => Action::Disks { json },
+                Command::Status { json } => Action::Status { json },
+                Command::Watch { json } => Action::Watch { json },
+            });
+        }
+        Ok(if let Some(arg) = l.save {
+            let (uuid, name) =
+                arg.split_once('=').ok_or_else(|| format!("--save expects UUID=NAME, got {arg:?}"))?;
+            Action::Save { uuid: uuid.to_owned(), name: name.to_owned() }
+        } else if let Some(uuid) = l.forget {
+            Action::Forget { uuid }
+        } else if let Some(fifo) = l.register {
+            Action::Register { fifo }
+        } else if let Some(fifo) = l.unregister {
+            Action::Unregister { fifo }
+        } else if let Some(device) = l.plug {
+            Action::Plug { device }
+        } else if let Some(device) = l.unplug {
+            Action::Unplug { device }
+        } else if l.start {
+            Action::Daemon
+        } else if l.stop {
+            Action::Stop
+        } else {
+            return Err("no command given; see `tetras-back --help`".into());
+        })
+    }
+}
+
+/// Parses the command line, runs the command, prints any error once.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let (config_path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_PATH), false),
+    };
+    let verbose = cli.verbose;
+    let action = match cli.action() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tetras-back: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(verbose, action == Action::Daemon);
+    match commands::run(action, config_path, explicit) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<crate::control::client::NotRunning>().is_some() {
+                eprintln!("tetras-back: {e}");
+                return ExitCode::from(EXIT_NOT_RUNNING);
+            }
+            eprintln!("tetras-back: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(args: &[&str]) -> Result<Action, String> {
+        let cli = Cli::try_parse_from(std::iter::once("tetras-back").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.action()
+    }
+
+    #[test]
+    fn legacy_flags_and_subcommands_mean_the_same() {
+        let u = "0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f";
+        assert_eq!(action(&["--save", &format!("{u}=office")]), action(&["save", u, "office"]));
+        assert_eq!(action(&["--forget", u]), action(&["forget", u]));
+        assert_eq!(action(&["--register", "/f"]), action(&["register", "/f"]));
+        assert_eq!(action(&["--unregister", "/f"]), action(&["unregister", "/f"]));
+        assert_eq!(action(&["--plug", "/dev/sdb1"]), action(&["plug", "/dev/sdb1"]));
+        assert_eq!(action(&["--unplug", "/dev/sdb1"]), action(&["unplug", "/dev/sdb1"]));
+        assert_eq!(action(&["--start"]), Ok(Action::Daemon));
+        assert_eq!(action(&["--stop"]), Ok(Action::Stop));
+    }
+
+    #[test]
+    fn malformed_legacy_use_is_refused() {
+        assert!(action(&["--save", "no-equals-sign"]).unwrap_err().contains("UUID=NAME"));
+        assert!(action(&["--save", "a=b", "--forget", "c"]).is_err(), "two legacy actions at once");
+        assert!(action(&[]).unwrap_err().contains("no command"));
+    }
+
+    #[test]
+    fn config_flag_is_global() {
+        let cli = Cli::try_parse_from(["tetras-back", "disks", "--config", "/tmp/c.toml"]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("/tmp/c.toml")));
+    }
+}

@@ -1,0 +1,136 @@
+//! `tetras-back watch`: follow the daemon's events on a temporary FIFO.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::Value;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::control::client;
+use crate::control::Request;
+use crate::fifo::{self, Line, LineReader};
+
+/// The watch FIFO: unregistered and removed on the way out, however we leave.
+struct Registration<'a> {
+    config: &'a Config,
+    path: PathBuf,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        // The daemon may be gone already; the FIFO goes in any case, and a
+        // daemon that still lists it drops it at its next event.
+        let _ = client::send(self.config, &Request::Unregister { path: self.path.clone() });
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+pub fn run(config: &Config, json: bool) -> Result<ExitCode> {
+    if !client::daemon_running(config) {
+        return Err(client::NotRunning { control: config.control_path() }.into());
+    }
+    let path = config.replies_dir().join(format!("watch-{}", std::process::id()));
+    fifo::create(&path, 0o600)?;
+    // Opened read-write before registering: the daemon's first write (the
+    // disk table) finds a reader, and we never see EOF between events.
+    let mut reader = match fifo::open_reader(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    let (mut sig_rx, sig_tx) = UnixStream::pair()?;
+    for s in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::low_level::pipe::register(s, sig_tx.try_clone()?)?;
+    }
+    let registration = Registration { config, path: path.clone() };
+    let reply = client::send(config, &Request::Register { path })?;
+    if !reply.ok {
+        anyhow::bail!("{}", reply.error.unwrap_or_default());
+    }
+    if !json {
+        eprintln!("Watching tetras-back events (Ctrl-C to stop)...");
+    }
+
+    let mut lines = LineReader::default();
+    let stdout = std::io::stdout();
+    loop {
+        let mut fds =
+            [PollFd::new(reader.as_fd(), PollFlags::POLLIN), PollFd::new(sig_rx.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll failed"),
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            let _ = sig_rx.read(&mut [0u8; 16]);
+            break;
+        }
+        for line in lines.read_from(&mut reader)?.unwrap_or_default() {
+            let Line::Complete(bytes) = line else { continue };
+            let mut out = stdout.lock();
+            let printed = if json {
+                out.write_all(&bytes).and_then(|_| out.write_all(b"\n"))
+            } else {
+                match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(v) => writeln!(out, "{}", describe(&v)),
+                    Err(_) => writeln!(out, "(unreadable event) {}", String::from_utf8_lossy(&bytes)),
+                }
+            };
+            // A closed stdout (`watch | head`) ends the watch.
+            if printed.and_then(|_| out.flush()).is_err() {
+                drop(registration);
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    drop(registration);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One human-readable line for an event.
+fn describe(v: &Value) -> String {
+    let s = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
+    let time = v["time"].as_str().and_then(|t| t.get(11..19)).unwrap_or("--:--:--");
+    let event = s("event");
+    let text = match event.as_str() {
+        "disks" => {
+            let disks = v["disks"].as_array().cloned().unwrap_or_default();
+            let names: Vec<String> = disks
+                .iter()
+                .map(|d| {
+                    let mark = if d["connected"].as_bool() == Some(true) { " (connected)" } else { "" };
+                    format!("{}{mark}", d["name"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            format!("{} known disk(s): {}", disks.len(), names.join(", "))
+        }
+        "disk_saved" => match v["renamed_from"].as_str() {
+            Some(from) => format!("disk {} renamed {} (was {from})", s("uuid"), s("name")),
+            None => format!("disk {} saved as {}", s("uuid"), s("name")),
+        },
+        "disk_forgotten" => format!("disk {} ({}) forgotten", s("name"), s("uuid")),
+        "daemon_stopping" => "the daemon is stopping".into(),
+        _ => {
+            // Events this build does not know yet: show their fields.
+            let mut fields: Vec<String> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !matches!(k.as_str(), "event" | "seq" | "time"))
+                .map(|(k, val)| format!("{k}={}", val.as_str().map_or(val.to_string(), str::to_owned)))
+                .collect();
+            fields.sort();
+            fields.join(" ")
+        }
+    };
+    format!("{time}  {event:<16} {text}")
+}

@@ -1,0 +1,402 @@
+//! The administrator's configuration: `/etc/tetras-back/tetras-back.toml`.
+//!
+//! Loading happens in two stages, as in zincati: serde reads the file into
+//! `Raw*` structs that reject unknown keys, then `validate` turns them into a
+//! [`Config`] the rest of the program trusts (absolute paths, parsed
+//! durations, known enum values). Every error names the file and the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the configuration lives unless `--config` or `TETRAS_BACK_CONFIG` say otherwise.
+pub const DEFAULT_PATH: &str = "/etc/tetras-back/tetras-back.toml";
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (`None`: built-in defaults, no file present).
+    pub source: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub mount_dir: PathBuf,
+    pub scripts_dir: PathBuf,
+    pub filesystems: Vec<String>,
+    pub scripts: Vec<Script>,
+    pub mail: Mail,
+}
+
+/// One entry of `[[scripts]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Script {
+    pub name: String,
+    pub args: Vec<String>,
+    pub timeout: Duration,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mail {
+    pub to: String,
+    pub when: MailWhen,
+    pub transport: MailTransport,
+    pub sendmail_path: PathBuf,
+    pub smtp: Option<Smtp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailWhen {
+    Always,
+    Failure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    Sendmail,
+    Smtp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+/// A configuration error: the file, the key (when one is to blame) and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{}`: {}", self.file.display(), key, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    mount_dir: Option<PathBuf>,
+    scripts_dir: Option<PathBuf>,
+    filesystems: Option<Vec<String>>,
+    scripts: Option<Vec<RawScript>>,
+    mail: Option<RawMail>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScript {
+    name: String,
+    #[serde(default)]
+    args: Vec<String>,
+    timeout: Option<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    to: Option<String>,
+    when: Option<MailWhen>,
+    transport: Option<MailTransport>,
+    sendmail_path: Option<PathBuf>,
+    smtp: Option<RawSmtp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// Filesystem types the daemon mounts unless told otherwise.
+pub const DEFAULT_FILESYSTEMS: &[&str] = &["ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "exfat", "ntfs3"];
+/// How long a script may run unless its entry says otherwise.
+pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+
+impl Config {
+    /// Loads the configuration named on the command line or in the environment.
+    ///
+    /// `explicit` is false when the path is the built-in default: a missing
+    /// default file means "use the defaults", while a missing file that the
+    /// administrator named is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                log::debug!("{} does not exist; using built-in defaults", path.display());
+                validate(RawConfig::default(), None)
+            }
+            Err(e) => Err(ConfigError {
+                file: path.to_owned(),
+                key: None,
+                message: format!("cannot read the configuration: {e}"),
+            }),
+        }
+    }
+
+    /// Parses and validates configuration text that came from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: None,
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        validate(raw, Some(path))
+    }
+
+    /// The control FIFO the daemon reads commands from.
+    pub fn control_path(&self) -> PathBuf {
+        self.run_dir.join("control")
+    }
+
+    /// Where CLI invocations create the FIFOs they read their reply from.
+    pub fn replies_dir(&self) -> PathBuf {
+        self.run_dir.join("replies")
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+}
+
+fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError> {
+    let file = source.map(Path::to_owned).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let err =
+        |key: &str, message: String| ConfigError { file: file.clone(), key: Some(key.to_owned()), message };
+
+    let dir = |key: &str, value: Option<PathBuf>, default: &str| -> Result<PathBuf, ConfigError> {
+        let p = value.unwrap_or_else(|| PathBuf::from(default));
+        if !p.is_absolute() {
+            return Err(err(key, format!("expected an absolute path, got {:?}", p.display().to_string())));
+        }
+        Ok(p)
+    };
+    let state_dir = dir("state_dir", raw.state_dir, "/var/lib/tetras-back")?;
+    let run_dir = dir("run_dir", raw.run_dir, "/run/tetras-back")?;
+    let log_dir = dir("log_dir", raw.log_dir, "/var/log/tetras-back")?;
+    let mount_dir = dir("mount_dir", raw.mount_dir, "/run/tetras-back/mnt")?;
+    let scripts_dir = dir("scripts_dir", raw.scripts_dir, "/usr/local/lib/tetras-back")?;
+
+    let filesystems =
+        raw.filesystems.unwrap_or_else(|| DEFAULT_FILESYSTEMS.iter().map(|s| s.to_string()).collect());
+    for (i, fs) in filesystems.iter().enumerate() {
+        if fs.is_empty() || !fs.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            return Err(err(&format!("filesystems[{i}]"), format!("{fs:?} is not a filesystem type name")));
+        }
+    }
+
+    let raw_scripts = raw.scripts.unwrap_or_else(|| {
+        vec![RawScript {
+            name: "backup_nocloud.sh".into(),
+            args: vec!["--data".into(), "--config".into()],
+            timeout: None,
+            enabled: true,
+        }]
+    });
+    let mut scripts = Vec::with_capacity(raw_scripts.len());
+    for (i, s) in raw_scripts.into_iter().enumerate() {
+        // A script name is a file in scripts_dir: a path would escape the
+        // directory whose ownership and permissions are checked.
+        if s.name.is_empty() || s.name.contains('/') || s.name == "." || s.name == ".." {
+            return Err(err(
+                &format!("scripts[{i}].name"),
+                format!("expected a file name inside scripts_dir, got {:?}", s.name),
+            ));
+        }
+        let timeout = match s.timeout {
+            None => DEFAULT_SCRIPT_TIMEOUT,
+            Some(t) => parse_duration(&t).map_err(|m| err(&format!("scripts[{i}].timeout"), m))?,
+        };
+        scripts.push(Script { name: s.name, args: s.args, timeout, enabled: s.enabled });
+    }
+
+    let raw_mail = raw.mail.unwrap_or_default();
+    let transport = raw_mail.transport.unwrap_or(MailTransport::Sendmail);
+    let sendmail_path = raw_mail.sendmail_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/sendmail"));
+    if !sendmail_path.is_absolute() {
+        return Err(err(
+            "mail.sendmail_path",
+            format!("expected an absolute path, got {:?}", sendmail_path.display().to_string()),
+        ));
+    }
+    let smtp = match raw_mail.smtp {
+        None if transport == MailTransport::Smtp => {
+            return Err(err(
+                "mail.smtp",
+                "transport = \"smtp\" needs a [mail.smtp] table with at least `host`".into(),
+            ))
+        }
+        None => None,
+        Some(s) => {
+            if s.host.trim().is_empty() {
+                return Err(err("mail.smtp.host", "expected a host name, got an empty string".into()));
+            }
+            if let Some(p) = &s.password_file {
+                if !p.is_absolute() {
+                    return Err(err(
+                        "mail.smtp.password_file",
+                        format!("expected an absolute path, got {:?}", p.display().to_string()),
+                    ));
+                }
+            }
+            let tls = s.tls.unwrap_or(SmtpTls::Starttls);
+            let port = s.port.unwrap_or(match tls {
+                SmtpTls::None => 25,
+                SmtpTls::Starttls => 587,
+                SmtpTls::Tls => 465,
+            });
+            Some(Smtp { host: s.host, port, tls, user: s.user, password_file: s.password_file })
+        }
+    };
+    let to = raw_mail.to.unwrap_or_else(|| "root".into());
+    if to.trim().is_empty() {
+        return Err(err("mail.to", "expected a mail address or local user name, got an empty string".into()));
+    }
+    let mail = Mail { to, when: raw_mail.when.unwrap_or(MailWhen::Always), transport, sendmail_path, smtp };
+
+    Ok(Config {
+        source: source.map(Path::to_owned),
+        state_dir,
+        run_dir,
+        log_dir,
+        mount_dir,
+        scripts_dir,
+        filesystems,
+        scripts,
+        mail,
+    })
+}
+
+/// Parses a duration such as `"90s"`, `"30min"` or `"12h"`; zero is refused.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!("expected a duration such as \"90s\", \"30min\" or \"12h\", got {text:?} ({e})")
+    })?;
+    if d.is_zero() {
+        return Err(format!("expected a duration greater than zero, got {text:?}"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/tetras-back"));
+        assert_eq!(c.control_path(), PathBuf::from("/run/tetras-back/control"));
+        assert_eq!(c.mount_dir, PathBuf::from("/run/tetras-back/mnt"));
+        assert_eq!(c.filesystems.len(), 8);
+        assert_eq!(c.scripts[0].name, "backup_nocloud.sh");
+        assert_eq!(c.scripts[0].timeout, Duration::from_secs(12 * 3600));
+        assert_eq!(c.mail.when, MailWhen::Always);
+        assert_eq!(c.mail.to, "root");
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid_and_matches_the_defaults() {
+        let shipped = include_str!("../conf/tetras-back.toml");
+        let c = parse(shipped).unwrap();
+        let d = parse("").unwrap();
+        assert_eq!(Config { source: None, ..c }, Config { source: None, ..d });
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = parse("stat_dir = \"/x\"\n").unwrap_err();
+        assert!(e.contains("/etc/t.toml"), "{e}");
+        assert!(e.contains("stat_dir"), "{e}");
+        let e = parse("[mail]\nwhen = \"always\"\nsubject = \"x\"\n").unwrap_err();
+        assert!(e.contains("subject"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("filesystems = \"ext4\"\n").unwrap_err();
+        assert!(e.contains("filesystems"), "{e}");
+        let e = parse("[mail]\nwhen = \"sometimes\"\n").unwrap_err();
+        assert!(e.contains("when") && e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn relative_path_is_refused() {
+        let e = parse("log_dir = \"var/log\"\n").unwrap_err();
+        assert_eq!(e, "/etc/t.toml: key `log_dir`: expected an absolute path, got \"var/log\"");
+    }
+
+    #[test]
+    fn bad_duration_names_the_script_entry() {
+        let e = parse("[[scripts]]\nname = \"a.sh\"\n[[scripts]]\nname = \"b.sh\"\ntimeout = \"soon\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("/etc/t.toml: key `scripts[1].timeout`: expected a duration"), "{e}");
+        let e = parse("[[scripts]]\nname = \"a.sh\"\ntimeout = \"0s\"\n").unwrap_err();
+        assert!(e.contains("greater than zero"), "{e}");
+        let c = parse("[[scripts]]\nname = \"a.sh\"\ntimeout = \"90min\"\n").unwrap();
+        assert_eq!(c.scripts[0].timeout, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn script_name_must_stay_in_scripts_dir() {
+        let e = parse("[[scripts]]\nname = \"../evil.sh\"\n").unwrap_err();
+        assert!(e.contains("scripts[0].name"), "{e}");
+    }
+
+    #[test]
+    fn smtp_transport_needs_a_host() {
+        let e = parse("[mail]\ntransport = \"smtp\"\n").unwrap_err();
+        assert!(e.contains("mail.smtp"), "{e}");
+        let c = parse("[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mx\"\ntls = \"tls\"\n").unwrap();
+        assert_eq!(c.mail.smtp.unwrap().port, 465);
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_missing_named_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("absent.toml");
+        assert!(Config::load(&p, false).is_ok());
+        let e = Config::load(&p, true).unwrap_err().to_string();
+        assert!(e.contains("absent.toml") && e.contains("cannot read"), "{e}");
+    }
+}

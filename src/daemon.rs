@@ -1,0 +1,376 @@
+//! The daemon: one thread, one `poll(2)` loop over the control FIFO and the
+//! signal pipes, asleep (no timer, no wake-up) until something happens.
+//!
+//! Life cycle:
+//!
+//! ```text
+//!  Starting --(config ok, state lock taken, state read, FIFO made)--> Running
+//!  Running  --(SIGHUP)--> reload config (a bad one is logged and ignored) --> Running
+//!  Running  --(SIGTERM, SIGINT, `stop` command)--> Stopping --> exit, FIFO removed
+//! ```
+//!
+//! Starting refuses (and exits non-zero) when the configuration or the state
+//! file is invalid, or when another daemon holds the state lock.
+
+use std::fs::{self, DirBuilder, File};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Local};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::json;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::control::{self, Reply, Request};
+use crate::events::{DiskRow, Event, Subscribers};
+use crate::fifo::{self, Line, LineReader};
+use crate::state::{self, Saved, State, StateLock};
+
+/// Where the configuration comes from, so that SIGHUP can read it again.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub explicit: bool,
+}
+
+struct Daemon {
+    source: ConfigSource,
+    config: Config,
+    state: State,
+    _lock: StateLock,
+    subscribers: Subscribers,
+    started: DateTime<Local>,
+    stopping: bool,
+}
+
+/// Removes the control FIFO when the daemon exits, however it exits.
+struct ControlFifo {
+    path: PathBuf,
+    file: File,
+}
+
+impl Drop for ControlFifo {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            log::warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Runs the daemon until it is told to stop.
+pub fn run(source: ConfigSource) -> Result<()> {
+    let config = Config::load(&source.path, source.explicit)?;
+    private_dir(&config.state_dir)?;
+    let Some(mut lock) = StateLock::try_acquire(&config.state_dir)? else {
+        let pid = state::lock_holder(&config.state_dir).map(|p| format!(" (pid {p})")).unwrap_or_default();
+        bail!("another tetras-back daemon is running on {}{pid}", config.state_dir.display());
+    };
+    lock.write_pid()?;
+    let state = State::load(&config.state_path())?;
+
+    private_dir(&config.run_dir)?;
+    private_dir(&config.replies_dir())?;
+    let control_path = config.control_path();
+    fifo::create(&control_path, 0o600)?;
+    let control = ControlFifo { file: fifo::open_reader(&control_path)?, path: control_path };
+
+    let (mut term_rx, term_tx) = UnixStream::pair()?;
+    let (mut hup_rx, hup_tx) = UnixStream::pair()?;
+    for s in [term_rx.try_clone()?, hup_rx.try_clone()?] {
+        s.set_nonblocking(true)?;
+    }
+    signal_hook::low_level::pipe::register(SIGTERM, term_tx.try_clone()?)?;
+    signal_hook::low_level::pipe::register(SIGINT, term_tx)?;
+    signal_hook::low_level::pipe::register(SIGHUP, hup_tx)?;
+
+    let mut daemon = Daemon {
+        source,
+        config,
+        state,
+        _lock: lock,
+        subscribers: Subscribers::default(),
+        started: Local::now(),
+        stopping: false,
+    };
+    log::info!(
+        "started (pid {}, config {}, {} known disks, {} subscribers)",
+        std::process::id(),
+        daemon.config.source.as_deref().map_or("built-in defaults".into(), |p| p.display().to_string()),
+        daemon.state.disks.len(),
+        daemon.state.subscribers.len()
+    );
+    // Subscribers stay registered across restarts: tell them where things stand.
+    daemon.broadcast(&daemon.disks_event());
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("idle")]);
+
+    let mut lines = LineReader::default();
+    let mut control_file = &control.file;
+    while !daemon.stopping {
+        let mut fds = [
+            PollFd::new(control.file.as_fd(), PollFlags::POLLIN),
+            PollFd::new(term_rx.as_fd(), PollFlags::POLLIN),
+            PollFd::new(hup_rx.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("poll failed"),
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        let (control_ready, term, hup) = (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
+        if term {
+            drain(&mut term_rx);
+            log::info!("signal received; stopping");
+            daemon.stopping = true;
+        }
+        if hup {
+            drain(&mut hup_rx);
+            daemon.reload();
+        }
+        if control_ready {
+            // The daemon holds a write end itself, so this never reports EOF.
+            for line in lines
+                .read_from(&mut control_file)
+                .context("cannot read the control FIFO")?
+                .unwrap_or_default()
+            {
+                daemon.handle_line(line);
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    daemon.broadcast(&Event::DaemonStopping);
+    log::info!("stopped");
+    Ok(())
+}
+
+impl Daemon {
+    fn handle_line(&mut self, line: Line) {
+        let incoming = match line {
+            Line::TooLong => {
+                log::warn!("control: ignored a line longer than {} bytes", fifo::MAX_LINE);
+                return;
+            }
+            Line::Complete(bytes) => control::parse_line(&bytes, &self.config.replies_dir()),
+        };
+        let reply = match incoming.request {
+            Ok(request) => {
+                log::debug!("control: {request:?}");
+                self.handle(request).unwrap_or_else(|e| Reply::error(format!("{e:#}")))
+            }
+            Err(e) => Reply::error(format!("invalid command: {e}")),
+        };
+        if !reply.ok {
+            log::warn!("control: {}", reply.error.as_deref().unwrap_or_default());
+        }
+        if let Some(path) = incoming.reply {
+            let line = serde_json::to_vec(&reply).expect("replies serialise");
+            let line = if line.len() < fifo::MAX_LINE {
+                line
+            } else {
+                serde_json::to_vec(&Reply::error("the reply is too large for one line")).expect("serialise")
+            };
+            match fifo::send_line(&path, &line) {
+                fifo::Delivery::Written => {}
+                other => log::warn!("control: could not answer on {}: {other:?}", path.display()),
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Result<Reply> {
+        match request {
+            Request::Save { uuid, name } => {
+                let uuid = state::check_uuid(&uuid)?;
+                state::check_name(&name)?;
+                let outcome = self.edit_state(|s| s.save_disk(&uuid, &name))?;
+                let message = saved_message(&outcome, &uuid, &name);
+                if outcome != Saved::Unchanged {
+                    let renamed_from = match outcome {
+                        Saved::Renamed { from } => Some(from),
+                        _ => None,
+                    };
+                    log::info!("{message}");
+                    self.broadcast(&Event::DiskSaved { uuid, name, renamed_from });
+                    self.broadcast(&self.disks_event());
+                }
+                Ok(Reply::ok(message))
+            }
+            Request::Forget { uuid } => {
+                let uuid = state::check_uuid(&uuid)?;
+                let disk = self.edit_state(|s| s.forget_disk(&uuid))?;
+                let message = forgotten_message(&disk);
+                log::info!("{message}");
+                self.broadcast(&Event::DiskForgotten { uuid, name: disk.name });
+                self.broadcast(&self.disks_event());
+                Ok(Reply::ok(message))
+            }
+            Request::Register { path } => {
+                fifo::check_is_fifo(&path)?;
+                if !self.state.subscribers.contains(&path) {
+                    self.edit_state(|s| {
+                        s.subscribers.push(path.clone());
+                        Ok(())
+                    })?;
+                    log::info!("registered subscriber {}", path.display());
+                }
+                let event = self.disks_event();
+                if let Some(gone) = self.subscribers.send_to(&path, &event) {
+                    self.unregister_gone(vec![gone]);
+                }
+                Ok(Reply::ok(format!("registered {}", path.display())))
+            }
+            Request::Unregister { path } => {
+                if !self.state.subscribers.contains(&path) {
+                    bail!("{} is not registered", path.display());
+                }
+                self.edit_state(|s| {
+                    s.subscribers.retain(|p| p != &path);
+                    Ok(())
+                })?;
+                log::info!("unregistered subscriber {}", path.display());
+                Ok(Reply::ok(format!("unregistered {}", path.display())))
+            }
+            Request::Plug { device } | Request::Unplug { device } => {
+                bail!("cannot handle {}: the disk pipeline is not part of this build yet", device.display())
+            }
+            Request::Status => Ok(Reply::data(self.status())),
+            Request::Disks => Ok(Reply::data(json!({ "disks": self.disk_rows() }))),
+            Request::Stop => {
+                log::info!("stop requested");
+                self.stopping = true;
+                Ok(Reply::ok("the daemon is stopping"))
+            }
+        }
+    }
+
+    /// Applies `edit` to a copy of the state and persists it; the in-memory
+    /// state changes only once the file is safely written.
+    fn edit_state<T>(&mut self, edit: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut next = self.state.clone();
+        let out = edit(&mut next)?;
+        next.store(&self.config.state_path())?;
+        self.state = next;
+        Ok(out)
+    }
+
+    fn disk_rows(&self) -> Vec<DiskRow> {
+        self.state.disks.iter().map(|d| DiskRow::new(d, false)).collect()
+    }
+
+    fn disks_event(&self) -> Event {
+        Event::Disks { disks: self.disk_rows(), truncated: false }
+    }
+
+    fn broadcast(&mut self, event: &Event) {
+        let gone = self.subscribers.broadcast(&self.state.subscribers, event);
+        self.unregister_gone(gone);
+    }
+
+    fn unregister_gone(&mut self, gone: Vec<PathBuf>) {
+        if gone.is_empty() {
+            return;
+        }
+        if let Err(e) = self.edit_state(|s| {
+            s.subscribers.retain(|p| !gone.contains(p));
+            Ok(())
+        }) {
+            log::error!("{e:#}");
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        json!({
+            "pid": std::process::id(),
+            "started": self.started,
+            "uptime_secs": (Local::now() - self.started).num_seconds(),
+            "activity": "idle",
+            "queue": [],
+            "config": self.config.source,
+            "state_dir": self.config.state_dir,
+            "scripts": self.config.scripts.iter().filter(|s| s.enabled).map(|s| &s.name).collect::<Vec<_>>(),
+            "known_disks": self.state.disks.len(),
+            "subscribers": self.state.subscribers.len(),
+        })
+    }
+
+    fn reload(&mut self) {
+        let started = Instant::now();
+        match Config::load(&self.source.path, self.source.explicit) {
+            Ok(mut new) => {
+                // The daemon's own files stay where they were opened; a new
+                // location takes effect at the next start.
+                for (key, old, new) in [
+                    ("state_dir", &self.config.state_dir, &mut new.state_dir),
+                    ("run_dir", &self.config.run_dir, &mut new.run_dir),
+                ] {
+                    if old != new {
+                        log::warn!("reload: `{key}` changed; it takes effect when the daemon restarts");
+                        *new = old.clone();
+                    }
+                }
+                self.config = new;
+                log::info!(
+                    "configuration reloaded from {} in {:?}",
+                    self.source.path.display(),
+                    started.elapsed()
+                );
+            }
+            Err(e) => log::error!("reload failed, keeping the previous configuration: {e}"),
+        }
+    }
+}
+
+/// The message for a `save`, the same whether the daemon or the CLI applied it.
+pub fn saved_message(outcome: &Saved, uuid: &str, name: &str) -> String {
+    match outcome {
+        Saved::New => format!("saved disk {name} ({uuid})"),
+        Saved::Renamed { from } => format!("renamed disk {uuid} from {from} to {name}"),
+        Saved::Unchanged => format!("disk {name} ({uuid}) was already saved"),
+    }
+}
+
+pub fn forgotten_message(disk: &state::Disk) -> String {
+    format!("forgot disk {} ({})", disk.name, disk.uuid)
+}
+
+/// Creates `dir` (and parents) and makes sure only its owner, root, can enter it.
+fn private_dir(dir: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let meta = fs::symlink_metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory (a symbolic link?); refusing to use it", dir.display());
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        bail!(
+            "{} is owned by uid {}, not by the daemon's user; refusing to use it",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict the mode of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn drain(s: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("cannot notify systemd: {e}");
+    }
+}

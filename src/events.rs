@@ -1,0 +1,179 @@
+//! Events for subscribers: one JSON line per event to every registered FIFO.
+//!
+//! Each line has `event`, `seq` (increasing within one daemon run) and
+//! `time`, plus the event's own fields, and is at most [`fifo::MAX_LINE`]
+//! bytes so that each write is atomic. Delivery never blocks: a subscriber
+//! with no reader, or whose pipe is full, misses the event (logged), and one
+//! whose FIFO has disappeared is dropped from the list.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Local, SecondsFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::fifo::{self, Delivery};
+use crate::state::Disk;
+
+/// Something the daemon tells its subscribers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The whole disk table: sent on registration and after every change.
+    Disks {
+        disks: Vec<DiskRow>,
+        /// Set when the table was cut to fit in one line.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    DiskSaved {
+        uuid: String,
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        renamed_from: Option<String>,
+    },
+    DiskForgotten {
+        uuid: String,
+        name: String,
+    },
+    /// The daemon is about to exit (a subscriber that stays registered
+    /// receives events again when it restarts).
+    DaemonStopping,
+}
+
+/// One disk in the `disks` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskRow {
+    pub uuid: String,
+    pub name: String,
+    pub connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Local>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_backup_finished: Option<DateTime<Local>>,
+}
+
+impl DiskRow {
+    pub fn new(disk: &Disk, connected: bool) -> DiskRow {
+        DiskRow {
+            uuid: disk.uuid.clone(),
+            name: disk.name.clone(),
+            connected,
+            last_seen: disk.last_seen,
+            last_backup: disk.last_backup.as_ref().map(|b| b.status.clone()),
+            last_backup_finished: disk.last_backup.as_ref().and_then(|b| b.finished),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    seq: u64,
+    time: String,
+}
+
+/// Serialises an event as one line that fits in a pipe's atomic write.
+fn encode(event: &Event, seq: u64, time: DateTime<Local>) -> Vec<u8> {
+    let time = time.to_rfc3339_opts(SecondsFormat::Secs, false);
+    let bytes = |e: &Event| {
+        serde_json::to_vec(&Line { event: e, seq, time: time.clone() }).expect("events serialise")
+    };
+    let mut out = bytes(event);
+    if out.len() < fifo::MAX_LINE {
+        return out;
+    }
+    // Only the disk table can grow without bound: send as many rows as fit.
+    if let Event::Disks { disks, .. } = event {
+        let mut rows = disks.clone();
+        while out.len() >= fifo::MAX_LINE && !rows.is_empty() {
+            rows.pop();
+            out = bytes(&Event::Disks { disks: rows.clone(), truncated: true });
+        }
+    }
+    out
+}
+
+/// The registered subscriber FIFOs and the event sequence counter.
+#[derive(Debug, Default)]
+pub struct Subscribers {
+    seq: u64,
+}
+
+impl Subscribers {
+    /// Sends `event` to every path in `paths`; returns the paths that are gone
+    /// (deleted, or no longer a FIFO), which the caller unregisters.
+    pub fn broadcast(&mut self, paths: &[PathBuf], event: &Event) -> Vec<PathBuf> {
+        self.seq += 1;
+        let line = encode(event, self.seq, Local::now());
+        let mut gone = Vec::new();
+        for path in paths {
+            if let Some(p) = deliver(path, &line) {
+                gone.push(p);
+            }
+        }
+        gone
+    }
+
+    /// Sends `event` to one subscriber only (the table a new subscriber gets).
+    pub fn send_to(&mut self, path: &Path, event: &Event) -> Option<PathBuf> {
+        self.seq += 1;
+        deliver(path, &encode(event, self.seq, Local::now()))
+    }
+}
+
+fn deliver(path: &Path, line: &[u8]) -> Option<PathBuf> {
+    match fifo::send_line(path, line) {
+        Delivery::Written => None,
+        Delivery::NoReader => {
+            log::debug!("subscriber {} has no reader; event not delivered", path.display());
+            None
+        }
+        Delivery::Full => {
+            log::warn!("subscriber {} is not reading (pipe full); event dropped", path.display());
+            None
+        }
+        Delivery::Gone(why) => {
+            log::warn!("subscriber {} is gone ({why}); unregistering it", path.display());
+            Some(path.to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: usize) -> DiskRow {
+        DiskRow {
+            uuid: format!("{i:08}-0000-0000-0000-000000000000"),
+            name: format!("disk-{i}-{}", "x".repeat(50)),
+            connected: false,
+            last_seen: Some(Local::now()),
+            last_backup: Some("success".into()),
+            last_backup_finished: Some(Local::now()),
+        }
+    }
+
+    #[test]
+    fn lines_carry_event_seq_and_time() {
+        let e = Event::DiskSaved { uuid: "u".into(), name: "n".into(), renamed_from: None };
+        let v: serde_json::Value = serde_json::from_slice(&encode(&e, 7, Local::now())).unwrap();
+        assert_eq!(v["event"], "disk_saved");
+        assert_eq!(v["seq"], 7);
+        assert!(v["time"].as_str().unwrap().len() >= 20);
+        assert!(v.get("renamed_from").is_none());
+    }
+
+    #[test]
+    fn a_huge_disk_table_is_cut_to_one_atomic_line() {
+        let e = Event::Disks { disks: (0..100).map(row).collect(), truncated: false };
+        let line = encode(&e, 1, Local::now());
+        assert!(line.len() < fifo::MAX_LINE);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["truncated"], true);
+        assert!(v["disks"].as_array().unwrap().len() > 5);
+    }
+}

@@ -1,0 +1,22 @@
+//! tetras-back: plug in a known USB disk, and this server is backed up onto it.
+
+/// The command line: legacy flags and subcommands, turned into actions.
+mod cli;
+/// The administrator's TOML configuration, validated.
+mod config;
+/// The control FIFO protocol between the CLI and the daemon.
+mod control;
+/// The daemon's event loop.
+mod daemon;
+/// Events written to subscribers' FIFOs.
+mod events;
+/// Safe, non-blocking named-pipe I/O.
+mod fifo;
+/// Log output for the terminal and journald.
+mod logging;
+/// The persistent state: known disks and subscribers.
+mod state;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
+}

@@ -1,0 +1,352 @@
+//! The daemon's persistent state: `<state_dir>/state.json`.
+//!
+//! It holds the known disks and the registered subscriber FIFOs. The file is
+//! versioned, read with `deny_unknown_fields`, and written atomically (temp
+//! file, fsync, rename, fsync of the directory), so a crash leaves either the
+//! old or the new content. A file that cannot be read or parsed is an error
+//! that names it; it is never replaced.
+//!
+//! The daemon holds [`StateLock`] for as long as it runs; that lock is also
+//! what makes a second daemon on the same state refuse to start. The CLI takes
+//! the same lock to edit the file directly when no daemon runs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Local};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build writes.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    /// Absolute paths of the FIFOs that receive events.
+    #[serde(default)]
+    pub subscribers: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub uuid: String,
+    pub name: String,
+    pub added: DateTime<Local>,
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Local>>,
+    #[serde(default)]
+    pub last_backup: Option<LastBackup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastBackup {
+    pub status: String,
+    pub started: DateTime<Local>,
+    #[serde(default)]
+    pub finished: Option<DateTime<Local>>,
+}
+
+/// What `save` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    New,
+    Renamed { from: String },
+    Unchanged,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { version: VERSION, disks: Vec::new(), subscribers: Vec::new() }
+    }
+}
+
+impl State {
+    /// Reads the state file; a missing file is an empty state (first run).
+    pub fn load(path: &Path) -> Result<State> {
+        let mut text = String::new();
+        match File::open(path) {
+            Ok(mut f) => f
+                .read_to_string(&mut text)
+                .with_context(|| format!("cannot read state file {}", path.display()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot open state file {}", path.display())),
+        };
+        State::parse(&text).with_context(|| {
+            format!(
+                "state file {} is corrupt; it was left untouched: repair it or move it away \
+                 (the daemon then starts with no known disks)",
+                path.display()
+            )
+        })
+    }
+
+    fn parse(text: &str) -> Result<State> {
+        // Read the version first, so that a file from a newer release gets
+        // that message and not a confusing "unknown field".
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let v: Versioned =
+            serde_json::from_str(text).context("not a tetras-back state (JSON with a version)")?;
+        if v.version > VERSION {
+            bail!(
+                "schema version {} was written by a newer tetras-back (this one reads up to {VERSION})",
+                v.version
+            );
+        }
+        if v.version == 0 {
+            bail!("schema version 0 is not valid");
+        }
+        let state: State = serde_json::from_str(text)?;
+        for d in &state.disks {
+            check_uuid(&d.uuid).and_then(|_| check_name(&d.name)).context("invalid disk entry")?;
+        }
+        Ok(state)
+    }
+
+    /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
+    pub fn store(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().context("state path has no directory")?;
+        let tmp = dir.join(format!(".state.json.{}.tmp", std::process::id()));
+        let write = || -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            serde_json::to_writer_pretty(&mut f, self)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        };
+        write()
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                e
+            })
+            .with_context(|| format!("cannot write state file {}", path.display()))
+    }
+
+    pub fn disk_mut(&mut self, uuid: &str) -> Option<&mut Disk> {
+        self.disks.iter_mut().find(|d| d.uuid == uuid)
+    }
+
+    /// Remembers a disk, or renames it when its UUID is already known.
+    /// `uuid` and `name` must have been checked with [`check_uuid`] and [`check_name`].
+    pub fn save_disk(&mut self, uuid: &str, name: &str) -> Result<Saved> {
+        if let Some(other) = self.disks.iter().find(|d| d.name == name && d.uuid != uuid) {
+            bail!("the name {name:?} is already used by disk {}", other.uuid);
+        }
+        match self.disk_mut(uuid) {
+            Some(d) if d.name == name => Ok(Saved::Unchanged),
+            Some(d) => Ok(Saved::Renamed { from: std::mem::replace(&mut d.name, name.to_owned()) }),
+            None => {
+                self.disks.push(Disk {
+                    uuid: uuid.to_owned(),
+                    name: name.to_owned(),
+                    added: Local::now(),
+                    last_seen: None,
+                    last_backup: None,
+                });
+                Ok(Saved::New)
+            }
+        }
+    }
+
+    /// Forgets a disk; an unknown UUID is an error. Returns the forgotten entry.
+    pub fn forget_disk(&mut self, uuid: &str) -> Result<Disk> {
+        match self.disks.iter().position(|d| d.uuid == uuid) {
+            Some(i) => Ok(self.disks.remove(i)),
+            None => bail!("no known disk has UUID {uuid} (see `tetras-back disks`)"),
+        }
+    }
+}
+
+/// Normalises and checks a filesystem UUID: the 8-4-4-4-12 hex form, the
+/// vfat/exfat `XXXX-XXXX` form and the 16-hex NTFS form. Returns it lower-case
+/// for the long form (as udev reports it) and upper-case for the short ones.
+pub fn check_uuid(uuid: &str) -> Result<String> {
+    let groups: Vec<&str> = uuid.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let hex = groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    match lens.as_slice() {
+        [8, 4, 4, 4, 12] if hex => Ok(uuid.to_ascii_lowercase()),
+        [4, 4] | [16] if hex => Ok(uuid.to_ascii_uppercase()),
+        _ => bail!(
+            "invalid filesystem UUID {uuid:?}: expected 8-4-4-4-12 hex digits \
+             (e.g. 0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f), XXXX-XXXX (vfat, exfat) or 16 hex digits (NTFS); \
+             `blkid` shows a disk's UUID"
+        ),
+    }
+}
+
+/// Checks a disk name: it ends up in paths and mail subjects.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name != "."
+        && name != "..";
+    if !ok {
+        bail!("invalid disk name {name:?}: expected 1 to 64 characters from A-Z a-z 0-9 . _ - (and not \".\" or \"..\")");
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `<state_dir>/state.lock`, held by the daemon for its
+/// whole life and by the CLI while it edits the state file directly.
+pub struct StateLock {
+    file: Flock<File>,
+}
+
+impl StateLock {
+    /// Takes the lock without waiting; `Ok(None)` when someone else holds it.
+    pub fn try_acquire(state_dir: &Path) -> Result<Option<StateLock>> {
+        fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+        let path = state_dir.join("state.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(file) => Ok(Some(StateLock { file })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
+
+    /// Takes the lock, waiting up to `patience` for another CLI to finish.
+    pub fn acquire(state_dir: &Path, patience: Duration) -> Result<StateLock> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(lock) = StateLock::try_acquire(state_dir)? {
+                return Ok(lock);
+            }
+            if Instant::now() >= deadline {
+                let holder = lock_holder(state_dir).map(|p| format!(" (pid {p})")).unwrap_or_default();
+                bail!(
+                    "{} is locked by another tetras-back process{holder}",
+                    state_dir.join("state.lock").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Records the holder's pid in the lock file, for error messages and `status`.
+    pub fn write_pid(&mut self) -> Result<()> {
+        let f: &mut File = &mut self.file;
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{}", std::process::id())?;
+        Ok(())
+    }
+}
+
+/// The pid written in the lock file by its current holder, if any.
+pub fn lock_holder(state_dir: &Path) -> Option<u32> {
+    fs::read_to_string(state_dir.join("state.lock")).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const U: &str = "0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f";
+
+    #[test]
+    fn uuid_forms() {
+        assert_eq!(check_uuid("0B7C3F1E-5D2A-4C8E-9F10-2A3B4C5D6E7F").unwrap(), U);
+        assert_eq!(check_uuid("ab12-cd34").unwrap(), "AB12-CD34");
+        assert_eq!(check_uuid("0123456789abcdef").unwrap(), "0123456789ABCDEF");
+        for bad in [
+            "",
+            "office",
+            "0b7c3f1e-5d2a-4c8e-9f10",
+            "0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7g",
+            "../../etc",
+            "ab12cd34",
+        ] {
+            let e = check_uuid(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid filesystem UUID"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for good in ["office", "a", "Disk_2.b-c", &"x".repeat(64)] {
+            check_name(good).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(65), "x\n"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn save_rename_forget() {
+        let mut s = State::default();
+        assert_eq!(s.save_disk(U, "office").unwrap(), Saved::New);
+        assert_eq!(s.save_disk(U, "office").unwrap(), Saved::Unchanged);
+        assert_eq!(s.save_disk(U, "home").unwrap(), Saved::Renamed { from: "office".into() });
+        assert!(s.save_disk("AB12-CD34", "home").is_err(), "two disks with one name");
+        assert_eq!(s.forget_disk(U).unwrap().name, "home");
+        assert!(s.forget_disk(U).unwrap_err().to_string().contains(U));
+    }
+
+    #[test]
+    fn store_then_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        assert_eq!(State::load(&p).unwrap(), State::default());
+        let mut s = State::default();
+        s.save_disk(U, "office").unwrap();
+        s.subscribers.push("/run/x".into());
+        s.store(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap(), s);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn corrupt_newer_or_invalid_files_are_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        for (text, why) in [
+            ("{\"version\":1,\"disks\":[", "EOF"),
+            ("", "EOF"),
+            ("{\"version\":9}", "newer"),
+            ("{\"version\":1,\"disks\":[],\"extra\":1}", "unknown field"),
+            ("{\"version\":1,\"disks\":[{\"uuid\":\"x\",\"name\":\"a\",\"added\":\"2026-01-01T00:00:00Z\"}]}", "UUID"),
+        ] {
+            fs::write(&p, text).unwrap();
+            let e = format!("{:#}", State::load(&p).unwrap_err());
+            assert!(e.contains(&p.display().to_string()) && e.contains(why), "{text}: {e}");
+            assert_eq!(fs::read_to_string(&p).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = StateLock::try_acquire(dir.path()).unwrap().unwrap();
+        a.write_pid().unwrap();
+        assert!(StateLock::try_acquire(dir.path()).unwrap().is_none());
+        assert_eq!(lock_holder(dir.path()), Some(std::process::id()));
+        let e = StateLock::acquire(dir.path(), Duration::from_millis(100)).err().unwrap().to_string();
+        assert!(e.contains("locked by another"), "{e}");
+        drop(a);
+        assert!(StateLock::try_acquire(dir.path()).unwrap().is_some());
+    }
+}
