@@ -128,9 +128,8 @@ impl State {
             File::open(dir)?.sync_all()
         };
         write()
-            .map_err(|e| {
+            .inspect_err(|_| {
                 let _ = fs::remove_file(&tmp);
-                e
             })
             .with_context(|| format!("cannot write state file {}", path.display()))
     }

@@ -146,7 +146,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::json!({ "running": false }));
             } else {
-                println!("tetras-back daemon: not running ({e})");
+                println!("{e}");
             }
             return Ok(ExitCode::from(EXIT_NOT_RUNNING));
         }

@@ -1,0 +1,419 @@
+//! The foundation, end to end: the real binary as a daemon in a temporary
+//! root, driven only through the real CLI and real FIFOs.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn save_survives_a_restart_then_forget() {
+    let env = TestEnv::new();
+    let d = env.start_daemon();
+    let out = env.cli(&["save", UUID, "office"]).ok();
+    assert!(out.stdout.contains("saved disk office"), "{out:?}");
+    let disks = env.cli(&["disks"]).ok().stdout;
+    assert!(disks.contains("office") && disks.contains(UUID) && disks.contains(" no "), "{disks}");
+    drop(d);
+
+    let _d = env.start_daemon();
+    let json: serde_json::Value = serde_json::from_str(&env.cli(&["disks", "--json"]).ok().stdout).unwrap();
+    assert_eq!(json["daemon_running"], true);
+    assert_eq!(json["disks"][0]["name"], "office");
+    assert_eq!(json["disks"][0]["uuid"], UUID);
+    env.cli(&["forget", UUID]).ok();
+    assert!(env.cli(&["disks"]).ok().stdout.contains("No known disks"));
+}
+
+#[test]
+fn legacy_flags_give_the_same_result_as_subcommands() {
+    let legacy = TestEnv::new();
+    let modern = TestEnv::new();
+    let _a = legacy.start_daemon();
+    let _b = modern.start_daemon();
+    legacy.cli(&["--save", &format!("{UUID}={}", "office")]).ok();
+    legacy.cli(&["--save", &format!("{UUID2}={}", "home")]).ok();
+    legacy.cli(&["--forget", UUID]).ok();
+    modern.cli(&["save", UUID, "office"]).ok();
+    modern.cli(&["save", UUID2, "home"]).ok();
+    modern.cli(&["forget", UUID]).ok();
+    let table = |env: &TestEnv| {
+        let v: serde_json::Value = serde_json::from_str(&env.cli(&["disks", "--json"]).ok().stdout).unwrap();
+        v["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["uuid"].clone(), d["name"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(table(&legacy), table(&modern));
+    assert_eq!(table(&legacy).len(), 1);
+
+    for env in [&legacy, &modern] {
+        let f = env.path("events.fifo");
+        mkfifo(&f);
+        env.cli(&["--register", f.to_str().unwrap()]).ok();
+        env.cli(&["unregister", f.to_str().unwrap()]).ok();
+        env.cli(&["register", f.to_str().unwrap()]).ok();
+        env.cli(&["--unregister", f.to_str().unwrap()]).ok();
+        let state: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(env.state_path()).unwrap()).unwrap();
+        assert_eq!(state["subscribers"].as_array().unwrap().len(), 0);
+    }
+    legacy.cli(&["--stop"]).ok();
+    modern.cli(&["stop"]).ok();
+}
+
+#[test]
+fn bad_uuid_name_and_unknown_disk_are_refused_with_and_without_daemon() {
+    let env = TestEnv::new();
+    for running in [false, true] {
+        let _d = running.then(|| env.start_daemon());
+        env.cli(&["save", "not-a-uuid", "office"]).fails_with(&["invalid filesystem UUID", "not-a-uuid"]);
+        env.cli(&["--save", &format!("{UUID}=bad/name")]).fails_with(&["invalid disk name", "bad/name"]);
+        env.cli(&["save", UUID, ".."]).fails_with(&["invalid disk name"]);
+        env.cli(&["--save", UUID]).fails_with(&["UUID=NAME"]);
+        env.cli(&["forget", UUID2]).fails_with(&["no known disk", UUID2]);
+        assert!(
+            !env.state_path().exists() || !fs::read_to_string(env.state_path()).unwrap().contains("office")
+        );
+    }
+}
+
+#[test]
+fn offline_edits_apply_to_the_state_file_and_the_daemon_sees_them() {
+    let env = TestEnv::new();
+    let out = env.cli(&["save", UUID, "office"]).ok();
+    assert!(out.stdout.contains("daemon not running"), "{out:?}");
+    env.cli(&["save", UUID2, "home"]).ok();
+    env.cli(&["forget", UUID2]).ok();
+    let offline = env.cli(&["disks"]).ok().stdout;
+    assert!(
+        offline.contains("office") && !offline.contains("home") && offline.contains("not running"),
+        "{offline}"
+    );
+    let _d = env.start_daemon();
+    assert!(env.cli(&["disks"]).ok().stdout.contains("office"));
+}
+
+#[test]
+fn commands_that_need_the_daemon_say_it_is_not_running() {
+    let env = TestEnv::new();
+    let f = env.path("f.fifo");
+    mkfifo(&f);
+    for args in [
+        vec!["plug", "/dev/loop0"],
+        vec!["--unplug", "/dev/loop0"],
+        vec!["stop"],
+        vec!["register", f.to_str().unwrap()],
+        vec!["watch"],
+    ] {
+        let out = env.cli(&args);
+        assert_eq!(out.code, 3, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("daemon is not running") && out.stderr.contains("tetras-back daemon"),
+            "{out:?}"
+        );
+    }
+    let out = env.cli(&["status"]);
+    assert_eq!(out.code, 3);
+    assert!(out.stdout.contains("not running"));
+}
+
+#[test]
+fn a_corrupt_state_file_stops_the_daemon_and_is_left_untouched() {
+    let env = TestEnv::new();
+    fs::create_dir_all(env.path("state")).unwrap();
+    let garbage = "{\"version\":1,\"disks\":[{\"uuid\":";
+    fs::write(env.state_path(), garbage).unwrap();
+    let out = env.daemon_refuses();
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains(env.state_path().to_str().unwrap()) && out.stderr.contains("corrupt"),
+        "{out:?}"
+    );
+    assert_eq!(fs::read_to_string(env.state_path()).unwrap(), garbage);
+    // The CLI will not overwrite it either.
+    env.cli(&["save", UUID, "office"]).fails_with(&["corrupt", "state.json"]);
+    assert_eq!(fs::read_to_string(env.state_path()).unwrap(), garbage);
+    assert!(!env.control_path().exists());
+}
+
+#[test]
+fn a_bad_config_names_the_file_and_the_key() {
+    let env = TestEnv::new();
+    env.write_config("[[scripts]]\nname = \"a.sh\"\ntimeout = \"forever\"\n");
+    env.cli(&["disks"]).fails_with(&[env.config_path().to_str().unwrap(), "scripts[0].timeout", "forever"]);
+    let out = env.daemon_refuses();
+    assert!(out.stderr.contains("scripts[0].timeout"), "{out:?}");
+    env.write_config("colour = \"blue\"\n");
+    env.cli(&["status"]).fails_with(&["colour", "tetras-back.toml"]);
+    let absent = env.path("absent.toml");
+    let out = Run::from(
+        std::process::Command::new(BIN)
+            .args(["disks", "--config", absent.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    out.fails_with(&["absent.toml", "cannot read"]);
+}
+
+#[test]
+fn only_one_daemon_per_state_dir() {
+    let env = TestEnv::new();
+    let d = env.start_daemon();
+    let out = env.daemon_refuses();
+    assert!(
+        out.stderr.contains("another tetras-back daemon") && out.stderr.contains(&d.pid().to_string()),
+        "{out:?}"
+    );
+    assert!(env.cli(&["status"]).ok().stdout.contains(&d.pid().to_string()), "first daemon still serves");
+}
+
+#[test]
+fn register_refuses_everything_but_an_existing_fifo() {
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    let fifo = env.path("real.fifo");
+    mkfifo(&fifo);
+    let file = env.path("file");
+    fs::write(&file, "precious").unwrap();
+    let link = env.path("link.fifo");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let dir = env.path("dir");
+    fs::create_dir(&dir).unwrap();
+    for (path, why) in [
+        (file.to_str().unwrap(), "regular file"),
+        (link.to_str().unwrap(), "symbolic link"),
+        ("/dev/null", "device"),
+        (dir.to_str().unwrap(), "directory"),
+        ("/nonexistent/x.fifo", "no such file"),
+    ] {
+        env.cli(&["register", path]).fails_with(&[path, why]);
+    }
+    env.cli(&["save", UUID, "office"]).ok();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "precious");
+    env.cli(&["unregister", fifo.to_str().unwrap()]).fails_with(&["not registered"]);
+}
+
+#[test]
+fn a_subscriber_gets_the_table_then_each_change_and_survives_a_restart() {
+    let env = TestEnv::new();
+    let d = env.start_daemon();
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    let first = sub.until("disks");
+    assert_eq!(names(&first), ["disks"]);
+    env.cli(&["save", UUID, "office"]).ok();
+    let events = sub.until("disks");
+    assert_eq!(names(&events), ["disk_saved", "disks"]);
+    assert_eq!(events[0]["uuid"], UUID);
+    assert_eq!(events[0]["name"], "office");
+    assert!(events[0]["seq"].as_u64().unwrap() > first[0]["seq"].as_u64().unwrap());
+    assert!(events[0]["time"].as_str().unwrap().starts_with("20"));
+    assert_eq!(events[1]["disks"][0]["name"], "office");
+    env.cli(&["save", UUID, "home"]).ok();
+    assert_eq!(sub.until("disk_saved")[0]["renamed_from"], "office");
+
+    drop(d);
+    assert_eq!(names(&sub.until("daemon_stopping")).last().unwrap(), "daemon_stopping");
+    let _d = env.start_daemon();
+    sub.until("disks");
+    env.cli(&["forget", UUID]).ok();
+    let events = sub.until("disks");
+    assert_eq!(names(&events), ["disk_forgotten", "disks"]);
+    assert_eq!(events[0]["name"], "home");
+}
+
+#[test]
+fn subscribers_that_do_not_read_never_block_the_daemon() {
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    // No reader at all.
+    let unread = env.path("unread.fifo");
+    mkfifo(&unread);
+    // A reader that never reads: its pipe fills up.
+    let full = env.path("full.fifo");
+    mkfifo(&full);
+    let _holder = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&full)
+        .unwrap();
+    env.cli(&["register", unread.to_str().unwrap()]).ok();
+    env.cli(&["register", full.to_str().unwrap()]).ok();
+    // Enough saves to overflow a 64 KiB pipe with disk tables.
+    for i in 0..250 {
+        let out = env.cmd(&["save", UUID, &format!("name-{i}-{}", "x".repeat(40))]).output().unwrap();
+        assert!(out.status.success(), "save {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(env.cli(&["status"]).ok().stdout.contains("running"));
+}
+
+#[test]
+fn a_subscriber_whose_fifo_disappears_is_dropped() {
+    let env = TestEnv::new();
+    let d = env.start_daemon();
+    let sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    fs::remove_file(&sub.path).unwrap();
+    // A regular file put in its place must not be written to.
+    fs::write(&sub.path, "keep").unwrap();
+    env.cli(&["save", UUID, "office"]).ok();
+    d.wait_log("unregistering it");
+    assert_eq!(fs::read_to_string(&sub.path).unwrap(), "keep");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(env.state_path()).unwrap()).unwrap();
+    assert_eq!(state["subscribers"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn garbage_on_the_control_fifo_never_stops_the_daemon() {
+    let env = TestEnv::new();
+    let d = env.start_daemon();
+    {
+        let mut control = fs::OpenOptions::new().write(true).open(env.control_path()).unwrap();
+        for i in 0..1000 {
+            let line = match i % 5 {
+                0 => "not json at all".to_owned(),
+                1 => "[1,2,3]".to_owned(),
+                2 => r#"{"cmd":"format_everything"}"#.to_owned(),
+                3 => r#"{"cmd":"save","uuid":"zz","name":"x","reply":"/etc/passwd"}"#.to_owned(),
+                _ => format!("{{\"cmd\":\"forget\",\"uuid\":\"{UUID}\",\"junk\":{i}}}"),
+            };
+            control.write_all(line.as_bytes()).unwrap();
+            control.write_all(b"\n").unwrap();
+        }
+        // Oversized lines, with and without a newline, and binary junk.
+        control.write_all(&vec![b'{'; 10_000]).unwrap();
+        control.write_all(b"\n").unwrap();
+        control.write_all(&[0xff, 0xfe, 0, 1, 2, b'\n']).unwrap();
+    }
+    env.cli(&["save", UUID, "office"]).ok();
+    assert!(env.cli(&["disks"]).ok().stdout.contains("office"));
+    let log = d.log_text();
+    assert!(log.contains("invalid command") && log.contains("longer than 4096"), "{log}");
+    assert!(fs::read_to_string("/etc/passwd").unwrap().contains("root:"));
+}
+
+#[test]
+fn a_client_that_dies_before_its_reply_and_concurrent_clients_are_fine() {
+    let env = TestEnv::new();
+    let d = env.start_daemon();
+    // A reply FIFO nobody reads (its CLI died), and one already removed.
+    let dead = env.path("run/replies/dead-1");
+    mkfifo(&dead);
+    {
+        let mut control = fs::OpenOptions::new().write(true).open(env.control_path()).unwrap();
+        for reply in [dead.to_str().unwrap(), env.path("run/replies/gone-2").to_str().unwrap()] {
+            writeln!(control, r#"{{"cmd":"status","reply":"{reply}"}}"#).unwrap();
+        }
+    }
+    d.wait_log("could not answer");
+    // Many CLIs at once: every one gets its own answer.
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            let name = format!("disk{i}");
+            let uuid = format!("{i:08x}-0000-4000-8000-000000000000");
+            env.cmd(&["save", &uuid, &name]).stdout(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("saved disk disk{i} ")));
+    }
+    let v: serde_json::Value = serde_json::from_str(&env.cli(&["disks", "--json"]).ok().stdout).unwrap();
+    assert_eq!(v["disks"].as_array().unwrap().len(), 16);
+    let leftovers: Vec<_> =
+        fs::read_dir(env.path("run/replies")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("dead-1")], "CLIs remove their reply FIFOs");
+}
+
+#[test]
+fn sigterm_and_stop_leave_no_fifo_behind() {
+    let env = TestEnv::new();
+    let d = env.start_daemon();
+    let meta = fs::symlink_metadata(env.control_path()).unwrap();
+    assert!(meta.file_type().is_fifo());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::metadata(env.path("run")).unwrap().permissions().mode() & 0o777, 0o700);
+    d.signal(nix::libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), 0);
+    assert!(!env.control_path().exists());
+
+    let d = env.start_daemon();
+    d.signal(nix::libc::SIGINT);
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), 0);
+    assert!(!env.control_path().exists());
+
+    let d = env.start_daemon();
+    assert!(env.cli(&["--stop"]).ok().stdout.contains("stopping"));
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), 0);
+    assert!(!env.control_path().exists());
+    env.cli(&["status"]);
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
+    let env = TestEnv::new();
+    env.write_config("[[scripts]]\nname = \"first.sh\"\n");
+    let d = env.start_daemon();
+    assert!(env.cli(&["status"]).ok().stdout.contains("first.sh"));
+    env.write_config("[[scripts]]\nname = \"second.sh\"\n");
+    d.signal(nix::libc::SIGHUP);
+    d.wait_log("configuration reloaded");
+    assert!(env.cli(&["status"]).ok().stdout.contains("second.sh"));
+
+    let good = fs::read_to_string(env.config_path()).unwrap();
+    fs::write(env.config_path(), format!("{good}[[scripts]]\nname = \"third.sh\"\ntimeout = \"never\"\n"))
+        .unwrap();
+    d.signal(nix::libc::SIGHUP);
+    d.wait_log("keeping the previous configuration");
+    assert!(d.log_text().contains("scripts[1].timeout"));
+    // The CLI reads the broken file too: ask the daemon with the good one.
+    fs::write(env.path("good.toml"), good).unwrap();
+    let out = Run::from(
+        std::process::Command::new(BIN)
+            .args(["status", "--config", env.path("good.toml").to_str().unwrap()])
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(out.stdout.contains("second.sh") && !out.stdout.contains("third.sh"), "{out:?}");
+}
+
+#[test]
+fn watch_prints_events_and_cleans_up_on_ctrl_c() {
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    let watch = env
+        .cmd(&["watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for its registration.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(env.state_path()).map(|s| s.contains("watch-")).unwrap_or(false) {
+        assert!(std::time::Instant::now() < deadline, "watch never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.cli(&["save", UUID, "office"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(unsafe { nix::libc::kill(watch.id() as i32, nix::libc::SIGINT) }, 0);
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(names(&lines), ["disks", "disk_saved", "disks"]);
+    let state = fs::read_to_string(env.state_path()).unwrap();
+    assert!(!state.contains("watch-"), "watch unregistered itself: {state}");
+    let left: Vec<_> = fs::read_dir(env.path("run/replies")).unwrap().collect();
+    assert!(left.is_empty(), "watch removed its FIFO");
+}
