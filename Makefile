@@ -1,0 +1,96 @@
+# tetras-back — build, install, test.
+#
+#   make                 build the release binary
+#   sudo make install    install packages it needs, build, install, start the service
+#   make uninstall       remove what install put there (config and state are kept)
+#   make test            install what the tests need, run every test (as root for the disk tests)
+#   make lint            cargo fmt --check and clippy, warnings as errors
+#
+# DESTDIR and PREFIX are honoured; unit and udev directories come from pkg-config.
+
+PREFIX      ?= /usr/local
+SBINDIR     ?= $(PREFIX)/sbin
+SYSCONFDIR  ?= /etc
+SCRIPTSDIR  ?= $(PREFIX)/lib/tetras-back
+UNITDIR     ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+DESTDIR     ?=
+
+# Packages needed to build, and in addition to test (Debian names).
+BUILD_DEPS  := pkg-config libudev-dev gcc
+TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs xfsprogs util-linux python3-aiosmtpd rsync tar gzip
+
+# cargo is usually in the invoking user's ~/.cargo/bin, which sudo drops from PATH.
+CARGO ?= $(shell command -v cargo 2>/dev/null || \
+	for h in "$$HOME" "$$(getent passwd "$${SUDO_USER:-root}" | cut -d: -f6)"; do \
+	  [ -x "$$h/.cargo/bin/cargo" ] && echo "$$h/.cargo/bin/cargo" && break; done)
+
+BIN := target/release/tetras-back
+
+.PHONY: all build deps test-deps install uninstall test lint check-cargo
+
+all: build
+
+check-cargo:
+	@if [ -z "$(CARGO)" ]; then \
+	  echo "error: cargo not found. Install a Rust toolchain (https://rustup.rs) or set CARGO=/path/to/cargo." >&2; \
+	  exit 1; fi
+
+# Installs only the packages that are missing, and only then touches apt.
+define apt_install
+	@missing=""; for p in $(1); do dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "error: missing packages:$$missing (run as root, or install them)" >&2; exit 1; fi; \
+	  echo "Installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(BUILD_DEPS))
+
+test-deps:
+	$(call apt_install,$(TEST_DEPS))
+
+build: check-cargo
+	$(CARGO) build --release --locked
+
+install: deps build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/tetras-back
+	install -d -m 0755 $(DESTDIR)$(SCRIPTSDIR)
+	@if [ -n "$$(ls scripts 2>/dev/null)" ]; then install -m 0755 scripts/* $(DESTDIR)$(SCRIPTSDIR)/; fi
+	sed 's|@SBINDIR@|$(SBINDIR)|g' units/tetras-back.service > units/.tetras-back.service.tmp
+	install -D -m 0644 units/.tetras-back.service.tmp $(DESTDIR)$(UNITDIR)/tetras-back.service
+	rm -f units/.tetras-back.service.tmp
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/tetras-back
+	@# An administrator's edited configuration is never overwritten.
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/tetras-back/tetras-back.toml ]; then \
+	  echo "Keeping existing $(DESTDIR)$(SYSCONFDIR)/tetras-back/tetras-back.toml"; \
+	else \
+	  install -m 0644 conf/tetras-back.toml $(DESTDIR)$(SYSCONFDIR)/tetras-back/tetras-back.toml; \
+	fi
+	@if [ -n "$(DESTDIR)" ]; then \
+	  echo "Installed into $(DESTDIR); not starting the service."; \
+	elif [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload && systemctl enable --now tetras-back.service && \
+	  echo "tetras-back.service is enabled and running."; \
+	else \
+	  echo "systemd is not running as PID 1 here: the service was installed but not started."; \
+	  echo "Start the daemon by hand with: $(SBINDIR)/tetras-back daemon"; \
+	fi
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+	  systemctl disable --now tetras-back.service || true; fi
+	rm -f $(DESTDIR)$(SBINDIR)/tetras-back
+	rm -f $(DESTDIR)$(UNITDIR)/tetras-back.service
+	@for s in $$(ls scripts 2>/dev/null); do rm -f $(DESTDIR)$(SCRIPTSDIR)/$$s; done
+	-rmdir $(DESTDIR)$(SCRIPTSDIR) 2>/dev/null
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "Kept $(SYSCONFDIR)/tetras-back (configuration) and the state directory."
+
+test: test-deps check-cargo
+	$(CARGO) test --locked -- --test-threads=$$(nproc)
+
+lint: check-cargo
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
