@@ -89,7 +89,8 @@ uninstall:
 	@echo "Kept $(SYSCONFDIR)/tetras-back (configuration) and the state directory."
 
 test: test-deps check-cargo
-	$(CARGO) test --locked -- --test-threads=$$(nproc)
+	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
+	tests/with-udevd $(CARGO) test --locked
 
 lint: check-cargo
 	$(CARGO) fmt --all -- --check

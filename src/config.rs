@@ -25,8 +25,22 @@ pub struct Config {
     pub mount_dir: PathBuf,
     pub scripts_dir: PathBuf,
     pub filesystems: Vec<String>,
+    /// Listen to udev for plug events (false: only `plug`/`unplug` commands).
+    pub udev_events: bool,
     pub scripts: Vec<Script>,
+    pub hooks: Hooks,
     pub mail: Mail,
+}
+
+/// Optional programs run around the scripts (as BUSY had).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hooks {
+    /// Run before the scripts with the filesystem type, disk name and mount
+    /// point; a failure aborts the backup.
+    pub pre: Option<String>,
+    /// Run after the disk is unmounted with the disk name, status and log path.
+    pub post: Option<String>,
+    pub timeout: Duration,
 }
 
 /// One entry of `[[scripts]]`.
@@ -36,6 +50,8 @@ pub struct Script {
     pub args: Vec<String>,
     pub timeout: Duration,
     pub enabled: bool,
+    /// A failure of this script skips the scripts after it.
+    pub stop_on_failure: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,8 +121,18 @@ struct RawConfig {
     mount_dir: Option<PathBuf>,
     scripts_dir: Option<PathBuf>,
     filesystems: Option<Vec<String>>,
+    udev_events: Option<bool>,
     scripts: Option<Vec<RawScript>>,
+    hooks: Option<RawHooks>,
     mail: Option<RawMail>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    pre: Option<String>,
+    post: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +144,8 @@ struct RawScript {
     timeout: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
+    #[serde(default)]
+    stop_on_failure: bool,
 }
 
 fn yes() -> bool {
@@ -148,6 +176,8 @@ struct RawSmtp {
 pub const DEFAULT_FILESYSTEMS: &[&str] = &["ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "exfat", "ntfs3"];
 /// How long a script may run unless its entry says otherwise.
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+/// How long a pre or post hook may run unless `hooks.timeout` says otherwise.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Config {
     /// Loads the configuration named on the command line or in the environment.
@@ -227,24 +257,39 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
             args: vec!["--data".into(), "--config".into()],
             timeout: None,
             enabled: true,
+            stop_on_failure: false,
         }]
     });
     let mut scripts = Vec::with_capacity(raw_scripts.len());
     for (i, s) in raw_scripts.into_iter().enumerate() {
-        // A script name is a file in scripts_dir: a path would escape the
-        // directory whose ownership and permissions are checked.
-        if s.name.is_empty() || s.name.contains('/') || s.name == "." || s.name == ".." {
-            return Err(err(
-                &format!("scripts[{i}].name"),
-                format!("expected a file name inside scripts_dir, got {:?}", s.name),
-            ));
-        }
+        check_script_name(&s.name).map_err(|m| err(&format!("scripts[{i}].name"), m))?;
         let timeout = match s.timeout {
             None => DEFAULT_SCRIPT_TIMEOUT,
             Some(t) => parse_duration(&t).map_err(|m| err(&format!("scripts[{i}].timeout"), m))?,
         };
-        scripts.push(Script { name: s.name, args: s.args, timeout, enabled: s.enabled });
+        scripts.push(Script {
+            name: s.name,
+            args: s.args,
+            timeout,
+            enabled: s.enabled,
+            stop_on_failure: s.stop_on_failure,
+        });
     }
+
+    let raw_hooks = raw.hooks.unwrap_or_default();
+    for (key, name) in [("hooks.pre", &raw_hooks.pre), ("hooks.post", &raw_hooks.post)] {
+        if let Some(name) = name {
+            check_script_name(name).map_err(|m| err(key, m))?;
+        }
+    }
+    let hooks = Hooks {
+        pre: raw_hooks.pre,
+        post: raw_hooks.post,
+        timeout: match raw_hooks.timeout {
+            None => DEFAULT_HOOK_TIMEOUT,
+            Some(t) => parse_duration(&t).map_err(|m| err("hooks.timeout", m))?,
+        },
+    };
 
     let raw_mail = raw.mail.unwrap_or_default();
     let transport = raw_mail.transport.unwrap_or(MailTransport::Sendmail);
@@ -298,9 +343,20 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         mount_dir,
         scripts_dir,
         filesystems,
+        udev_events: raw.udev_events.unwrap_or(true),
         scripts,
+        hooks,
         mail,
     })
+}
+
+/// A script or hook is a file in scripts_dir: a path would escape the
+/// directory whose ownership and permissions are checked.
+fn check_script_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(format!("expected a file name inside scripts_dir, got {name:?}"));
+    }
+    Ok(())
 }
 
 /// Parses a duration such as `"90s"`, `"30min"` or `"12h"`; zero is refused.
@@ -381,6 +437,8 @@ mod tests {
     fn script_name_must_stay_in_scripts_dir() {
         let e = parse("[[scripts]]\nname = \"../evil.sh\"\n").unwrap_err();
         assert!(e.contains("scripts[0].name"), "{e}");
+        let e = parse("[hooks]\npost = \"/bin/sh\"\n").unwrap_err();
+        assert!(e.contains("hooks.post"), "{e}");
     }
 
     #[test]

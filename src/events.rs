@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Local, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
+use crate::backup::Status;
 use crate::fifo::{self, Delivery};
 use crate::state::Disk;
 
@@ -34,6 +35,70 @@ pub enum Event {
     DiskForgotten {
         uuid: String,
         name: String,
+    },
+    /// A known disk was plugged in.
+    DiskPlugged {
+        uuid: String,
+        name: String,
+        device: PathBuf,
+        fstype: String,
+    },
+    /// A filesystem that is not a known disk appeared: a client may offer to save it.
+    UnknownDisk {
+        uuid: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+        fstype: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        device: PathBuf,
+    },
+    /// The backup waits for another one to finish.
+    BackupQueued {
+        uuid: String,
+        name: String,
+        position: usize,
+    },
+    BackupStarted {
+        uuid: String,
+        name: String,
+        device: PathBuf,
+        log: PathBuf,
+    },
+    ScriptStarted {
+        uuid: String,
+        name: String,
+        script: String,
+    },
+    ScriptFinished {
+        uuid: String,
+        name: String,
+        script: String,
+        /// `null` when the script did not exit by itself (signal, timeout, removal).
+        exit_code: Option<i32>,
+        outcome: String,
+        duration_secs: f64,
+    },
+    BackupFinished {
+        uuid: String,
+        name: String,
+        status: Status,
+        duration_secs: f64,
+        log: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The disk is unmounted and synced: it can be pulled out.
+    SafeToRemove {
+        uuid: String,
+        name: String,
+        device: PathBuf,
+    },
+    DiskUnplugged {
+        uuid: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        device: PathBuf,
     },
     /// The daemon is about to exit (a subscriber that stays registered
     /// receives events again when it restarts).

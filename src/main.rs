@@ -1,5 +1,7 @@
 //! tetras-back: plug in a known USB disk, and this server is backed up onto it.
 
+/// One backup of one disk, from mount to unmount, on a worker thread.
+mod backup;
 /// The command line: legacy flags and subcommands, turned into actions.
 mod cli;
 /// The administrator's TOML configuration, validated.
@@ -8,12 +10,18 @@ mod config;
 mod control;
 /// The daemon's event loop.
 mod daemon;
+/// Block devices through udev: monitor, enumeration, database look-up.
+mod devices;
 /// Events written to subscribers' FIFOs.
 mod events;
 /// Safe, non-blocking named-pipe I/O.
 mod fifo;
 /// Log output for the terminal and journald.
 mod logging;
+/// Mounting backup disks safely and unmounting them.
+mod mount;
+/// Running backup scripts: trust checks, process groups, logs, timeouts.
+mod scripts;
 /// The persistent state: known disks and subscribers.
 mod state;
 

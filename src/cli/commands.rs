@@ -48,6 +48,7 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         }
         Action::Plug { device } => print_reply(client::send(&config, &Request::Plug { device })?),
         Action::Unplug { device } => print_reply(client::send(&config, &Request::Unplug { device })?),
+        Action::Backup { name } => print_reply(client::send(&config, &Request::Backup { name })?),
         Action::Stop => print_reply(client::send(&config, &Request::Stop)?),
         Action::Disks { json } => disks(&config, json),
         Action::Status { json } => status(&config, json),
@@ -168,7 +169,22 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
     };
     let uptime = Duration::from_secs(data["uptime_secs"].as_u64().unwrap_or(0));
     println!("tetras-back daemon: running (pid {}, up {})", s("pid"), humantime::format_duration(uptime));
-    println!("activity:    {}", s("activity"));
+    let activity = match &data["running"] {
+        serde_json::Value::Object(r) => format!(
+            "backing up {} on {} for {}s{}",
+            r["disk"].as_str().unwrap_or("?"),
+            r["device"].as_str().unwrap_or("?"),
+            r["elapsed_secs"],
+            r["script"].as_str().map(|s| format!(", running {s}")).unwrap_or_default()
+        ),
+        _ => s("activity"),
+    };
+    println!("activity:    {activity}");
+    let queue: Vec<&str> =
+        data["queue"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+    if !queue.is_empty() {
+        println!("queued:      {}", queue.join(", "));
+    }
     println!("config:      {}", s("config"));
     println!("state:       {}", s("state_dir"));
     println!("scripts:     {}", s("scripts"));

@@ -122,6 +122,12 @@ enum Command {
         /// Block device
         device: PathBuf,
     },
+    /// Back up a plugged-in known disk now (again)
+    #[command(after_help = "Example:\n  tetras-back backup office")]
+    Backup {
+        /// Name of a known disk that is plugged in
+        name: String,
+    },
     /// Stop the running daemon
     #[command(after_help = "Example:\n  tetras-back stop")]
     Stop,
@@ -159,6 +165,7 @@ pub enum Action {
     Unregister { fifo: PathBuf },
     Plug { device: PathBuf },
     Unplug { device: PathBuf },
+    Backup { name: String },
     Stop,
     Disks { json: bool },
     Status { json: bool },
@@ -177,6 +184,7 @@ impl Cli {
                 Command::Unregister { fifo } => Action::Unregister { fifo },
                 Command::Plug { device } => Action::Plug { device },
                 Command::Unplug { device } => Action::Unplug { device },
+                Command::Backup { name } => Action::Backup { name },
                 Command::Stop => Action::Stop,
                 Command::Disks { json } => Action::Disks { json },
                 Command::Status { json } => Action::Status { json },

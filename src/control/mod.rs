@@ -36,6 +36,8 @@ pub enum Request {
     Plug { device: PathBuf },
     /// Act as if this block device had been removed.
     Unplug { device: PathBuf },
+    /// Back up a plugged-in known disk now, by hand.
+    Backup { name: String },
     /// What the daemon is doing.
     Status,
     /// The known disks, with whether they are connected.

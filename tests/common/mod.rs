@@ -248,18 +248,52 @@ impl Subscriber {
         Subscriber { path, file, buf: Vec::new() }
     }
 
+    /// Reads whatever events arrive during `wait`.
+    pub fn during(&mut self, wait: Duration) -> Vec<serde_json::Value> {
+        let end = Instant::now() + wait;
+        let mut seen = Vec::new();
+        while Instant::now() < end {
+            let mut chunk = [0u8; 4096];
+            match self.file.read(&mut chunk) {
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=i).collect();
+            seen.push(serde_json::from_slice(&line[..line.len() - 1]).unwrap());
+        }
+        seen
+    }
+
     /// Reads events until one named `event` arrives (or times out); returns
     /// every event read, in order, up to and including that one.
     #[track_caller]
     pub fn until(&mut self, event: &str) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.until_match(event, |_| true)
+    }
+
+    /// Like `until`, for an event about the filesystem `uuid` (other tests'
+    /// disks come and go on the same machine).
+    #[track_caller]
+    pub fn until_about(&mut self, event: &str, uuid: &str) -> Vec<serde_json::Value> {
+        self.until_match(event, |v| v["uuid"] == uuid)
+    }
+
+    #[track_caller]
+    fn until_match(
+        &mut self,
+        event: &str,
+        also: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         loop {
             while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
                 let v: serde_json::Value = serde_json::from_slice(&line[..line.len() - 1])
                     .unwrap_or_else(|e| panic!("bad event line {:?}: {e}", String::from_utf8_lossy(&line)));
-                let done = v["event"] == event;
+                let done = v["event"] == event && also(&v);
                 seen.push(v);
                 if done {
                     return seen;
@@ -282,3 +316,5 @@ impl Subscriber {
 pub fn names(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect()
 }
+
+pub mod disk;

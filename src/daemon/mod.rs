@@ -1,13 +1,20 @@
-//! The daemon: one thread, one `poll(2)` loop over the control FIFO and the
-//! signal pipes, asleep (no timer, no wake-up) until something happens.
+//! The daemon: one thread, one `poll(2)` loop over the control FIFO, the
+//! udev monitor, the signal pipes and the backup worker's progress pipe,
+//! asleep (no timer, no wake-up) until something happens. A backup runs on a
+//! worker thread (see `backup`), so the loop keeps answering commands and
+//! sees the disk being pulled out.
 //!
 //! Life cycle:
 //!
 //! ```text
 //!  Starting --(config ok, state lock taken, state read, FIFO made)--> Running
 //!  Running  --(SIGHUP)--> reload config (a bad one is logged and ignored) --> Running
-//!  Running  --(SIGTERM, SIGINT, `stop` command)--> Stopping --> exit, FIFO removed
+//!  Running  --(SIGTERM, SIGINT, `stop` command)--> Stopping
+//!  Stopping --(running backup's scripts stopped, disk unmounted, result recorded)--> exit, FIFO removed
 //! ```
+//!
+//! While Running, each known disk goes through: plugged → queued → backing
+//! up → finished (safe to remove) → unplugged; see `disks`.
 //!
 //! Starting refuses (and exits non-zero) when the configuration or the state
 //! file is invalid, or when another daemon holds the state lock.
@@ -27,8 +34,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+mod disks;
+
 use crate::config::Config;
 use crate::control::{self, Reply, Request};
+use crate::devices::{self, Monitor};
 use crate::events::{DiskRow, Event, Subscribers};
 use crate::fifo::{self, Line, LineReader};
 use crate::state::{self, Saved, State, StateLock};
@@ -45,6 +55,7 @@ struct Daemon {
     state: State,
     _lock: StateLock,
     subscribers: Subscribers,
+    pipeline: disks::Pipeline,
     started: DateTime<Local>,
     stopping: bool,
 }
@@ -89,12 +100,27 @@ pub fn run(source: ConfigSource) -> Result<()> {
     signal_hook::low_level::pipe::register(SIGINT, term_tx)?;
     signal_hook::low_level::pipe::register(SIGHUP, hup_tx)?;
 
+    disks::recover_stale_mounts(&config.mount_dir);
+    let mut monitor = if config.udev_events {
+        match Monitor::open() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::error!("{e:#}; only `tetras-back plug DEV` will start backups");
+                None
+            }
+        }
+    } else {
+        log::info!("udev_events = false: only `tetras-back plug DEV` starts backups");
+        None
+    };
+
     let mut daemon = Daemon {
         source,
         config,
         state,
         _lock: lock,
         subscribers: Subscribers::default(),
+        pipeline: disks::Pipeline::new()?,
         started: Local::now(),
         stopping: false,
     };
@@ -107,16 +133,29 @@ pub fn run(source: ConfigSource) -> Result<()> {
     );
     // Subscribers stay registered across restarts: tell them where things stand.
     daemon.broadcast(&daemon.disks_event());
-    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("idle")]);
+    if monitor.is_some() {
+        // A known disk plugged in before the daemon started is backed up now.
+        match devices::enumerate() {
+            Ok(present) => present.into_iter().for_each(|ev| {
+                daemon.on_block_event(ev);
+            }),
+            Err(e) => log::error!("{e:#}"),
+        }
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
 
     let mut lines = LineReader::default();
     let mut control_file = &control.file;
     while !daemon.stopping {
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(control.file.as_fd(), PollFlags::POLLIN),
             PollFd::new(term_rx.as_fd(), PollFlags::POLLIN),
             PollFd::new(hup_rx.as_fd(), PollFlags::POLLIN),
+            PollFd::new(daemon.pipeline.wake_rx.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(m) = &monitor {
+            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
@@ -124,6 +163,17 @@ pub fn run(source: ConfigSource) -> Result<()> {
         }
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         let (control_ready, term, hup) = (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
+        let (progress, udev) = (ready(&fds[3]), fds.get(4).is_some_and(ready));
+        drop(fds);
+        if progress {
+            daemon.on_progress();
+        }
+        if udev {
+            for ev in monitor.as_mut().map(Monitor::drain).unwrap_or_default() {
+                log::debug!("udev: {ev:?}");
+                daemon.on_block_event(ev);
+            }
+        }
         if term {
             drain(&mut term_rx);
             log::info!("signal received; stopping");
@@ -145,6 +195,7 @@ pub fn run(source: ConfigSource) -> Result<()> {
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    daemon.finish_running_backup();
     daemon.broadcast(&Event::DaemonStopping);
     log::info!("stopped");
     Ok(())
@@ -236,9 +287,15 @@ impl Daemon {
                 log::info!("unregistered subscriber {}", path.display());
                 Ok(Reply::ok(format!("unregistered {}", path.display())))
             }
-            Request::Plug { device } | Request::Unplug { device } => {
-                bail!("cannot handle {}: the disk pipeline is not part of this build yet", device.display())
+            Request::Plug { device } => {
+                let ev = devices::lookup(&device, devices::Action::Add)?;
+                Ok(Reply::ok(self.on_block_event(ev)))
             }
+            Request::Unplug { device } => {
+                let ev = devices::lookup(&device, devices::Action::Remove)?;
+                Ok(Reply::ok(self.on_block_event(ev)))
+            }
+            Request::Backup { name } => Ok(Reply::ok(self.backup_by_name(&name)?)),
             Request::Status => Ok(Reply::data(self.status())),
             Request::Disks => Ok(Reply::data(json!({ "disks": self.disk_rows() }))),
             Request::Stop => {
@@ -260,7 +317,7 @@ impl Daemon {
     }
 
     fn disk_rows(&self) -> Vec<DiskRow> {
-        self.state.disks.iter().map(|d| DiskRow::new(d, false)).collect()
+        self.state.disks.iter().map(|d| DiskRow::new(d, self.pipeline.is_connected(&d.uuid))).collect()
     }
 
     fn disks_event(&self) -> Event {
@@ -285,12 +342,14 @@ impl Daemon {
     }
 
     fn status(&self) -> serde_json::Value {
+        let activity = self.activity();
         json!({
             "pid": std::process::id(),
             "started": self.started,
             "uptime_secs": (Local::now() - self.started).num_seconds(),
-            "activity": "idle",
-            "queue": [],
+            "activity": if self.pipeline.busy() { "backing up" } else { "idle" },
+            "running": activity["running"],
+            "queue": activity["queue"],
             "config": self.config.source,
             "state_dir": self.config.state_dir,
             "scripts": self.config.scripts.iter().filter(|s| s.enabled).map(|s| &s.name).collect::<Vec<_>>(),

@@ -1,0 +1,325 @@
+//! One backup of one disk, from mount to unmount. It runs on a worker thread
+//! and reports its progress to the daemon's loop, which turns it into events
+//! and state; the loop cancels it when the disk is pulled out.
+//!
+//! ```text
+//!  check fs type ─ not mounted elsewhere ─ mount + verify ─ pre hook
+//!    ─ scripts, in order ─ syncfs ─ unmount ─ post hook ─ report
+//!                      │ cancelled (disk removed)
+//!                      └─ stop the scripts' group ─ detach ─ report "removed"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use chrono::{DateTime, Local};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::mount;
+use crate::scripts::{self, BackupLog, Outcome};
+
+/// How the daemon's loop stops a running backup.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    /// Stop the scripts now.
+    pub stop: AtomicBool,
+    /// ... because the disk is gone (otherwise: the daemon is shutting down).
+    pub disk_removed: AtomicBool,
+}
+
+/// A known disk to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub uuid: String,
+    pub name: String,
+    pub device: PathBuf,
+    pub devnum: u64,
+    pub fstype: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Success,
+    Failed,
+    Removed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Failed => "failed",
+            Status::Removed => "removed",
+        }
+    }
+}
+
+/// One script's part in a backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScriptReport {
+    pub script: String,
+    pub exit_code: Option<i32>,
+    pub outcome: String,
+    pub duration_secs: f64,
+}
+
+/// What the worker tells the daemon's loop.
+#[derive(Debug)]
+pub enum Progress {
+    Started { log: PathBuf },
+    ScriptStarted { script: String },
+    ScriptFinished(ScriptReport),
+    Finished(Report),
+}
+
+/// The end of a backup.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub status: Status,
+    pub started: DateTime<Local>,
+    pub finished: DateTime<Local>,
+    pub duration: Duration,
+    pub log: PathBuf,
+    /// The disk was cleanly unmounted: it can be pulled out.
+    pub safe_to_remove: bool,
+    /// Why it failed, when something other than a script did.
+    pub error: Option<String>,
+}
+
+/// Runs `job`; every step is reported through `progress`.
+pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Progress)) {
+    let started = Local::now();
+    let clock = Instant::now();
+    let log_path = config.log_dir.join(format!("{}_{}.log", started.format("%Y-%m-%d_%H-%M-%S"), job.name));
+    let log = match BackupLog::create(log_path.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e:#}");
+            progress(Progress::Finished(Report {
+                status: Status::Failed,
+                started,
+                finished: Local::now(),
+                duration: clock.elapsed(),
+                log: log_path,
+                safe_to_remove: mount::mounted_at(job.devnum).map(|m| m.is_empty()).unwrap_or(false),
+                error: Some(format!("{e:#}")),
+            }));
+            return;
+        }
+    };
+    progress(Progress::Started { log: log_path.clone() });
+    log.info(&format!("backup of {} ({}) on {} started", job.name, job.uuid, job.device.display()));
+    let mut b = Backup { job: &job, config: &config, log: &log, cancel: &cancel };
+    let (status, error, safe_to_remove) = b.run(&progress);
+    if let Some(e) = &error {
+        log.line("tetras-back", &format!("ERROR: {e}"));
+        log::error!("backup of {}: {e}", job.name);
+    }
+    b.post_hook(status);
+    let duration = clock.elapsed();
+    log.info(&format!(
+        "backup of {} finished: {} in {}{}",
+        job.name,
+        status.as_str(),
+        humantime::format_duration(Duration::from_secs(duration.as_secs())),
+        if safe_to_remove { "; the disk is safe to remove" } else { "" }
+    ));
+    progress(Progress::Finished(Report {
+        status,
+        started,
+        finished: Local::now(),
+        duration,
+        log: log_path,
+        safe_to_remove,
+        error,
+    }));
+}
+
+struct Backup<'a> {
+    job: &'a Job,
+    config: &'a Config,
+    log: &'a BackupLog,
+    cancel: &'a Cancel,
+}
+
+impl Backup<'_> {
+    /// Returns the status, the error that is not a script's, and whether the
+    /// disk was left unmounted.
+    fn run(&mut self, progress: &impl Fn(Progress)) -> (Status, Option<String>, bool) {
+        let target = self.config.mount_dir.join(&self.job.uuid);
+        if let Err(e) = self.mount(&target) {
+            let unmounted = mount::mounted_at(self.job.devnum).map(|m| m.is_empty()).unwrap_or(false);
+            return (Status::Failed, Some(format!("{e:#}")), unmounted);
+        }
+        let mut failed = false;
+        if let Err(e) = self.pre_hook(&target) {
+            self.log.line("tetras-back", &format!("ERROR: {e:#}"));
+            failed = true;
+        } else {
+            failed |= self.scripts(&target, progress);
+        }
+
+        if self.cancel.disk_removed.load(Ordering::SeqCst) {
+            self.log.info("the disk was removed during the backup; detaching its mount");
+            if let Err(e) = mount::detach(&target) {
+                self.log.line("tetras-back", &format!("ERROR: {e:#}"));
+            }
+            return (Status::Removed, None, false);
+        }
+        if self.cancel.stop.load(Ordering::SeqCst) {
+            self.log.line("tetras-back", "ERROR: the daemon is stopping: backup interrupted");
+            failed = true;
+        }
+        if let Err(e) = mount::sync(&target) {
+            self.log.line("tetras-back", &format!("ERROR: {e:#}"));
+            failed = true;
+        }
+        let safe = match mount::unmount(&target, 15) {
+            Ok(mount::Unmounted::Clean) => true,
+            Ok(mount::Unmounted::Detached) => {
+                self.log.info("the disk stayed busy; it was detached and may still be written to");
+                false
+            }
+            Err(e) => return (Status::Failed, Some(format!("{e:#}")), false),
+        };
+        (if failed { Status::Failed } else { Status::Success }, None, safe)
+    }
+
+    fn mount(&self, target: &Path) -> Result<()> {
+        let job = self.job;
+        if !self.config.filesystems.iter().any(|f| f == &job.fstype) {
+            bail!(
+                "{} has a {} filesystem, which is not in `filesystems` ({}); not mounted",
+                job.device.display(),
+                job.fstype,
+                self.config.filesystems.join(", ")
+            );
+        }
+        let elsewhere = mount::mounted_at(job.devnum)?;
+        if let Some(at) = elsewhere.first() {
+            bail!(
+                "{} is already mounted at {} (a desktop automounter?); unmount it and plug it again, \
+                 or run `tetras-back backup {}`",
+                job.device.display(),
+                at.display(),
+                job.name
+            );
+        }
+        mount::mount_disk(&job.device, &job.fstype, target)?;
+        self.log.info(&format!("mounted {} ({}) at {}", job.device.display(), job.fstype, target.display()));
+        Ok(())
+    }
+
+    fn env(&self, target: &Path) -> Vec<(String, String)> {
+        let hostname =
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let bin = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+        [
+            ("TETRAS_BACK_MOUNT", target.display().to_string()),
+            ("TETRAS_BACK_UUID", self.job.uuid.clone()),
+            ("TETRAS_BACK_NAME", self.job.name.clone()),
+            ("TETRAS_BACK_DEVICE", self.job.device.display().to_string()),
+            ("TETRAS_BACK_FSTYPE", self.job.fstype.clone()),
+            ("TETRAS_BACK_HOSTNAME", hostname),
+            ("TETRAS_BACK_LOG", self.log.path.display().to_string()),
+            ("TETRAS_BACK_BIN", bin),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Runs the enabled scripts in order; returns whether any failed.
+    fn scripts(&self, target: &Path, progress: &impl Fn(Progress)) -> bool {
+        let env = self.env(target);
+        let mut failed = false;
+        for s in self.config.scripts.iter().filter(|s| s.enabled) {
+            if self.cancel.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            progress(Progress::ScriptStarted { script: s.name.clone() });
+            let started = Instant::now();
+            let mut args = s.args.clone();
+            args.push(self.job.device.display().to_string());
+            let program = self.config.scripts_dir.join(&s.name);
+            self.log.info(&format!("running {} {}", program.display(), args.join(" ")));
+            let run = scripts::Run {
+                program: &program,
+                args: &args,
+                cwd: target,
+                env: &env,
+                timeout: s.timeout,
+                tag: &s.name,
+            };
+            let outcome = scripts::check_trusted(&self.config.scripts_dir, &program)
+                .and_then(|_| scripts::run(&run, self.log, &self.cancel.stop));
+            let (exit_code, text) = match &outcome {
+                Ok(o) => (o.code(), o.describe()),
+                Err(e) => (None, format!("{e:#}")),
+            };
+            let ok = matches!(outcome, Ok(ref o) if o.success());
+            if ok {
+                self.log.info(&format!("{} {text}", s.name));
+            } else {
+                self.log.line("tetras-back", &format!("ERROR: {} {text}", s.name));
+                log::warn!("backup of {}: {} {text}", self.job.name, s.name);
+            }
+            let report = ScriptReport {
+                script: s.name.clone(),
+                exit_code,
+                outcome: text,
+                duration_secs: started.elapsed().as_secs_f64(),
+            };
+            progress(Progress::ScriptFinished(report));
+            if !ok {
+                failed = true;
+                if s.stop_on_failure {
+                    self.log
+                        .info(&format!("{} has stop_on_failure set: skipping the scripts after it", s.name));
+                    break;
+                }
+            }
+        }
+        failed
+    }
+
+    fn pre_hook(&self, target: &Path) -> Result<()> {
+        let Some(name) = &self.config.hooks.pre else { return Ok(()) };
+        let args = [self.job.fstype.clone(), self.job.name.clone(), target.display().to_string()];
+        let outcome = self.hook(name, &args, target, &self.cancel.stop)?;
+        if !outcome.success() {
+            bail!("pre hook {name} {}: backup aborted", outcome.describe());
+        }
+        Ok(())
+    }
+
+    fn post_hook(&self, status: Status) {
+        let Some(name) = &self.config.hooks.post else { return };
+        let args = [self.job.name.clone(), status.as_str().to_owned(), self.log.path.display().to_string()];
+        match self.hook(name, &args, Path::new("/"), &AtomicBool::new(false)) {
+            Ok(o) if o.success() => {}
+            Ok(o) => self.log.line("tetras-back", &format!("WARNING: post hook {name} {}", o.describe())),
+            Err(e) => self.log.line("tetras-back", &format!("WARNING: post hook {name}: {e:#}")),
+        }
+    }
+
+    fn hook(&self, name: &str, args: &[String], cwd: &Path, cancel: &AtomicBool) -> Result<Outcome> {
+        let program = self.config.scripts_dir.join(name);
+        scripts::check_trusted(&self.config.scripts_dir, &program)?;
+        let env = self.env(&self.config.mount_dir.join(&self.job.uuid));
+        let run = scripts::Run {
+            program: &program,
+            args,
+            cwd,
+            env: &env,
+            timeout: self.config.hooks.timeout,
+            tag: name,
+        };
+        scripts::run(&run, self.log, cancel)
+    }
+}

@@ -1,0 +1,362 @@
+//! The daemon's side of the disk pipeline: which disks are plugged in, the
+//! backup queue, and the one backup running on its worker thread.
+//!
+//! One plug is one backup: a disk stays in `plugged` from its first event
+//! with a filesystem until it is removed (a `remove` event, or a `change`
+//! whose filesystem is gone), and further add/change events for it while it
+//! is there start nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use chrono::Local;
+use serde_json::json;
+
+use super::Daemon;
+use crate::backup::{self, Cancel, Job, Progress};
+use crate::devices::{BlockEvent, Filesystem};
+use crate::events::Event;
+use crate::mount;
+use crate::state::LastBackup;
+
+/// A block device with a filesystem that is plugged in now.
+struct Plugged {
+    uuid: String,
+    device: PathBuf,
+    fstype: String,
+}
+
+struct Running {
+    job: Job,
+    cancel: Arc<Cancel>,
+    since: Instant,
+    script: Option<String>,
+    thread: JoinHandle<()>,
+}
+
+/// The pipeline's state inside the daemon.
+pub struct Pipeline {
+    /// By device number, which `remove` events still carry.
+    plugged: HashMap<u64, Plugged>,
+    queue: VecDeque<Job>,
+    running: Option<Running>,
+    tx: Sender<Progress>,
+    rx: Receiver<Progress>,
+    wake_tx: UnixStream,
+    /// Readable when the worker has reported progress.
+    pub wake_rx: UnixStream,
+}
+
+impl Pipeline {
+    pub fn new() -> Result<Pipeline> {
+        let (tx, rx) = mpsc::channel();
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        Ok(Pipeline {
+            plugged: HashMap::new(),
+            queue: VecDeque::new(),
+            running: None,
+            tx,
+            rx,
+            wake_tx,
+            wake_rx,
+        })
+    }
+
+    pub fn is_connected(&self, uuid: &str) -> bool {
+        self.plugged.values().any(|p| p.uuid == uuid)
+    }
+
+    pub fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+}
+
+impl Daemon {
+    /// Handles a device event from udev or from `plug`/`unplug`; returns what
+    /// became of it, for the `plug` command's reply.
+    pub(super) fn on_block_event(&mut self, ev: BlockEvent) -> String {
+        let received = Instant::now();
+        let fs = match (&ev.fs, ev.is_gone()) {
+            (Some(fs), false) => fs.clone(),
+            _ => return self.on_gone(&ev),
+        };
+        if let Some(p) = self.pipeline.plugged.get(&ev.devnum) {
+            if p.uuid == fs.uuid {
+                log::debug!(
+                    "{} ({}) is already being handled; {:?} event ignored",
+                    ev.device.display(),
+                    fs.uuid,
+                    ev.action
+                );
+                return format!("{} ({}) is already plugged in and handled", ev.device.display(), fs.uuid);
+            }
+            // Same device, another filesystem: the medium was swapped.
+            self.on_gone(&ev);
+        }
+        self.pipeline.plugged.insert(
+            ev.devnum,
+            Plugged { uuid: fs.uuid.clone(), device: ev.device.clone(), fstype: fs.fstype.clone() },
+        );
+        let Some(disk) = self.state.disks.iter().find(|d| d.uuid == fs.uuid) else {
+            let Filesystem { uuid, label, fstype, size } = fs;
+            log::info!("unknown disk {uuid} ({fstype}) on {}", ev.device.display());
+            self.broadcast(&Event::UnknownDisk {
+                uuid: uuid.clone(),
+                label,
+                fstype,
+                size,
+                device: ev.device.clone(),
+            });
+            return format!("{} carries filesystem {uuid}, which is not a known disk", ev.device.display());
+        };
+        let name = disk.name.clone();
+        log::info!("disk {name} ({}) plugged in on {}", fs.uuid, ev.device.display());
+        self.touch_last_seen(&fs.uuid);
+        self.broadcast(&Event::DiskPlugged {
+            uuid: fs.uuid.clone(),
+            name: name.clone(),
+            device: ev.device.clone(),
+            fstype: fs.fstype.clone(),
+        });
+        let job = Job { uuid: fs.uuid, name, device: ev.device, devnum: ev.devnum, fstype: fs.fstype };
+        let msg = self.enqueue(job);
+        if let Some(r) = &self.pipeline.running {
+            log::debug!("{} handled in {:?}", r.job.name, received.elapsed());
+        }
+        self.broadcast(&self.disks_event());
+        msg
+    }
+
+    fn on_gone(&mut self, ev: &BlockEvent) -> String {
+        let Some(p) = self.pipeline.plugged.remove(&ev.devnum) else {
+            return format!("{} is not a plugged-in disk", ev.device.display());
+        };
+        let name = self.state.disks.iter().find(|d| d.uuid == p.uuid).map(|d| d.name.clone());
+        log::info!(
+            "{} ({}) removed from {}",
+            name.as_deref().unwrap_or("unknown disk"),
+            p.uuid,
+            p.device.display()
+        );
+        self.pipeline.queue.retain(|j| j.uuid != p.uuid);
+        if let Some(r) = &self.pipeline.running {
+            if r.job.uuid == p.uuid {
+                log::warn!("disk {} removed during its backup: stopping the scripts", r.job.name);
+                r.cancel.disk_removed.store(true, Ordering::SeqCst);
+                r.cancel.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        if name.is_some() {
+            self.touch_last_seen(&p.uuid);
+        }
+        self.broadcast(&Event::DiskUnplugged { uuid: p.uuid.clone(), name, device: p.device.clone() });
+        self.broadcast(&self.disks_event());
+        format!("{} ({}) unplugged", p.device.display(), p.uuid)
+    }
+
+    fn enqueue(&mut self, job: Job) -> String {
+        let already = self.pipeline.running.as_ref().is_some_and(|r| r.job.uuid == job.uuid)
+            || self.pipeline.queue.iter().any(|j| j.uuid == job.uuid);
+        if already {
+            return format!("a backup of {} is already running or queued", job.name);
+        }
+        let name = job.name.clone();
+        self.pipeline.queue.push_back(job);
+        if self.pipeline.running.is_some() {
+            let position = self.pipeline.queue.len();
+            let j = self.pipeline.queue.back().expect("just pushed");
+            self.broadcast(&Event::BackupQueued { uuid: j.uuid.clone(), name: name.clone(), position });
+            return format!("backup of {name} queued (position {position})");
+        }
+        self.start_next();
+        format!("backup of {name} started")
+    }
+
+    /// Starts the next queued backup when none runs.
+    fn start_next(&mut self) {
+        if self.pipeline.running.is_some() || self.stopping {
+            return;
+        }
+        let Some(job) = self.pipeline.queue.pop_front() else {
+            notify_status("idle");
+            return;
+        };
+        let cancel = Arc::new(Cancel::default());
+        let (tx, wake) = (self.pipeline.tx.clone(), self.pipeline.wake_tx.try_clone());
+        let wake = match wake {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("cannot start the backup of {}: {e}", job.name);
+                return;
+            }
+        };
+        let config = self.config.clone();
+        let (worker_job, worker_cancel) = (job.clone(), cancel.clone());
+        let thread = std::thread::Builder::new().name(format!("backup-{}", job.name)).spawn(move || {
+            backup::run(worker_job, config, worker_cancel, |p| {
+                let _ = tx.send(p);
+                let _ = (&wake).write(&[1]);
+            })
+        });
+        match thread {
+            Ok(thread) => {
+                notify_status(&format!("backing up {}", job.name));
+                self.pipeline.running =
+                    Some(Running { job, cancel, since: Instant::now(), script: None, thread });
+            }
+            Err(e) => log::error!("cannot start a thread for the backup of {}: {e}", job.name),
+        }
+    }
+
+    /// Handles what the worker reported.
+    pub(super) fn on_progress(&mut self) {
+        let mut buf = [0u8; 256];
+        while matches!((&self.pipeline.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+        while let Ok(p) = self.pipeline.rx.try_recv() {
+            self.progress(p);
+        }
+    }
+
+    fn progress(&mut self, p: Progress) {
+        let Some(r) = self.pipeline.running.as_mut() else { return };
+        let (uuid, name) = (r.job.uuid.clone(), r.job.name.clone());
+        match p {
+            Progress::Started { log } => {
+                log::info!("backup of {name} started ({:?} after it was queued)", r.since.elapsed());
+                let device = r.job.device.clone();
+                self.broadcast(&Event::BackupStarted { uuid, name, device, log });
+            }
+            Progress::ScriptStarted { script } => {
+                r.script = Some(script.clone());
+                self.broadcast(&Event::ScriptStarted { uuid, name, script });
+            }
+            Progress::ScriptFinished(s) => {
+                r.script = None;
+                self.broadcast(&Event::ScriptFinished {
+                    uuid,
+                    name,
+                    script: s.script,
+                    exit_code: s.exit_code,
+                    outcome: s.outcome,
+                    duration_secs: s.duration_secs,
+                });
+            }
+            Progress::Finished(report) => {
+                let r = self.pipeline.running.take().expect("checked above");
+                if r.thread.join().is_err() {
+                    log::error!("the backup thread of {name} panicked");
+                }
+                let last = LastBackup {
+                    status: report.status.as_str().to_owned(),
+                    started: report.started,
+                    finished: Some(report.finished),
+                };
+                if let Err(e) = self.edit_state(|s| {
+                    if let Some(d) = s.disk_mut(&uuid) {
+                        d.last_backup = Some(last);
+                    }
+                    Ok(())
+                }) {
+                    log::error!("{e:#}");
+                }
+                self.broadcast(&Event::BackupFinished {
+                    uuid: uuid.clone(),
+                    name: name.clone(),
+                    status: report.status,
+                    duration_secs: report.duration.as_secs_f64(),
+                    log: report.log.clone(),
+                    error: report.error.clone(),
+                });
+                if report.safe_to_remove {
+                    log::info!("disk {name} is safe to remove");
+                    self.broadcast(&Event::SafeToRemove { uuid, name, device: r.job.device.clone() });
+                }
+                self.broadcast(&self.disks_event());
+                self.start_next();
+            }
+        }
+    }
+
+    /// `backup NAME`: back up a plugged-in known disk again, by hand.
+    pub(super) fn backup_by_name(&mut self, name: &str) -> Result<String> {
+        let Some(disk) = self.state.disks.iter().find(|d| d.name == name) else {
+            bail!("no known disk is named {name:?} (see `tetras-back disks`)");
+        };
+        let uuid = disk.uuid.clone();
+        let Some((&devnum, p)) = self.pipeline.plugged.iter().find(|(_, p)| p.uuid == uuid) else {
+            bail!("disk {name} ({uuid}) is not plugged in");
+        };
+        let job =
+            Job { uuid, name: name.to_owned(), device: p.device.clone(), devnum, fstype: p.fstype.clone() };
+        Ok(self.enqueue(job))
+    }
+
+    /// What the pipeline is doing, for `status`.
+    pub(super) fn activity(&self) -> serde_json::Value {
+        let queue: Vec<&str> = self.pipeline.queue.iter().map(|j| j.name.as_str()).collect();
+        let running = self.pipeline.running.as_ref().map(|r| {
+            json!({
+                "disk": r.job.name,
+                "uuid": r.job.uuid,
+                "device": r.job.device,
+                "script": r.script,
+                "elapsed_secs": r.since.elapsed().as_secs(),
+            })
+        });
+        json!({ "running": running, "queue": queue })
+    }
+
+    /// At shutdown: stops the running backup and waits for it to record its end.
+    pub(super) fn finish_running_backup(&mut self) {
+        let Some(r) = &self.pipeline.running else { return };
+        log::warn!("stopping the running backup of {}", r.job.name);
+        r.cancel.stop.store(true, Ordering::SeqCst);
+        while self.pipeline.running.is_some() {
+            match self.pipeline.rx.recv() {
+                Ok(p) => self.progress(p),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn touch_last_seen(&mut self, uuid: &str) {
+        let now = Local::now();
+        if let Err(e) = self.edit_state(|s| {
+            if let Some(d) = s.disk_mut(uuid) {
+                d.last_seen = Some(now);
+            }
+            Ok(())
+        }) {
+            log::error!("{e:#}");
+        }
+    }
+}
+
+/// Unmounts what a previous daemon left mounted under `mount_dir` (it
+/// crashed or was killed during a backup), so the disk can be used again.
+pub fn recover_stale_mounts(mount_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(mount_dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if mount::is_mount_point(&path).unwrap_or(false) {
+            log::warn!("{} is still mounted from an interrupted backup; unmounting it", path.display());
+            let _ = mount::sync(&path);
+            if let Err(e) = mount::unmount(&path, 5) {
+                log::error!("{e:#}");
+            }
+        }
+    }
+}
+
+fn notify_status(text: &str) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(text)]);
+}

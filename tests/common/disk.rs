@@ -1,0 +1,125 @@
+//! Real disks for the pipeline tests: image files with real filesystems,
+//! attached as loop devices, always detached (and unmounted) on the way out.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Panics with a clear message unless the tests can use loop devices and udev.
+pub fn require_root_and_udevd() {
+    assert!(nix::unistd::geteuid().is_root(), "the disk tests need root: run `sudo make test`");
+    let udevd = Command::new("pgrep").args(["-x", "systemd-udevd"]).output().map(|o| o.status.success());
+    assert!(
+        matches!(udevd, Ok(true)),
+        "the disk tests need a running systemd-udevd: run them through `make test` (tests/with-udevd starts one)"
+    );
+}
+
+/// A fresh random filesystem UUID, so that parallel tests never share a disk.
+pub fn random_uuid() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().to_owned()
+}
+
+#[track_caller]
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A disk image file and, while attached, its loop device.
+pub struct LoopDisk {
+    pub image: PathBuf,
+    pub uuid: String,
+    pub dev: Option<String>,
+}
+
+impl LoopDisk {
+    /// Creates an image of `mb` MiB with a `fstype` filesystem of the given UUID.
+    pub fn create(dir: &Path, fstype: &str, uuid: &str, mb: u64) -> LoopDisk {
+        let image = dir.join(format!("{uuid}.img"));
+        sh("truncate", &["-s", &format!("{mb}M"), image.to_str().unwrap()]);
+        let img = image.to_str().unwrap();
+        match fstype {
+            "xfs" => sh("mkfs.xfs", &["-q", "-m", &format!("uuid={uuid}"), img]),
+            t => sh(&format!("mkfs.{t}"), &["-q", "-F", "-b", "4096", "-U", uuid, "-L", "tbtest", img]),
+        };
+        LoopDisk { image, uuid: uuid.to_owned(), dev: None }
+    }
+
+    /// Attaches the image; returns the loop device.
+    pub fn attach(&mut self) -> String {
+        assert!(self.dev.is_none());
+        let dev = sh("losetup", &["-f", "--show", self.image.to_str().unwrap()]);
+        self.dev = Some(dev.clone());
+        dev
+    }
+
+    pub fn dev(&self) -> &str {
+        self.dev.as_deref().expect("attached")
+    }
+
+    /// Detaches the loop device (the kernel finishes once it is unmounted).
+    pub fn detach(&mut self) {
+        if let Some(dev) = self.dev.take() {
+            unmount_all(&dev);
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+        }
+    }
+
+    /// Where the device is mounted now.
+    pub fn mounts(&self) -> Vec<String> {
+        self.dev.as_deref().map(mounts_of).unwrap_or_default()
+    }
+
+    /// Mounts the image read-only in `dir` (detached first) and returns the
+    /// content of `file` on it, or `None`.
+    pub fn read_file(&mut self, dir: &Path, file: &str) -> Option<String> {
+        self.detach();
+        let mnt = dir.join("verify-mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        sh("mount", &["-o", "ro,loop", self.image.to_str().unwrap(), mnt.to_str().unwrap()]);
+        let content = fs::read_to_string(mnt.join(file)).ok();
+        sh("umount", &[mnt.to_str().unwrap()]);
+        content
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// Mount points of a block device, from /proc/self/mountinfo.
+pub fn mounts_of(dev: &str) -> Vec<String> {
+    let Ok(meta) = fs::metadata(dev) else { return Vec::new() };
+    let rdev = meta.rdev();
+    let want = format!("{}:{}", nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&want.as_str())).then(|| f[4].to_owned())
+        })
+        .collect()
+}
+
+fn unmount_all(dev: &str) {
+    for m in mounts_of(dev) {
+        let _ = Command::new("umount").args(["-l", &m]).status();
+    }
+}
+
+/// Writes an executable script into `dir` with mode `mode`.
+pub fn script(dir: &Path, name: &str, body: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let p = dir.join(name);
+    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    p
+}

@@ -1,0 +1,360 @@
+//! The disk pipeline with real components: systemd-udevd events, loop
+//! devices carrying real filesystems, real mounts, real scripts. Needs root
+//! and a running udevd (`make test` provides both).
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::disk::*;
+use common::*;
+
+/// The events of one backup, from plug to safe_to_remove.
+const ONE_BACKUP: [&str; 6] = [
+    "disk_plugged",
+    "backup_started",
+    "script_started",
+    "script_finished",
+    "backup_finished",
+    "safe_to_remove",
+];
+
+/// A test root with a scripts directory, a known disk and a subscriber.
+struct Rig {
+    env: TestEnv,
+    disk: LoopDisk,
+    sub: Option<Subscriber>,
+}
+
+impl Rig {
+    fn new(fstype: &str, scripts_toml: &str) -> Rig {
+        require_root_and_udevd();
+        let env = TestEnv::new();
+        env.write_config(scripts_toml);
+        let uuid = random_uuid();
+        let disk = LoopDisk::create(env.root(), fstype, &uuid, 32);
+        env.cli(&["save", &uuid, "office"]).ok();
+        Rig { env, disk, sub: None }
+    }
+
+    fn scripts_dir(&self) -> std::path::PathBuf {
+        self.env.path("scripts")
+    }
+
+    fn subscribe(&mut self) -> &mut Subscriber {
+        let sub = Subscriber::new(self.env.path("events.fifo"));
+        self.env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+        self.sub = Some(sub);
+        let sub = self.sub.as_mut().unwrap();
+        sub.until("disks");
+        sub
+    }
+
+    fn sub(&mut self) -> &mut Subscriber {
+        self.sub.as_mut().unwrap()
+    }
+
+    /// Events up to `event` about this rig's disk.
+    fn until(&mut self, event: &str) -> Vec<serde_json::Value> {
+        let uuid = self.disk.uuid.clone();
+        self.sub().until_about(event, &uuid)
+    }
+
+    fn flow(&self, events: &[serde_json::Value]) -> Vec<String> {
+        flow_of(events, &self.disk.uuid)
+    }
+
+    /// The flow of this disk's events up to `event`.
+    fn flow_until(&mut self, event: &str) -> Vec<String> {
+        let events = self.until(event);
+        self.flow(&events)
+    }
+
+    fn logs(&self) -> Vec<String> {
+        fs::read_dir(self.env.path("log"))
+            .map(|d| d.map(|e| fs::read_to_string(e.unwrap().path()).unwrap()).collect())
+            .unwrap_or_default()
+    }
+
+    fn nothing_mounted(&self) {
+        assert!(self.disk.mounts().is_empty(), "still mounted at {:?}", self.disk.mounts());
+        let left: Vec<_> = fs::read_dir(self.env.path("mnt"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "mount points left: {left:?}");
+    }
+}
+
+/// The names of the events about the disk `uuid` (not the table refreshes,
+/// nor other tests' disks).
+fn flow_of(events: &[serde_json::Value], uuid: &str) -> Vec<String> {
+    let mine: Vec<_> = events.iter().filter(|e| e["uuid"] == uuid).cloned().collect();
+    names(&mine)
+}
+
+const WRITER: &str = r#"
+{
+  echo "cwd=$(pwd)"
+  echo "args=$*"
+  for v in MOUNT UUID NAME DEVICE FSTYPE HOSTNAME LOG BIN; do eval "echo TETRAS_BACK_$v=\$TETRAS_BACK_$v"; done
+  echo "notify=${NOTIFY_SOCKET:-unset}"
+} > "$TETRAS_BACK_MOUNT/proof.txt"
+echo "wrote the proof"
+"#;
+
+#[test]
+fn a_known_disk_is_backed_up_unmounted_and_announced_in_order() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"writer.sh\"\nargs = [\"--data\", \"--config\"]\n");
+    script(&rig.scripts_dir(), "writer.sh", WRITER, 0o755);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    let plugged_at = Instant::now();
+    let dev = rig.disk.attach();
+    let events = rig.until("backup_started");
+    let delay = plugged_at.elapsed();
+    println!(
+        "plug-to-backup_started delay: {delay:?} (losetup returned to backup_started read by the subscriber)"
+    );
+    assert!(delay < Duration::from_secs(5), "{delay:?}");
+    let mut events = [events, rig.until("safe_to_remove")].concat();
+    assert_eq!(rig.flow(&events), ONE_BACKUP);
+    events.retain(|e| e["event"] != "disks");
+    assert_eq!(events[0]["device"], dev.as_str());
+    assert_eq!(events[0]["fstype"], "ext4");
+    assert_eq!(events[3]["script"], "writer.sh");
+    assert_eq!(events[3]["exit_code"], 0);
+    assert_eq!(events[4]["status"], "success");
+    let log = events[4]["log"].as_str().unwrap().to_owned();
+    assert!(log.starts_with(rig.env.path("log").to_str().unwrap()) && log.ends_with("_office.log"), "{log}");
+    assert!(fs::read_to_string(&log).unwrap().contains("[writer.sh] wrote the proof"));
+    rig.nothing_mounted();
+
+    let disks = rig.env.cli(&["disks"]).ok().stdout;
+    assert!(disks.contains(" yes ") && disks.contains("success"), "{disks}");
+
+    // By hand, once more: `backup NAME` on the still-plugged disk.
+    rig.env.cli(&["backup", "office"]).ok();
+    assert_eq!(rig.flow_until("safe_to_remove"), ONE_BACKUP[1..]);
+
+    let proof = rig.disk.read_file(rig.env.root(), "proof.txt").expect("the script wrote onto the disk");
+    let mnt = rig.env.path("mnt").join(&rig.disk.uuid);
+    for want in [
+        format!("cwd={}", mnt.display()),
+        format!("args=--data --config {dev}"),
+        format!("TETRAS_BACK_MOUNT={}", mnt.display()),
+        format!("TETRAS_BACK_UUID={}", rig.disk.uuid),
+        "TETRAS_BACK_NAME=office".to_owned(),
+        format!("TETRAS_BACK_DEVICE={dev}"),
+        "TETRAS_BACK_FSTYPE=ext4".to_owned(),
+        format!("TETRAS_BACK_LOG={log}").replace(&log, ""),
+        format!("TETRAS_BACK_BIN={BIN}"),
+        "notify=unset".to_owned(),
+    ] {
+        assert!(proof.contains(&want), "{want:?} not in\n{proof}");
+    }
+    let unplugged = rig.until("disk_unplugged");
+    assert_eq!(unplugged.last().unwrap()["name"], "office");
+}
+
+#[test]
+fn repeated_change_events_during_a_backup_start_exactly_one() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"slow.sh\"\n");
+    script(&rig.scripts_dir(), "slow.sh", "sleep 2", 0o755);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    let dev = rig.disk.attach();
+    rig.until("script_started");
+    for _ in 0..3 {
+        sh("udevadm", &["trigger", "--action=change", &dev]);
+    }
+    let mut events = rig.until("safe_to_remove");
+    events.extend(rig.sub().during(Duration::from_secs(2)));
+    assert_eq!(rig.flow(&events).iter().filter(|e| *e == "backup_started").count(), 0, "{events:#?}");
+    assert_eq!(rig.flow(&events).iter().filter(|e| *e == "backup_finished").count(), 1);
+    assert_eq!(rig.logs().len(), 1, "exactly one backup log");
+}
+
+#[test]
+fn an_unknown_disk_is_announced_and_left_alone() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    env.write_config("[[scripts]]\nname = \"never.sh\"\n");
+    script(&env.path("scripts"), "never.sh", "touch \"$TETRAS_BACK_MOUNT/ran\"", 0o755);
+    let uuid = random_uuid();
+    let mut disk = LoopDisk::create(env.root(), "ext4", &uuid, 32);
+    let _d = env.start_daemon();
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    let dev = disk.attach();
+    let events = sub.until_about("unknown_disk", &uuid);
+    let e = events.last().unwrap();
+    assert_eq!(e["uuid"], uuid.as_str());
+    assert_eq!(e["device"], dev.as_str());
+    assert_eq!(e["fstype"], "ext4");
+    assert_eq!(e["label"], "tbtest");
+    assert_eq!(e["size"], 32 * 1024 * 1024);
+    let later = sub.during(Duration::from_secs(1));
+    assert!(flow_of(&later, &uuid).is_empty(), "{later:#?}");
+    assert!(disk.mounts().is_empty());
+    assert!(!env.path("log").exists(), "no backup log");
+    assert!(disk.read_file(env.root(), "ran").is_none());
+}
+
+#[test]
+fn a_disk_plugged_before_the_daemon_starts_is_backed_up_at_start() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"writer.sh\"\n");
+    script(&rig.scripts_dir(), "writer.sh", WRITER, 0o755);
+    rig.disk.attach();
+    sh("udevadm", &["settle", "--timeout=10"]);
+    // Subscribe through the state file before the daemon runs, so the
+    // first events are seen too.
+    let mut sub = Subscriber::new(rig.env.path("events.fifo"));
+    let mut state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(rig.env.state_path()).unwrap()).unwrap();
+    state["subscribers"] = serde_json::json!([sub.path]);
+    fs::write(rig.env.state_path(), state.to_string()).unwrap();
+    let _d = rig.env.start_daemon();
+    let events = sub.until_about("safe_to_remove", &rig.disk.uuid);
+    assert_eq!(rig.flow(&events), ONE_BACKUP);
+    assert!(rig.disk.read_file(rig.env.root(), "proof.txt").is_some());
+}
+
+#[test]
+fn removing_the_disk_mid_backup_stops_it_and_the_daemon_carries_on() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"sleepy.sh\"\n");
+    script(&rig.scripts_dir(), "sleepy.sh", "echo started; sleep 60; echo never", 0o755);
+    let d = rig.env.start_daemon();
+    rig.subscribe();
+    let dev = rig.disk.attach();
+    rig.until("script_started");
+    let pulled = Instant::now();
+    sh("udevadm", &["trigger", "--action=remove", &dev]);
+    rig.disk.detach();
+    let events = rig.until("backup_finished");
+    println!("removal to backup_finished: {:?}", pulled.elapsed());
+    assert!(rig.flow(&events).contains(&"disk_unplugged".to_owned()), "{events:#?}");
+    let finished = events.last().unwrap();
+    assert_eq!(finished["status"], "removed");
+    let after = rig.sub().during(Duration::from_millis(500));
+    assert!(!rig.flow(&after).contains(&"safe_to_remove".to_owned()));
+    let status = rig.env.cli(&["status"]).ok().stdout;
+    assert!(status.contains("idle"), "{status}");
+    rig.nothing_mounted();
+    assert!(!rig.logs()[0].contains("never"));
+    let state = fs::read_to_string(rig.env.state_path()).unwrap();
+    assert!(state.contains("\"removed\""), "{state}");
+    d.wait_log("removed during its backup");
+
+    // The next plug backs up again normally.
+    script(&rig.scripts_dir(), "sleepy.sh", "echo quick", 0o755);
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    assert_eq!(rig.flow(&events), ONE_BACKUP);
+    assert_eq!(events.iter().rev().find(|e| e["event"] == "backup_finished").unwrap()["status"], "success");
+}
+
+#[test]
+fn untrusted_failing_and_overdue_scripts_fail_the_backup() {
+    let mut rig = Rig::new(
+        "ext4",
+        "[[scripts]]\nname = \"open.sh\"\n\n[[scripts]]\nname = \"three.sh\"\n\n\
+         [[scripts]]\nname = \"slow.sh\"\ntimeout = \"1s\"\n\n[[scripts]]\nname = \"after.sh\"\n",
+    );
+    let dir = rig.scripts_dir();
+    let open = script(&dir, "open.sh", "touch \"$TETRAS_BACK_MOUNT/open-ran\"", 0o757);
+    script(&dir, "three.sh", "echo failing on purpose; exit 3", 0o755);
+    script(&dir, "slow.sh", "sleep 30", 0o755);
+    script(&dir, "after.sh", "touch \"$TETRAS_BACK_MOUNT/after-ran\"", 0o755);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    let started = Instant::now();
+    let events = rig.until("safe_to_remove");
+    assert!(started.elapsed() < Duration::from_secs(20), "the timeout stopped slow.sh");
+    let finished: Vec<_> = events.iter().filter(|e| e["event"] == "script_finished").collect();
+    assert_eq!(finished.len(), 4, "{events:#?}");
+    assert!(finished[0]["outcome"].as_str().unwrap().contains("writable by group or others"));
+    assert!(finished[0]["outcome"].as_str().unwrap().contains(open.to_str().unwrap()));
+    assert_eq!(finished[1]["exit_code"], 3);
+    assert_eq!(finished[2]["exit_code"], serde_json::Value::Null);
+    assert!(finished[2]["outcome"].as_str().unwrap().contains("timed out"));
+    assert_eq!(finished[3]["exit_code"], 0, "later scripts still run");
+    assert_eq!(events.iter().find(|e| e["event"] == "backup_finished").unwrap()["status"], "failed");
+    let log = &rig.logs()[0];
+    assert!(log.contains(open.to_str().unwrap()) && log.contains("writable by group or others"), "{log}");
+    assert!(
+        log.contains("three.sh failed with exit code 3") && log.contains("[three.sh] failing on purpose"),
+        "{log}"
+    );
+    assert!(log.contains("slow.sh timed out"), "{log}");
+    assert!(rig.disk.read_file(rig.env.root(), "open-ran").is_none(), "the untrusted script never ran");
+}
+
+#[test]
+fn a_filesystem_type_not_allowed_is_refused_unmounted() {
+    let mut rig = Rig::new("ext2", "filesystems = [\"ext4\"]\n[[scripts]]\nname = \"never.sh\"\n");
+    script(&rig.scripts_dir(), "never.sh", "touch \"$TETRAS_BACK_MOUNT/ran\"", 0o755);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    let events = rig.until("backup_finished");
+    let f = events.last().unwrap();
+    assert_eq!(f["status"], "failed");
+    assert!(f["error"].as_str().unwrap().contains("ext2 filesystem, which is not in `filesystems`"), "{f}");
+    assert!(!rig.flow(&events).contains(&"script_started".to_owned()));
+    assert!(rig.disk.mounts().is_empty());
+    assert!(rig.disk.read_file(rig.env.root(), "ran").is_none());
+}
+
+#[test]
+fn a_corrupt_filesystem_is_a_reported_mount_failure() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"never.sh\"\n");
+    script(&rig.scripts_dir(), "never.sh", "true", 0o755);
+    // Keep the superblock (udev still sees the UUID), destroy the group
+    // descriptors right after it: the kernel refuses to mount.
+    let img = rig.disk.image.to_str().unwrap().to_owned();
+    sh(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={img}"),
+            "bs=4096",
+            "seek=1",
+            "count=1",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    let d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    let events = rig.until("backup_finished");
+    let f = events.last().unwrap();
+    assert_eq!(f["status"], "failed");
+    assert!(f["error"].as_str().unwrap().contains("cannot mount"), "{f}");
+    assert!(rig.logs()[0].contains("cannot mount"));
+    assert!(rig.disk.mounts().is_empty());
+    assert!(rig.env.cli(&["status"]).ok().stdout.contains("idle"));
+    drop(d);
+}
+
+#[test]
+fn plug_by_hand_without_udev_events_gives_the_same_result() {
+    let mut rig = Rig::new("ext4", "udev_events = false\n[[scripts]]\nname = \"writer.sh\"\n");
+    script(&rig.scripts_dir(), "writer.sh", WRITER, 0o755);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    let dev = rig.disk.attach();
+    sh("udevadm", &["settle", "--timeout=10"]);
+    let quiet = rig.sub().during(Duration::from_millis(700));
+    assert!(rig.flow(&quiet).is_empty(), "udev events are off: {quiet:#?}");
+    let out = rig.env.cli(&["--plug", &dev]).ok();
+    assert!(out.stdout.contains("backup of office started"), "{out:?}");
+    assert_eq!(rig.flow_until("safe_to_remove"), ONE_BACKUP);
+    rig.env.cli(&["--plug", &dev]).ok();
+    rig.env.cli(&["unplug", &dev]).ok();
+    assert_eq!(rig.flow_until("disk_unplugged"), ["disk_unplugged"]);
+    rig.env.cli(&["plug", "/etc/passwd"]).fails_with(&["/etc/passwd is not a block device"]);
+    assert!(rig.disk.read_file(rig.env.root(), "proof.txt").is_some());
+}
