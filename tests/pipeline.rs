@@ -21,10 +21,11 @@ const ONE_BACKUP: [&str; 6] = [
 ];
 
 /// A test root with a scripts directory, a known disk and a subscriber.
+/// (Fields drop in order: the disk is detached before the root is removed.)
 struct Rig {
-    env: TestEnv,
     disk: LoopDisk,
     sub: Option<Subscriber>,
+    env: TestEnv,
 }
 
 impl Rig {
@@ -119,7 +120,7 @@ fn a_known_disk_is_backed_up_unmounted_and_announced_in_order() {
     assert!(delay < Duration::from_secs(5), "{delay:?}");
     let mut events = [events, rig.until("safe_to_remove")].concat();
     assert_eq!(rig.flow(&events), ONE_BACKUP);
-    events.retain(|e| e["event"] != "disks");
+    events.retain(|e| e["uuid"] == rig.disk.uuid.as_str());
     assert_eq!(events[0]["device"], dev.as_str());
     assert_eq!(events[0]["fstype"], "ext4");
     assert_eq!(events[3]["script"], "writer.sh");
@@ -357,4 +358,99 @@ fn plug_by_hand_without_udev_events_gives_the_same_result() {
     assert_eq!(rig.flow_until("disk_unplugged"), ["disk_unplugged"]);
     rig.env.cli(&["plug", "/etc/passwd"]).fails_with(&["/etc/passwd is not a block device"]);
     assert!(rig.disk.read_file(rig.env.root(), "proof.txt").is_some());
+}
+
+#[test]
+fn a_failing_pre_hook_aborts_and_the_post_hook_gets_the_result() {
+    let mut rig = Rig::new(
+        "ext4",
+        "[hooks]\npre = \"pre.sh\"\npost = \"post.sh\"\n[[scripts]]\nname = \"writer.sh\"\n",
+    );
+    let dir = rig.scripts_dir();
+    let record = rig.env.path("hooks.txt");
+    script(&dir, "pre.sh", &format!("echo \"pre $*\" >> {}; exit 1", record.display()), 0o755);
+    script(&dir, "post.sh", &format!("echo \"post $*\" >> {}", record.display()), 0o755);
+    script(&dir, "writer.sh", WRITER, 0o755);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    assert!(!rig.flow(&events).contains(&"script_started".to_owned()), "pre failed: no script runs");
+    let finished = events.iter().find(|e| e["event"] == "backup_finished").unwrap();
+    assert_eq!(finished["status"], "failed");
+    let log = finished["log"].as_str().unwrap();
+    let mnt = rig.env.path("mnt").join(&rig.disk.uuid);
+    let hooks = fs::read_to_string(&record).unwrap();
+    assert_eq!(hooks, format!("pre ext4 office {}\npost office failed {log}\n", mnt.display()));
+    assert!(fs::read_to_string(log)
+        .unwrap()
+        .contains("pre hook pre.sh failed with exit code 1: backup aborted"));
+    assert!(rig.disk.read_file(rig.env.root(), "proof.txt").is_none());
+}
+
+#[test]
+fn a_disk_mounted_elsewhere_is_not_mounted_twice() {
+    let mut rig = Rig::new("ext4", "udev_events = false\n[[scripts]]\nname = \"writer.sh\"\n");
+    script(&rig.scripts_dir(), "writer.sh", WRITER, 0o755);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    let dev = rig.disk.attach();
+    let elsewhere = rig.env.path("automounted");
+    fs::create_dir(&elsewhere).unwrap();
+    sh("mount", &[&dev, elsewhere.to_str().unwrap()]);
+    rig.env.cli(&["plug", &dev]).ok();
+    let events = rig.until("backup_finished");
+    let f = events.last().unwrap();
+    assert_eq!(f["status"], "failed");
+    let error = f["error"].as_str().unwrap();
+    assert!(error.contains(&format!("already mounted at {}", elsewhere.display())), "{error}");
+    assert_eq!(rig.disk.mounts(), vec![elsewhere.display().to_string()]);
+    assert!(!rig.flow(&events).contains(&"safe_to_remove".to_owned()), "it is mounted: not safe");
+}
+
+#[test]
+fn backups_of_two_disks_run_one_after_the_other() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"slow.sh\"\n");
+    script(&rig.scripts_dir(), "slow.sh", "sleep 3", 0o755);
+    let uuid2 = random_uuid();
+    let mut second = LoopDisk::create(rig.env.root(), "ext4", &uuid2, 32);
+    rig.env.cli(&["save", &uuid2, "home"]).ok();
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    rig.until("script_started");
+    second.attach();
+    let queued = rig.sub().until_about("backup_queued", &uuid2);
+    assert_eq!(queued.last().unwrap()["position"], 1);
+    let status = rig.env.cli(&["status", "--json"]).ok().stdout;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["backup"]["disk"], "office");
+    assert_eq!(status["backup"]["script"], "slow.sh");
+    assert_eq!(status["queue"], serde_json::json!(["home"]));
+    let events = rig.sub().until_about("safe_to_remove", &uuid2);
+    let order: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "backup_started" || e["event"] == "backup_finished")
+        .map(|e| format!("{} {}", e["event"].as_str().unwrap(), e["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(order, ["backup_finished office", "backup_started home", "backup_finished home"]);
+}
+
+#[test]
+fn stopping_the_daemon_mid_backup_unmounts_and_records_it() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"sleepy.sh\"\n");
+    script(&rig.scripts_dir(), "sleepy.sh", "sleep 60", 0o755);
+    let d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    rig.until("script_started");
+    d.signal(nix::libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    let events = rig.until("safe_to_remove");
+    assert_eq!(events.iter().find(|e| e["event"] == "backup_finished").unwrap()["status"], "failed");
+    rig.nothing_mounted();
+    let state = fs::read_to_string(rig.env.state_path()).unwrap();
+    assert!(state.contains("\"failed\""), "{state}");
+    assert!(rig.logs()[0].contains("the daemon is stopping"));
 }

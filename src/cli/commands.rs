@@ -169,7 +169,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
     };
     let uptime = Duration::from_secs(data["uptime_secs"].as_u64().unwrap_or(0));
     println!("tetras-back daemon: running (pid {}, up {})", s("pid"), humantime::format_duration(uptime));
-    let activity = match &data["running"] {
+    let activity = match &data["backup"] {
         serde_json::Value::Object(r) => format!(
             "backing up {} on {} for {}s{}",
             r["disk"].as_str().unwrap_or("?"),

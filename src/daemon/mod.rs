@@ -348,7 +348,7 @@ impl Daemon {
             "started": self.started,
             "uptime_secs": (Local::now() - self.started).num_seconds(),
             "activity": if self.pipeline.busy() { "backing up" } else { "idle" },
-            "running": activity["running"],
+            "backup": activity["running"],
             "queue": activity["queue"],
             "config": self.config.source,
             "state_dir": self.config.state_dir,
