@@ -5,6 +5,7 @@
 #   make uninstall       remove what install put there (config and state are kept)
 #   make test            install what the tests need, run every test (as root for the disk tests)
 #   make lint            cargo fmt --check and clippy, warnings as errors
+#   sudo make demo       a tour: a disk image is saved, plugged in and backed up, events shown live
 #
 # DESTDIR and PREFIX are honoured; unit and udev directories come from pkg-config.
 
@@ -26,7 +27,7 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || \
 
 BIN := target/release/tetras-back
 
-.PHONY: all build deps test-deps install uninstall test lint check-cargo
+.PHONY: all build deps test-deps install uninstall test lint demo check-cargo
 
 all: build
 
@@ -95,3 +96,6 @@ test: test-deps check-cargo
 lint: check-cargo
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+demo: test-deps build
+	BIN=$(CURDIR)/$(BIN) demo/run

@@ -119,6 +119,39 @@ fn describe(v: &Value) -> String {
         },
         "disk_forgotten" => format!("disk {} ({}) forgotten", s("name"), s("uuid")),
         "daemon_stopping" => "the daemon is stopping".into(),
+        "disk_plugged" => format!("{} ({}) plugged in on {}", s("name"), s("fstype"), s("device")),
+        "unknown_disk" => format!(
+            "{} on {} is not a known disk (save it with: tetras-back save {} NAME)",
+            s("uuid"),
+            s("device"),
+            s("uuid")
+        ),
+        "backup_queued" => format!("backup of {} waits (position {})", s("name"), v["position"]),
+        "backup_started" => format!("backup of {} started, log {}", s("name"), s("log")),
+        "script_started" => format!("{}: running {}", s("name"), s("script")),
+        "script_finished" => {
+            format!(
+                "{}: {} {} ({:.1}s)",
+                s("name"),
+                s("script"),
+                s("outcome"),
+                v["duration_secs"].as_f64().unwrap_or(0.0)
+            )
+        }
+        "backup_finished" => {
+            let error = v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+            format!(
+                "backup of {}: {} in {:.1}s{error}",
+                s("name"),
+                s("status"),
+                v["duration_secs"].as_f64().unwrap_or(0.0)
+            )
+        }
+        "safe_to_remove" => format!("{} ({}) is unmounted: SAFE TO REMOVE", s("name"), s("device")),
+        "disk_unplugged" => match v["name"].as_str() {
+            Some(name) => format!("{name} ({}) unplugged", s("device")),
+            None => format!("{} ({}) unplugged", s("uuid"), s("device")),
+        },
         _ => {
             // Events this build does not know yet: show their fields.
             let mut fields: Vec<String> = v
