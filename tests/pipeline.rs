@@ -333,6 +333,7 @@ fn a_corrupt_filesystem_is_a_reported_mount_failure() {
     let events = rig.until("backup_finished");
     let f = events.last().unwrap();
     assert_eq!(f["status"], "failed");
+    println!("mount failure reported as: {}", f["error"]);
     assert!(f["error"].as_str().unwrap().contains("cannot mount"), "{f}");
     assert!(rig.logs()[0].contains("cannot mount"));
     assert!(rig.disk.mounts().is_empty());
