@@ -18,7 +18,7 @@ DESTDIR     ?=
 
 # Packages needed to build, and in addition to test (Debian names).
 BUILD_DEPS  := pkg-config libudev-dev gcc
-TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs xfsprogs util-linux python3-aiosmtpd rsync tar gzip
+TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs mount
 
 # cargo is usually in the invoking user's ~/.cargo/bin, which sudo drops from PATH.
 CARGO ?= $(shell command -v cargo 2>/dev/null || \
