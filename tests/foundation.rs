@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
 use common::*;
@@ -232,27 +232,21 @@ fn a_subscriber_gets_the_table_then_each_change_and_survives_a_restart() {
 #[test]
 fn subscribers_that_do_not_read_never_block_the_daemon() {
     let env = TestEnv::new();
-    let _d = env.start_daemon();
+    let d = env.start_daemon();
     // No reader at all.
     let unread = env.path("unread.fifo");
     mkfifo(&unread);
     // A reader that never reads: its pipe fills up.
-    let full = env.path("full.fifo");
-    mkfifo(&full);
-    let _holder = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(&full)
-        .unwrap();
+    let full = Subscriber::new(env.path("full.fifo"));
     env.cli(&["register", unread.to_str().unwrap()]).ok();
-    env.cli(&["register", full.to_str().unwrap()]).ok();
+    env.cli(&["register", full.path.to_str().unwrap()]).ok();
     // Enough saves to overflow a 64 KiB pipe with disk tables.
     for i in 0..250 {
         let out = env.cmd(&["save", UUID, &format!("name-{i}-{}", "x".repeat(40))]).output().unwrap();
         assert!(out.status.success(), "save {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
     assert!(env.cli(&["status"]).ok().stdout.contains("running"));
+    d.wait_log("pipe full");
 }
 
 #[test]

@@ -107,6 +107,12 @@ impl Daemon {
             Plugged { uuid: fs.uuid.clone(), device: ev.device.clone(), fstype: fs.fstype.clone() },
         );
         let Some(disk) = self.state.disks.iter().find(|d| d.uuid == fs.uuid) else {
+            // A mounted unknown filesystem is part of the running system
+            // (the root disk, seen at every start): not a disk to offer.
+            if mount::mounted_at(ev.devnum).is_ok_and(|m| !m.is_empty()) {
+                log::debug!("{} ({}) is mounted and not a known disk; ignored", ev.device.display(), fs.uuid);
+                return format!("{} is mounted by the system and not a known disk", ev.device.display());
+            }
             let Filesystem { uuid, label, fstype, size } = fs;
             log::info!("unknown disk {uuid} ({fstype}) on {}", ev.device.display());
             self.broadcast(&Event::UnknownDisk {
