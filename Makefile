@@ -93,7 +93,7 @@ test: test-deps check-cargo
 	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
 	tests/with-udevd $(CARGO) test --locked
 
-lint: check-cargo
+lint: deps check-cargo
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
