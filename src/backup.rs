@@ -106,7 +106,7 @@ pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Prog
                 finished: Local::now(),
                 duration: clock.elapsed(),
                 log: log_path,
-                safe_to_remove: mount::mounted_at(job.devnum).map(|m| m.is_empty()).unwrap_or(false),
+                safe_to_remove: mount::is_unmounted(job.devnum),
                 error: Some(format!("{e:#}")),
             }));
             return;
@@ -153,8 +153,7 @@ impl Backup<'_> {
     fn run(&mut self, progress: &impl Fn(Progress)) -> (Status, Option<String>, bool) {
         let target = self.config.mount_dir.join(&self.job.uuid);
         if let Err(e) = self.mount(&target) {
-            let unmounted = mount::mounted_at(self.job.devnum).map(|m| m.is_empty()).unwrap_or(false);
-            return (Status::Failed, Some(format!("{e:#}")), unmounted);
+            return (Status::Failed, Some(format!("{e:#}")), mount::is_unmounted(self.job.devnum));
         }
         let mut failed = false;
         if let Err(e) = self.pre_hook(&target) {

@@ -27,6 +27,11 @@ pub fn mounted_at(devnum: u64) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Whether `devnum` is mounted nowhere (false when that cannot be told).
+pub fn is_unmounted(devnum: u64) -> bool {
+    mounted_at(devnum).is_ok_and(|m| m.is_empty())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(s.len());

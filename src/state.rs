@@ -64,6 +64,23 @@ pub enum Saved {
     Unchanged,
 }
 
+impl Saved {
+    /// What to tell the user, the same whether the daemon or the CLI applied it.
+    pub fn message(&self, uuid: &str, name: &str) -> String {
+        match self {
+            Saved::New => format!("saved disk {name} ({uuid})"),
+            Saved::Renamed { from } => format!("renamed disk {uuid} from {from} to {name}"),
+            Saved::Unchanged => format!("disk {name} ({uuid}) was already saved"),
+        }
+    }
+}
+
+impl Disk {
+    pub fn forgotten_message(&self) -> String {
+        format!("forgot disk {} ({})", self.name, self.uuid)
+    }
+}
+
 impl Default for State {
     fn default() -> Self {
         State { version: VERSION, disks: Vec::new(), subscribers: Vec::new() }

@@ -350,7 +350,7 @@ fn sigterm_and_stop_leave_no_fifo_behind() {
     assert!(env.cli(&["--stop"]).ok().stdout.contains("stopping"));
     assert_eq!(d.wait_exit(Duration::from_secs(5)), 0);
     assert!(!env.control_path().exists());
-    env.cli(&["status"]);
+    assert_eq!(env.cli(&["status"]).code, 3, "status reports the daemon gone");
 }
 
 #[test]

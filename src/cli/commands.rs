@@ -29,13 +29,13 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
             state::check_name(&name)?;
             edit(&config, Request::Save { uuid: uuid.clone(), name: name.clone() }, |s| {
                 let outcome = s.save_disk(&uuid, &name)?;
-                Ok(daemon::saved_message(&outcome, &uuid, &name))
+                Ok(outcome.message(&uuid, &name))
             })
         }
         Action::Forget { uuid } => {
             let uuid = state::check_uuid(&uuid)?;
             edit(&config, Request::Forget { uuid: uuid.clone() }, |s| {
-                Ok(daemon::forgotten_message(&s.forget_disk(&uuid)?))
+                Ok(s.forget_disk(&uuid)?.forgotten_message())
             })
         }
         Action::Register { fifo } => {

@@ -84,7 +84,6 @@ impl Daemon {
     /// Handles a device event from udev or from `plug`/`unplug`; returns what
     /// became of it, for the `plug` command's reply.
     pub(super) fn on_block_event(&mut self, ev: BlockEvent) -> String {
-        let received = Instant::now();
         let fs = match (&ev.fs, ev.is_gone()) {
             (Some(fs), false) => fs.clone(),
             _ => return self.on_gone(&ev),
@@ -109,7 +108,7 @@ impl Daemon {
         let Some(disk) = self.state.disks.iter().find(|d| d.uuid == fs.uuid) else {
             // A mounted unknown filesystem is part of the running system
             // (the root disk, seen at every start): not a disk to offer.
-            if mount::mounted_at(ev.devnum).is_ok_and(|m| !m.is_empty()) {
+            if !mount::is_unmounted(ev.devnum) {
                 log::debug!("{} ({}) is mounted and not a known disk; ignored", ev.device.display(), fs.uuid);
                 return format!("{} is mounted by the system and not a known disk", ev.device.display());
             }
@@ -135,9 +134,6 @@ impl Daemon {
         });
         let job = Job { uuid: fs.uuid, name, device: ev.device, devnum: ev.devnum, fstype: fs.fstype };
         let msg = self.enqueue(job);
-        if let Some(r) = &self.pipeline.running {
-            log::debug!("{} handled in {:?}", r.job.name, received.elapsed());
-        }
         self.broadcast(&self.disks_event());
         msg
     }

@@ -240,7 +240,7 @@ impl Daemon {
                 let uuid = state::check_uuid(&uuid)?;
                 state::check_name(&name)?;
                 let outcome = self.edit_state(|s| s.save_disk(&uuid, &name))?;
-                let message = saved_message(&outcome, &uuid, &name);
+                let message = outcome.message(&uuid, &name);
                 if outcome != Saved::Unchanged {
                     let renamed_from = match outcome {
                         Saved::Renamed { from } => Some(from),
@@ -255,7 +255,7 @@ impl Daemon {
             Request::Forget { uuid } => {
                 let uuid = state::check_uuid(&uuid)?;
                 let disk = self.edit_state(|s| s.forget_disk(&uuid))?;
-                let message = forgotten_message(&disk);
+                let message = disk.forgotten_message();
                 log::info!("{message}");
                 self.broadcast(&Event::DiskForgotten { uuid, name: disk.name });
                 self.broadcast(&self.disks_event());
@@ -383,19 +383,6 @@ impl Daemon {
             Err(e) => log::error!("reload failed, keeping the previous configuration: {e}"),
         }
     }
-}
-
-/// The message for a `save`, the same whether the daemon or the CLI applied it.
-pub fn saved_message(outcome: &Saved, uuid: &str, name: &str) -> String {
-    match outcome {
-        Saved::New => format!("saved disk {name} ({uuid})"),
-        Saved::Renamed { from } => format!("renamed disk {uuid} from {from} to {name}"),
-        Saved::Unchanged => format!("disk {name} ({uuid}) was already saved"),
-    }
-}
-
-pub fn forgotten_message(disk: &state::Disk) -> String {
-    format!("forgot disk {} ({})", disk.name, disk.uuid)
 }
 
 /// Creates `dir` (and parents) and makes sure only its owner, root, can enter it.

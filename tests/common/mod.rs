@@ -259,11 +259,20 @@ impl Subscriber {
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
-        while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=i).collect();
-            seen.push(serde_json::from_slice(&line[..line.len() - 1]).unwrap());
+        while let Some(v) = self.next_line() {
+            seen.push(v);
         }
         seen
+    }
+
+    /// The next complete event line in the buffer, parsed.
+    fn next_line(&mut self) -> Option<serde_json::Value> {
+        let i = self.buf.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.buf.drain(..=i).collect();
+        Some(
+            serde_json::from_slice(&line[..line.len() - 1])
+                .unwrap_or_else(|e| panic!("bad event line {:?}: {e}", String::from_utf8_lossy(&line))),
+        )
     }
 
     /// Reads events until one named `event` arrives (or times out); returns
@@ -289,10 +298,7 @@ impl Subscriber {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         loop {
-            while let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let v: serde_json::Value = serde_json::from_slice(&line[..line.len() - 1])
-                    .unwrap_or_else(|e| panic!("bad event line {:?}: {e}", String::from_utf8_lossy(&line)));
+            while let Some(v) = self.next_line() {
                 let done = v["event"] == event && also(&v);
                 seen.push(v);
                 if done {
