@@ -12,6 +12,8 @@ mod control;
 mod daemon;
 /// Block devices through udev: monitor, enumeration, database look-up.
 mod devices;
+/// The backup engines the scripts call: snapshot, archive, prune, verify.
+mod engine;
 /// Events written to subscribers' FIFOs.
 mod events;
 /// Safe, non-blocking named-pipe I/O.

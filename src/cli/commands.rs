@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{Action, EXIT_NOT_RUNNING};
+use super::{engines, Action, EXIT_NOT_RUNNING};
 use crate::config::Config;
 use crate::control::client::{self, NotRunning};
 use crate::control::{Reply, Request};
@@ -16,13 +16,23 @@ use crate::events::DiskRow;
 use crate::state::{self, State, StateLock};
 
 pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitCode> {
-    if action == Action::Daemon {
-        daemon::run(ConfigSource { path: config_path, explicit })?;
-        return Ok(ExitCode::SUCCESS);
-    }
+    // The engines need neither the daemon nor the configuration.
+    let action = match action {
+        Action::Daemon => {
+            daemon::run(ConfigSource { path: config_path, explicit })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Snapshot(a) => return engines::snapshot(a),
+        Action::Archive(a) => return engines::archive(a),
+        Action::Prune(a) => return engines::prune(a),
+        Action::Verify(a) => return engines::verify(a),
+        other => other,
+    };
     let config = Config::load(&config_path, explicit)?;
     match action {
-        Action::Daemon => unreachable!("handled above"),
+        Action::Daemon | Action::Snapshot(_) | Action::Archive(_) | Action::Prune(_) | Action::Verify(_) => {
+            unreachable!("handled above")
+        }
         Action::Save { uuid, name } => {
             // Checked here too, so that a typo is reported the same way with or without a daemon.
             let uuid = state::check_uuid(&uuid)?;

@@ -3,6 +3,7 @@
 //! both turned into one [`Action`] so that clap's types stop here.
 
 mod commands;
+mod engines;
 mod watch;
 
 use std::path::PathBuf;
@@ -153,6 +154,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy trees into a new backup folder, hard-linking files unchanged since the last one
+    #[command(after_help = "Examples:\n  \
+        tetras-back snapshot --dest /mnt/disk/2026-11-22_10-00-00/home --link-dest auto /home/\n  \
+        tetras-back snapshot --dry-run --dest /mnt/disk/new --link-dest /mnt/disk/old /etc /home\n\n\
+        The folder is written as DIR.partial and renamed when complete. Exit code 23: some files \
+        could not be read (reported; everything else was copied).")]
+    Snapshot(engines::SnapshotArgs),
+    /// Write a .tar.gz of trees, files and glob matches, compressed on all cores
+    #[command(after_help = "Example:\n  \
+        tetras-back archive -o /mnt/disk/server.tar.gz /etc /srv --glob '/var/log/*.log' --exclude '*.tmp'\n\n\
+        Exit code 23: some files could not be read (reported; everything else was archived).")]
+    Archive(engines::ArchiveArgs),
+    /// Delete the oldest dated backup folders until enough space is free
+    #[command(after_help = "Examples:\n  tetras-back prune /mnt/disk/backups --min-free 20GiB\n  \
+        tetras-back prune /mnt/disk/backups --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --dry-run\n\n\
+        Backup folders are those whose names start with YYYY-MM-DD_HH-MM-SS. The newest complete \
+        one and any being written are never deleted. Exit code 5: the free space asked for cannot \
+        be reached.")]
+    Prune(engines::PruneArgs),
+    /// Re-read a snapshot and compare it with its manifest
+    #[command(after_help = "Example:\n  tetras-back verify /mnt/disk/2026-11-22_10-00-00/home\n\n\
+        Exit code 4: something is missing, changed or extra.")]
+    Verify(engines::VerifyArgs),
 }
 
 /// What to do, with the CLI's syntax gone.
@@ -170,6 +194,10 @@ pub enum Action {
     Disks { json: bool },
     Status { json: bool },
     Watch { json: bool },
+    Snapshot(engines::SnapshotArgs),
+    Archive(engines::ArchiveArgs),
+    Prune(engines::PruneArgs),
+    Verify(engines::VerifyArgs),
 }
 
 impl Cli {
@@ -189,6 +217,10 @@ impl Cli {
                 Command::Disks { json } => Action::Disks { json },
                 Command::Status { json } => Action::Status { json },
                 Command::Watch { json } => Action::Watch { json },
+                Command::Snapshot(a) => Action::Snapshot(a),
+                Command::Archive(a) => Action::Archive(a),
+                Command::Prune(a) => Action::Prune(a),
+                Command::Verify(a) => Action::Verify(a),
             });
         }
         Ok(if let Some(arg) = l.save {

@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""make bench: tetras-back's engines against the tools users would otherwise
+use, on the same generated tree, in the same run. Each command is timed
+RUNS times (median), alternating with its competitors, after a `sync` so
+that no run pays for another's writeback. Commands that leave data on disk
+are timed up to a `sync -f` of what they wrote, since tetras-back's own
+figures include making the backup durable.
+
+Usage: bench.py TETRAS_BACK_BINARY WORKDIR [RUNS]
+"""
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+BIN = os.path.abspath(sys.argv[1])
+WORK = os.path.abspath(sys.argv[2])
+RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+SRC = f"{WORK}/src"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sh(cmd):
+    subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
+
+
+def clean(*paths):
+    for p in paths:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)
+    sh("sync")
+
+
+def timed(cmd, prepare):
+    samples = []
+    for _ in range(RUNS):
+        prepare()
+        t = time.monotonic()
+        r = subprocess.run(cmd, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        samples.append(time.monotonic() - t)
+        if r.returncode != 0:
+            sys.exit(f"bench: `{cmd}` failed ({r.returncode}): {r.stderr}")
+    return statistics.median(samples)
+
+
+def compare(title, ours, others, prepare, target, throughput=False):
+    """Times `ours` and each of `others` (label, command), alternating."""
+    results = {}
+    for label, cmd in [("tetras-back", ours)] + others:
+        results[label] = timed(cmd, prepare)
+    mine = results["tetras-back"]
+    rows = []
+    for label, _ in others:
+        theirs = results[label]
+        if throughput:
+            ratio, unit = theirs / mine, "x the throughput"
+        else:
+            ratio, unit = mine / theirs, "x the time"
+        rows.append((label, theirs, ratio, unit))
+    print(f"\n{title}")
+    print(f"  tetras-back {mine:8.2f} s")
+    for label, theirs, ratio, unit in rows:
+        print(f"  {label:<28} {theirs:8.2f} s   ratio {ratio:5.2f}{unit} of {label.split(' +')[0]}")
+    print(f"  target: {target}")
+    return rows
+
+
+def main():
+    os.makedirs(WORK, exist_ok=True)
+    if not os.path.isdir(SRC):
+        sh(f"/usr/bin/python3 {HERE}/gen.py {SRC}")
+    out = subprocess.run(["du", "-sh", "--apparent-size", SRC], capture_output=True, text=True).stdout.split()[0]
+    files = int(subprocess.run(f"find {SRC} -type f | wc -l", shell=True, capture_output=True, text=True).stdout)
+    print(f"tree: {files} files, {out}, in {SRC}; median of {RUNS} runs; {os.cpu_count()} cores")
+
+    d = f"{WORK}/dest"
+    compare(
+        "first snapshot (full copy)",
+        f"{BIN} snapshot --dest {d} {SRC}/",
+        [("cp -a + sync", f"cp -a {SRC} {d} && sync -f {d}"),
+         ("rsync -a + sync", f"rsync -a {SRC}/ {d}/ && sync -f {d}")],
+        lambda: clean(d),
+        "<= 1.0x cp -a",
+    )
+
+    # The previous snapshot, then 1% of the files changed.
+    base = f"{WORK}/base"
+    clean(base)
+    sh(f"{BIN} snapshot --dest {base} {SRC}/")
+    changed = 0
+    for dirpath, _, names in sorted(os.walk(SRC)):
+        for n in sorted(names):
+            changed += 1
+            if changed % 100 == 0:
+                with open(f"{dirpath}/{n}", "ab") as f:
+                    f.write(b"changed for the incremental run\n")
+    compare(
+        "incremental snapshot (1% of files changed)",
+        f"{BIN} snapshot --dest {d} --link-dest {base} {SRC}/",
+        [("rsync -a --link-dest + sync", f"rsync -a --link-dest={base} {SRC}/ {d}/ && sync -f {d}"),
+         ("cp -al + sync", f"cp -al {base} {d} && sync -f {d}")],
+        lambda: clean(d),
+        "<= 0.33x rsync --link-dest",
+    )
+
+    a = f"{WORK}/a.tar.gz"
+    compare(
+        "archive (.tar.gz)",
+        f"{BIN} archive -o {a} {SRC}",
+        [("tar czf + sync", f"tar czf {a} -C {WORK} src && sync -f {a}")],
+        lambda: clean(a),
+        ">= 1.8x the throughput of tar czf",
+        throughput=True,
+    )
+
+    p = f"{WORK}/prune"
+    victim = f"{p}/2026-01-01_00-00-00"
+
+    def prepare_prune():
+        clean(p)
+        os.makedirs(f"{p}/2026-01-02_00-00-00")
+        sh(f"cp -a {SRC} {victim}")
+        sh("sync")
+
+    compare(
+        "prune one snapshot",
+        f"{BIN} prune {p} --keep-last 1",
+        [("rm -rf", f"rm -rf {victim}")],
+        prepare_prune,
+        "<= 1.0x rm -rf",
+    )
+    clean(p, d, a, base)
+
+
+if __name__ == "__main__":
+    main()

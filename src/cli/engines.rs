@@ -1,0 +1,288 @@
+//! The backup engines' subcommands (`snapshot`, `archive`, `prune`,
+//! `verify`): their arguments, and what they print. They need no daemon and
+//! no configuration file: the shipped scripts call them on a mounted disk.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::engine::{self, archive, human, prune, snapshot, Exclude};
+
+/// Exit code of `snapshot`/`archive` when some files could not be read
+/// (everything else was saved), as rsync's "partial transfer".
+pub const EXIT_PARTIAL: u8 = 23;
+/// Exit code of `verify` when the backup differs from its manifest.
+pub const EXIT_DAMAGED: u8 = 4;
+/// Exit code of `prune` when the free space asked for cannot be reached.
+pub const EXIT_SHORT_OF_SPACE: u8 = 5;
+
+#[derive(Args, Debug, PartialEq)]
+pub struct SnapshotArgs {
+    /// The new backup folder (written as DIR.partial, renamed when complete)
+    #[arg(long, value_name = "DIR")]
+    dest: PathBuf,
+    /// Hard-link files unchanged since this snapshot; `auto`: the newest
+    /// complete one among the dated folders beside DIR
+    #[arg(long, value_name = "PREV|auto")]
+    link_dest: Option<PathBuf>,
+    /// Leave out what matches (a glob; without a `/` it matches a name at any depth)
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Do not descend into other file systems (their mount points are kept, empty)
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+    /// Only say how many files and bytes would be copied
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Print the summary as JSON
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: one per core)
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Sources: `SRC` is copied into DIR under its name, `SRC/` has its content copied into DIR
+    #[arg(required = true, value_name = "SRC")]
+    sources: Vec<OsString>,
+}
+
+#[derive(Args, Debug, PartialEq)]
+pub struct ArchiveArgs {
+    /// The archive to create (written as FILE.partial, renamed when complete)
+    #[arg(short, long, value_name = "FILE.tar.gz")]
+    output: PathBuf,
+    /// Also archive what this pattern matches (quote it: --glob '/var/log/*.log')
+    #[arg(long, value_name = "PATTERN")]
+    glob: Vec<String>,
+    /// Leave out what matches (a glob; without a `/` it matches a name at any depth)
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// gzip level: 1 (fastest) to 9 (smallest)
+    #[arg(long, default_value_t = 6, value_name = "1-9")]
+    level: u32,
+    /// Print the summary as JSON
+    #[arg(long)]
+    json: bool,
+    /// Compression threads (default: one per core)
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Trees and files to archive
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug, PartialEq)]
+pub struct PruneArgs {
+    /// The directory holding the dated backup folders
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// Delete the oldest backups until this much space is free: a size
+    /// (20GiB, 500MB) or a share of the file system (10%)
+    #[arg(long, value_name = "SIZE|PERCENT")]
+    min_free: Option<prune::FreeTarget>,
+    /// Keep the N newest backups
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_last: usize,
+    /// Keep the newest backup of each of the last N days that have one
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_daily: usize,
+    /// Keep the newest backup of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_weekly: usize,
+    /// Keep the newest backup of each of the last N months that have one
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_monthly: usize,
+    /// Keep the newest backup of each of the last N years that have one
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_yearly: usize,
+    /// Only list what would be deleted
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Print the outcome as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, PartialEq)]
+pub struct VerifyArgs {
+    /// A snapshot folder made by `tetras-back snapshot`
+    #[arg(value_name = "BACKUP")]
+    backup: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: one per core)
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(value).expect("summaries serialize"));
+}
+
+fn partial_exit(skipped: u64) -> ExitCode {
+    if skipped == 0 {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("tetras-back: {skipped} entries could not be read and are missing (see above)");
+    ExitCode::from(EXIT_PARTIAL)
+}
+
+pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
+    engine::init(a.jobs);
+    let link_dest = a.link_dest.map(|p| {
+        if p.as_os_str() == "auto" {
+            snapshot::LinkDest::Auto
+        } else {
+            snapshot::LinkDest::Path(p)
+        }
+    });
+    let opts = snapshot::Options {
+        dest: a.dest,
+        sources: a.sources,
+        link_dest,
+        exclude: Exclude::new(&a.exclude)?,
+        one_file_system: a.one_file_system,
+        dry_run: a.dry_run,
+    };
+    let s = snapshot::run(&opts)?;
+    if a.json {
+        print_json(&s);
+    } else {
+        let from = match &s.link_dest {
+            Some(p) => format!(" from {}", p.display()),
+            None => String::new(),
+        };
+        if s.dry_run {
+            println!(
+                "dry run: would copy {} files ({}, {} bytes) and hard-link {} ({}){from} into {}",
+                s.copied_files,
+                human(s.copied_bytes),
+                s.copied_bytes,
+                s.linked_files,
+                human(s.linked_bytes),
+                s.dest.display()
+            );
+        } else {
+            println!(
+                "snapshot {}: {} files ({}): {} copied ({}), {} hard-linked{from}; {} directories, {} symlinks, {} special; {:.2} s",
+                s.dest.display(),
+                s.files,
+                human(s.bytes),
+                s.copied_files,
+                human(s.copied_bytes),
+                s.linked_files,
+                s.dirs,
+                s.symlinks,
+                s.specials,
+                s.seconds
+            );
+        }
+    }
+    Ok(partial_exit(s.skipped))
+}
+
+pub fn archive(a: ArchiveArgs) -> Result<ExitCode> {
+    engine::init(a.jobs);
+    let opts = archive::Options {
+        output: a.output,
+        paths: a.paths,
+        globs: a.glob,
+        exclude: Exclude::new(&a.exclude)?,
+        level: a.level,
+    };
+    let s = archive::run(&opts)?;
+    if a.json {
+        print_json(&s);
+    } else {
+        println!(
+            "archive {}: {} files, {} directories, {} symlinks; {} in, {} out; {:.2} s",
+            s.output.display(),
+            s.files,
+            s.dirs,
+            s.symlinks,
+            human(s.bytes_in),
+            human(s.bytes_out),
+            s.seconds
+        );
+    }
+    Ok(partial_exit(s.skipped))
+}
+
+pub fn prune(a: PruneArgs) -> Result<ExitCode> {
+    engine::init(None);
+    let keep = prune::Keep {
+        last: a.keep_last,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+    };
+    if a.min_free.is_none() && keep == prune::Keep::default() {
+        anyhow::bail!("say what to keep: --min-free and/or --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly");
+    }
+    let o = prune::run(&prune::Options { dir: a.dir, min_free: a.min_free, keep, dry_run: a.dry_run })?;
+    if a.json {
+        print_json(&o);
+    } else {
+        let verb = if o.dry_run { "would delete" } else { "deleted" };
+        for d in &o.deleted {
+            let freed = if o.dry_run { "about " } else { "" };
+            println!("{verb} {} ({}; {freed}{} freed)", d.name, d.reason, human(d.freed));
+        }
+        for n in &o.in_use {
+            println!("left {n}: being written by a running process");
+        }
+        let free = if o.dry_run { "would be about" } else { "now" };
+        println!(
+            "{}: {} backups kept, {} deleted; free space was {}, {free} {}",
+            o.dir.display(),
+            o.kept.len(),
+            o.deleted.len(),
+            human(o.free_before),
+            human(o.free_after)
+        );
+    }
+    if !o.met {
+        eprintln!(
+            "tetras-back: cannot free {} in {}: only {} would be free with every backup but the newest complete one deleted",
+            human(o.target.unwrap_or(0)),
+            o.dir.display(),
+            human(o.free_after)
+        );
+        return Ok(ExitCode::from(EXIT_SHORT_OF_SPACE));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    engine::init(a.jobs);
+    let r = engine::verify::run(&a.backup)?;
+    if a.json {
+        print_json(&r);
+    } else {
+        for p in &r.missing {
+            println!("missing: {}", p.display());
+        }
+        for (p, what) in &r.changed {
+            println!("changed: {} ({what})", p.display());
+        }
+        for p in &r.extra {
+            println!("extra: {}", p.display());
+        }
+        let verdict = if r.intact() { "intact" } else { "DAMAGED" };
+        println!(
+            "{}: {verdict}: {} entries, {} files ({}) checked; {} missing, {} changed, {} extra",
+            r.backup.display(),
+            r.entries,
+            r.files,
+            human(r.bytes),
+            r.missing.len(),
+            r.changed.len(),
+            r.extra.len()
+        );
+    }
+    Ok(if r.intact() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_DAMAGED) })
+}

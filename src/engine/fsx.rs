@@ -1,0 +1,157 @@
+//! File-system calls relative to directory descriptors that never follow a
+//! symbolic link: on a backup disk anyone may have planted one, and a
+//! process running as root must not write, link or delete through it.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, Flock, FlockArg, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
+
+/// The type bits of a `stat` mode.
+pub fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    kind(st) == SFlag::S_IFDIR
+}
+
+/// Opens a directory path (absolute or relative to the working directory)
+/// refusing any symbolic link on the way, with an error that names the path.
+pub fn open_dir_strict(path: &Path) -> io::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(nix::fcntl::AT_FDCWD, path, how).map_err(|e| match e {
+        Errno::ELOOP => io::Error::other(format!(
+            "{}: a component of this path is a symbolic link; refusing to follow it \
+             (give the real path)",
+            path.display()
+        )),
+        e => io::Error::other(format!("{}: {}", path.display(), e.desc())),
+    })
+}
+
+/// Opens the directory `rel` below `root`: never above it, never through a
+/// symbolic link. An empty `rel` opens `root` itself again.
+pub fn open_beneath(root: BorrowedFd, rel: &Path) -> nix::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(root, rel, how)
+}
+
+/// Opens the entry `name` of `dir` for reading, refusing a symbolic link.
+pub fn open_read(dir: BorrowedFd, name: &OsStr, directory: bool) -> nix::Result<OwnedFd> {
+    let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if directory {
+        flags |= OFlag::O_DIRECTORY;
+    }
+    // O_NOATIME spares the source disk a write per file; only the owner or root may use it.
+    openat(dir, name, flags | OFlag::O_NOATIME, Mode::empty()).or_else(|e| {
+        if e == Errno::EPERM {
+            openat(dir, name, flags, Mode::empty())
+        } else {
+            Err(e)
+        }
+    })
+}
+
+/// Creates the file `name` in `dir`; fails if anything (a symlink
+/// included) already has that name.
+pub fn create_new(dir: BorrowedFd, name: &OsStr) -> nix::Result<File> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(dir, name, flags, Mode::from_bits_truncate(0o600)).map(File::from)
+}
+
+pub fn lstat_at(dir: BorrowedFd, name: &OsStr) -> nix::Result<FileStat> {
+    fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+/// The names in a directory, without `.` and `..`.
+pub fn read_names(dir: BorrowedFd) -> nix::Result<Vec<std::ffi::OsString>> {
+    let fd = openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut d = nix::dir::Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// A `.partial` folder or file being written, locked so that `prune` and
+/// the next run can tell it is in use (the lock goes with the process).
+pub struct InUse(#[allow(dead_code)] Flock<OwnedFd>);
+
+impl InUse {
+    /// Takes the lock on an open `.partial`, or says it is in use.
+    pub fn lock(fd: OwnedFd) -> Result<InUse, Errno> {
+        Flock::lock(fd, FlockArg::LockExclusiveNonblock).map(InUse).map_err(|(_, e)| e)
+    }
+}
+
+/// Whether the `.partial` entry `name` of `dir` is being written by a
+/// running process (it holds the lock).
+pub fn partial_in_use(dir: BorrowedFd, name: &OsStr) -> bool {
+    match open_read(dir, name, false) {
+        Ok(fd) => matches!(InUse::lock(fd), Err(Errno::EWOULDBLOCK)),
+        Err(_) => false,
+    }
+}
+
+/// Removes the tree `name` in `parent` (a file, a symlink or a directory
+/// with everything in it) on all worker threads. Symbolic links are removed,
+/// never followed; a file system mounted inside the tree stops it.
+pub fn remove_tree(parent: BorrowedFd, name: &OsStr) -> io::Result<()> {
+    let st = lstat_at(parent, name).map_err(io::Error::from)?;
+    if !is_dir(&st) {
+        return nix::unistd::unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from);
+    }
+    let root = open_read(parent, name, true)?;
+    let dev = st.st_dev;
+    let dirs = std::sync::Mutex::new(Vec::new());
+    super::walk::par_walk(vec![std::path::PathBuf::new()], |rel| -> io::Result<Vec<std::path::PathBuf>> {
+        let rel = rel.as_path();
+        let dir = open_beneath(root.as_fd(), rel)?;
+        let here = nix::sys::stat::fstat(&dir)?;
+        if here.st_dev != dev {
+            return Err(io::Error::other(format!(
+                "{}: another file system is mounted here; not deleting it",
+                rel.display()
+            )));
+        }
+        let mut subdirs = Vec::new();
+        for n in read_names(dir.as_fd())? {
+            match nix::unistd::unlinkat(&dir, n.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EISDIR) => subdirs.push(rel.join(n)),
+                Err(e) => return Err(io::Error::other(format!("{}: {}", rel.join(n).display(), e.desc()))),
+            }
+        }
+        dirs.lock().unwrap().push((rel.to_owned(), subdirs.len()));
+        Ok(subdirs)
+    })?;
+    // Deepest first; each directory is empty once those below it are gone.
+    let mut dirs = dirs.into_inner().unwrap();
+    dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
+    for (rel, _) in dirs.iter().filter(|(rel, _)| !rel.as_os_str().is_empty()) {
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let p = open_beneath(root.as_fd(), parent_rel)?;
+        nix::unistd::unlinkat(&p, rel.file_name().unwrap(), UnlinkatFlags::RemoveDir)
+            .map_err(|e| io::Error::other(format!("{}: {}", rel.display(), e.desc())))?;
+    }
+    drop(root);
+    nix::unistd::unlinkat(parent, name, UnlinkatFlags::RemoveDir).map_err(io::Error::from)
+}

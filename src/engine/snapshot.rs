@@ -1,0 +1,854 @@
+//! `snapshot`: copies source trees into a new backup folder, hard-linking
+//! the files that have not changed since the previous snapshot (the
+//! semantics of `rsync -a --link-dest`: every snapshot is a complete tree).
+//!
+//! The folder is written as `DIR.partial`, locked while it is written, and
+//! renamed to `DIR` only once complete, with its manifest, and synced. On the
+//! destination every call is relative to a directory descriptor and refuses
+//! symbolic links, so a link planted on the backup disk cannot redirect a
+//! write. Directories are copied in parallel on the worker threads.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, RenameFlags};
+use nix::sys::stat::{
+    fchmod, fstat, futimens, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag, UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::fsx::{self, InUse};
+use super::manifest::{self, Entry, Hash, Kind};
+use super::{dated_name, is_partial, Exclude, Skipped, PARTIAL};
+
+/// Where unchanged files are hard-linked from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkDest {
+    /// The newest complete backup folder beside this one.
+    Auto,
+    Path(PathBuf),
+}
+
+pub struct Options {
+    pub dest: PathBuf,
+    /// As given: `SRC` copies the entry itself into the folder, `SRC/` its
+    /// content (as rsync does).
+    pub sources: Vec<OsString>,
+    pub link_dest: Option<LinkDest>,
+    pub exclude: Exclude,
+    pub one_file_system: bool,
+    pub dry_run: bool,
+}
+
+/// What a snapshot did (or, with `--dry-run`, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub dest: PathBuf,
+    pub link_dest: Option<PathBuf>,
+    pub dry_run: bool,
+    /// Regular files in the snapshot.
+    pub files: u64,
+    pub bytes: u64,
+    pub copied_files: u64,
+    pub copied_bytes: u64,
+    pub linked_files: u64,
+    pub linked_bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    /// Entries that could not be read and are missing from the snapshot.
+    pub skipped: u64,
+    pub seconds: f64,
+}
+
+/// One source: a directory and, for `SRC` without a trailing slash, the one
+/// entry of it to copy.
+struct Root {
+    dir: OwnedFd,
+    only: Option<OsString>,
+    /// The source's path, for messages.
+    base: PathBuf,
+    dev: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    copied_files: AtomicU64,
+    copied_bytes: AtomicU64,
+    linked_files: AtomicU64,
+    linked_bytes: AtomicU64,
+    dirs: AtomicU64,
+    symlinks: AtomicU64,
+    specials: AtomicU64,
+}
+
+struct Ctx<'a> {
+    roots: Vec<Root>,
+    /// `DIR.partial`; `None` in a dry run.
+    dest: Option<OwnedFd>,
+    prev: Option<OwnedFd>,
+    prev_manifest: HashMap<PathBuf, Entry>,
+    exclude: &'a Exclude,
+    one_file_system: bool,
+    as_root: bool,
+    skipped: Skipped,
+    n: Counters,
+    entries: Mutex<Vec<Entry>>,
+    /// Directories created, for their metadata once everything is in them.
+    dirs: Mutex<Vec<(usize, PathBuf, FileStat)>>,
+    /// First path of each inode with several links in the source.
+    first_links: Mutex<HashMap<(u64, u64), PathBuf>>,
+    /// Further paths of those inodes: (path, first path).
+    more_links: Mutex<Vec<(PathBuf, PathBuf)>>,
+}
+
+/// A directory job: which source, and the path below it (the same path
+/// below the destination and the previous snapshot).
+type Job = (usize, PathBuf);
+
+pub fn run(opts: &Options) -> Result<Summary> {
+    let started = Instant::now();
+    let roots = open_sources(&opts.sources)?;
+    let dest_abs = std::path::absolute(&opts.dest).unwrap_or_else(|_| opts.dest.clone());
+    let link_dest = match &opts.link_dest {
+        None => None,
+        Some(LinkDest::Path(p)) => Some(p.clone()),
+        Some(LinkDest::Auto) => {
+            let found = find_previous(&dest_abs)?;
+            if found.is_none() {
+                eprintln!(
+                    "tetras-back: no previous complete snapshot beside {}: copying everything",
+                    dest_abs.display()
+                );
+            }
+            found
+        }
+    };
+    let (prev, prev_manifest) = match &link_dest {
+        Some(p) => match fsx::open_dir_strict(p) {
+            Ok(fd) => {
+                let m = read_manifest(fd.as_fd(), p)?;
+                (Some(fd), m)
+            }
+            Err(e) => {
+                eprintln!("tetras-back: --link-dest {e}: copying everything");
+                (None, HashMap::new())
+            }
+        },
+        None => (None, HashMap::new()),
+    };
+
+    let mut target = None;
+    let dest = if opts.dry_run {
+        None
+    } else {
+        let t = Target::create(&opts.dest)?;
+        let fd = fsx::open_read(t.parent.as_fd(), &t.partial, true)
+            .with_context(|| format!("cannot open {}", t.partial_path.display()))?;
+        target = Some(t);
+        Some(fd)
+    };
+    let ctx = Ctx {
+        roots,
+        dest,
+        prev,
+        prev_manifest,
+        exclude: &opts.exclude,
+        one_file_system: opts.one_file_system,
+        as_root: nix::unistd::geteuid().is_root(),
+        skipped: Skipped::default(),
+        n: Counters::default(),
+        entries: Mutex::new(Vec::new()),
+        dirs: Mutex::new(Vec::new()),
+        first_links: Mutex::new(HashMap::new()),
+        more_links: Mutex::new(Vec::new()),
+    };
+    let start: Vec<Job> = (0..ctx.roots.len()).map(|i| (i, PathBuf::new())).collect();
+    super::walk::par_walk(start, |job| ctx.visit(job))?;
+
+    let mut summary = Summary {
+        dest: dest_abs,
+        link_dest: link_dest.filter(|_| ctx.prev.is_some()),
+        dry_run: opts.dry_run,
+        ..Summary::default()
+    };
+    if let (Some(dest), Some(target)) = (&ctx.dest, target) {
+        ctx.link_inside(dest.as_fd())?;
+        ctx.finish_dirs(dest.as_fd())?;
+        let mut entries = std::mem::take(&mut *ctx.entries.lock().unwrap());
+        let m = fsx::create_new(dest.as_fd(), OsStr::new(manifest::NAME))
+            .context("cannot create the manifest")?;
+        let mut w = BufWriter::new(&m);
+        manifest::write(&mut w, &mut entries).context("cannot write the manifest")?;
+        drop(w);
+        // A snapshot of `SRC/` takes the metadata of SRC itself.
+        if let Some((i, root)) = ctx.roots.iter().enumerate().find(|(_, r)| r.only.is_none()) {
+            let st = fstat(&root.dir)?;
+            ctx.set_dir_meta(dest.as_fd(), i, Path::new(""), &st)?;
+        }
+        target.commit(dest.as_fd())?;
+    }
+    let n = &ctx.n;
+    summary.files = n.files.load(Relaxed);
+    summary.bytes = n.bytes.load(Relaxed);
+    summary.copied_files = n.copied_files.load(Relaxed);
+    summary.copied_bytes = n.copied_bytes.load(Relaxed);
+    summary.linked_files = n.linked_files.load(Relaxed);
+    summary.linked_bytes = n.linked_bytes.load(Relaxed);
+    summary.dirs = n.dirs.load(Relaxed);
+    summary.symlinks = n.symlinks.load(Relaxed);
+    summary.specials = n.specials.load(Relaxed);
+    summary.skipped = ctx.skipped.count();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn open_sources(sources: &[OsString]) -> Result<Vec<Root>> {
+    if sources.is_empty() {
+        bail!("no source given");
+    }
+    let mut roots = Vec::new();
+    let mut names: HashMap<OsString, &OsString> = HashMap::new();
+    for src in sources {
+        let path = PathBuf::from(src);
+        let open_dir =
+            |p: &Path| File::open(p).map(OwnedFd::from).with_context(|| format!("source {}", p.display()));
+        if src.as_bytes().ends_with(b"/") {
+            let dir = open_dir(&path)?;
+            let st = fstat(&dir)?;
+            if !fsx::is_dir(&st) {
+                bail!("source {} is not a directory", path.display());
+            }
+            roots.push(Root { dir, only: None, base: path, dev: st.st_dev });
+            continue;
+        }
+        let name = path
+            .file_name()
+            .with_context(|| {
+                format!(
+                    "source {}: no name to give it in the snapshot (add a trailing / to copy its content)",
+                    path.display()
+                )
+            })?
+            .to_owned();
+        if name == manifest::NAME {
+            bail!("source {}: that name is reserved for the snapshot's manifest", path.display());
+        }
+        if let Some(other) = names.insert(name.clone(), src) {
+            bail!(
+                "sources {} and {} would both be copied to {:?}",
+                Path::new(other).display(),
+                path.display(),
+                name
+            );
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let dir = open_dir(&parent)?;
+        let st = fsx::lstat_at(dir.as_fd(), &name)
+            .map_err(|e| anyhow!("source {}: {}", path.display(), e.desc()))?;
+        roots.push(Root { dir, only: Some(name), base: parent, dev: st.st_dev });
+    }
+    Ok(roots)
+}
+
+/// `DIR.partial` being written, and what is needed to finish it.
+struct Target {
+    parent: OwnedFd,
+    name: OsString,
+    partial: OsString,
+    partial_path: PathBuf,
+    _lock: InUse,
+}
+
+impl Target {
+    fn create(dest: &Path) -> Result<Target> {
+        let name =
+            dest.file_name().with_context(|| format!("--dest {}: not a folder name", dest.display()))?;
+        if is_partial(name.as_bytes()) {
+            bail!("--dest {}: names ending in {PARTIAL} are for folders being written", dest.display());
+        }
+        let parent_path = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let parent =
+            fsx::open_dir_strict(parent_path).with_context(|| format!("--dest {}", dest.display()))?;
+        if fsx::lstat_at(parent.as_fd(), name).is_ok() {
+            bail!("{} already exists: a snapshot is always written into a new folder", dest.display());
+        }
+        let mut partial = name.to_owned();
+        partial.push(PARTIAL);
+        let partial_path = parent_path.join(&partial);
+        if fsx::lstat_at(parent.as_fd(), &partial).is_ok() {
+            if fsx::partial_in_use(parent.as_fd(), &partial) {
+                bail!("{} is being written by another running snapshot", partial_path.display());
+            }
+            eprintln!("tetras-back: removing {}, left by an interrupted run", partial_path.display());
+            fsx::remove_tree(parent.as_fd(), &partial)
+                .with_context(|| format!("cannot remove {}", partial_path.display()))?;
+        }
+        mkdirat(&parent, partial.as_os_str(), Mode::from_bits_truncate(0o700))
+            .map_err(|e| anyhow!("cannot create {}: {}", partial_path.display(), e.desc()))?;
+        let fd = fsx::open_read(parent.as_fd(), &partial, true)?;
+        let lock =
+            InUse::lock(fd).map_err(|e| anyhow!("cannot lock {}: {}", partial_path.display(), e.desc()))?;
+        Ok(Target { parent, name: name.to_owned(), partial, partial_path, _lock: lock })
+    }
+
+    /// Syncs the folder's file system, renames `DIR.partial` to `DIR` and
+    /// syncs the parent directory, so the name appears only on a complete,
+    /// durable snapshot.
+    fn commit(self, dest: BorrowedFd) -> Result<()> {
+        nix::unistd::syncfs(dest).context("syncfs on the destination")?;
+        nix::fcntl::renameat2(
+            &self.parent,
+            self.partial.as_os_str(),
+            &self.parent,
+            self.name.as_os_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| anyhow!("cannot rename {} into place: {}", self.partial_path.display(), e.desc()))?;
+        nix::unistd::fsync(&self.parent).context("fsync of the destination's parent")?;
+        Ok(())
+    }
+}
+
+/// The newest complete snapshot matching `dest` among the dated folders
+/// beside it: with `dest` = `B/2026-11-22_10-00-00_x/Donnees`, the newest
+/// `B/<older date>.../Donnees` that has a manifest.
+pub fn find_previous(dest: &Path) -> Result<Option<PathBuf>> {
+    let dated = dest
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| dated_name(n.as_bytes()).is_some()))
+        .unwrap_or(dest);
+    let (Some(parent), Some(own)) = (dated.parent(), dated.file_name()) else { return Ok(None) };
+    let below = dest.strip_prefix(dated).unwrap_or(Path::new(""));
+    let parent_fd = match fsx::open_dir_strict(parent) {
+        Ok(fd) => fd,
+        Err(_) => return Ok(None),
+    };
+    let mut names: Vec<OsString> = fsx::read_names(parent_fd.as_fd())?
+        .into_iter()
+        .filter(|n| dated_name(n.as_bytes()).is_some() && !is_partial(n.as_bytes()))
+        .filter(|n| dated_name(own.as_bytes()).is_none() || n.as_bytes() < own.as_bytes())
+        .collect();
+    names.sort();
+    for n in names.iter().rev() {
+        let rel = Path::new(n).join(below);
+        if let Ok(fd) = fsx::open_beneath(parent_fd.as_fd(), &rel) {
+            if fsx::lstat_at(fd.as_fd(), OsStr::new(manifest::NAME))
+                .is_ok_and(|st| fsx::kind(&st) == SFlag::S_IFREG)
+            {
+                return Ok(Some(parent.join(rel)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn read_manifest(dir: BorrowedFd, path: &Path) -> Result<HashMap<PathBuf, Entry>> {
+    match fsx::open_read(dir, OsStr::new(manifest::NAME), false) {
+        Ok(fd) => {
+            let what = path.join(manifest::NAME);
+            Ok(manifest::by_path(manifest::read(BufReader::new(File::from(fd)), &what)?))
+        }
+        // A folder made by another tool: checksums are computed from the files.
+        Err(Errno::ENOENT) => Ok(HashMap::new()),
+        Err(e) => bail!("{}: {}", path.join(manifest::NAME).display(), e.desc()),
+    }
+}
+
+fn same_file(a: &FileStat, b: &FileStat, owners: bool) -> bool {
+    a.st_mode == b.st_mode
+        && a.st_size == b.st_size
+        && a.st_mtime == b.st_mtime
+        && a.st_mtime_nsec == b.st_mtime_nsec
+        && (!owners || (a.st_uid == b.st_uid && a.st_gid == b.st_gid))
+}
+
+fn entry(path: PathBuf, kind: Kind, st: &FileStat, size: u64, hash: Option<Hash>) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size,
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+        hash,
+    }
+}
+
+fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
+    (TimeSpec::new(st.st_atime, st.st_atime_nsec), TimeSpec::new(st.st_mtime, st.st_mtime_nsec))
+}
+
+/// Where a failure happened: on the source it skips one entry, on the
+/// destination it ends the run.
+fn dest_err(rel: &Path, what: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("cannot {what} {} in the snapshot: {e}", rel.display())
+}
+
+impl Ctx<'_> {
+    fn src_path(&self, root: usize, rel: &Path) -> PathBuf {
+        self.roots[root].base.join(rel)
+    }
+
+    fn visit(&self, (root, rel): Job) -> Result<Vec<Job>> {
+        let r = &self.roots[root];
+        let src = match fsx::open_beneath(r.dir.as_fd(), &rel) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.skipped.report(format_args!("{}: {}", self.src_path(root, &rel).display(), e.desc()));
+                return Ok(Vec::new());
+            }
+        };
+        let dest = match &self.dest {
+            Some(d) => {
+                Some(fsx::open_beneath(d.as_fd(), &rel).map_err(|e| dest_err(&rel, "open", e.desc()))?)
+            }
+            None => None,
+        };
+        let prev = self.prev.as_ref().and_then(|p| fsx::open_beneath(p.as_fd(), &rel).ok());
+        let names = match fsx::read_names(src.as_fd()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.skipped.report(format_args!("{}: {}", self.src_path(root, &rel).display(), e.desc()));
+                return Ok(Vec::new());
+            }
+        };
+        let mut subdirs = Vec::new();
+        let mut entries = Vec::new();
+        let d = Dirs {
+            src: src.as_fd(),
+            dest: dest.as_ref().map(|d| d.as_fd()),
+            prev: prev.as_ref().map(|p| p.as_fd()),
+        };
+        for name in names {
+            if rel.as_os_str().is_empty() && r.only.as_ref().is_some_and(|only| *only != name) {
+                continue;
+            }
+            let path = rel.join(&name);
+            if self.exclude.matches(&path) {
+                continue;
+            }
+            if path.as_os_str() == manifest::NAME {
+                self.skipped.report(format_args!(
+                    "{}: that name is reserved for the snapshot's manifest",
+                    self.src_path(root, &path).display()
+                ));
+                continue;
+            }
+            let st = match fsx::lstat_at(src.as_fd(), &name) {
+                Ok(st) => st,
+                Err(e) => {
+                    self.skipped.report(format_args!(
+                        "{}: {}",
+                        self.src_path(root, &path).display(),
+                        e.desc()
+                    ));
+                    continue;
+                }
+            };
+            let kind = fsx::kind(&st);
+            if kind == SFlag::S_IFDIR {
+                self.n.dirs.fetch_add(1, Relaxed);
+                if let Some(dest) = d.dest {
+                    mkdirat(dest, name.as_os_str(), Mode::from_bits_truncate(0o700))
+                        .map_err(|e| dest_err(&path, "create directory", e.desc()))?;
+                    self.dirs.lock().unwrap().push((root, path.clone(), st));
+                }
+                entries.push(entry(path.clone(), Kind::Dir, &st, 0, None));
+                if !(self.one_file_system && st.st_dev != r.dev) {
+                    subdirs.push((root, path));
+                }
+                continue;
+            }
+            let done = match kind {
+                SFlag::S_IFREG => self.file(root, &d, &name, path, &st)?,
+                SFlag::S_IFLNK => self.symlink(root, &d, &name, path, &st)?,
+                _ => self.special(root, &d, &name, path, &st, kind)?,
+            };
+            entries.extend(done);
+        }
+        self.entries.lock().unwrap().append(&mut entries);
+        Ok(subdirs)
+    }
+
+    fn file(
+        &self,
+        root: usize,
+        d: &Dirs,
+        name: &OsStr,
+        path: PathBuf,
+        st: &FileStat,
+    ) -> Result<Option<Entry>> {
+        let size = st.st_size as u64;
+        self.n.files.fetch_add(1, Relaxed);
+        self.n.bytes.fetch_add(size, Relaxed);
+        if st.st_nlink > 1 {
+            let mut first = self.first_links.lock().unwrap();
+            if let Some(target) = first.get(&(st.st_dev, st.st_ino)) {
+                // Linked to its first path once everything is copied.
+                self.more_links.lock().unwrap().push((path, target.clone()));
+                return Ok(None);
+            }
+            first.insert((st.st_dev, st.st_ino), path.clone());
+        }
+        if let Some(prev) = d.prev {
+            let unchanged = fsx::lstat_at(prev, name).is_ok_and(|p| same_file(st, &p, self.as_root));
+            if unchanged {
+                let known = self
+                    .prev_manifest
+                    .get(&path)
+                    .filter(|e| {
+                        e.kind == Kind::File && e.size == size && e.mtime == (st.st_mtime, st.st_mtime_nsec)
+                    })
+                    .and_then(|e| e.hash);
+                match d.dest {
+                    None => {
+                        self.linked(size);
+                        return Ok(Some(entry(path, Kind::File, st, size, known)));
+                    }
+                    Some(dest) => match linkat(prev, name, dest, name, AtFlags::empty()) {
+                        Ok(()) => {
+                            self.linked(size);
+                            let hash = match known {
+                                Some(h) => h,
+                                None => {
+                                    let f = fsx::open_read(dest, name, false)
+                                        .map_err(|e| dest_err(&path, "read", e.desc()))?;
+                                    hash_file(&File::from(f)).map_err(|e| dest_err(&path, "read", e))?
+                                }
+                            };
+                            return Ok(Some(entry(path, Kind::File, st, size, Some(hash))));
+                        }
+                        // Too many links, another file system, or not allowed: copy instead.
+                        Err(Errno::EMLINK | Errno::EXDEV | Errno::EPERM) => {}
+                        Err(e) => return Err(dest_err(&path, "hard-link", e.desc())),
+                    },
+                }
+            }
+        }
+        let Some(dest) = d.dest else {
+            self.copied(size);
+            return Ok(Some(entry(path, Kind::File, st, size, None)));
+        };
+        let src = match fsx::open_read(d.src, name, false) {
+            Ok(fd) => File::from(fd),
+            Err(e) => {
+                self.skipped.report(format_args!("{}: {}", self.src_path(root, &path).display(), e.desc()));
+                return Ok(None);
+            }
+        };
+        let out = fsx::create_new(dest, name).map_err(|e| dest_err(&path, "create", e.desc()))?;
+        let (copied, hash) = match copy_data(&src, &out, st) {
+            Ok(r) => r,
+            Err(CopyError::Read(e)) => {
+                drop(out);
+                let _ = unlinkat(dest, name, UnlinkatFlags::NoRemoveDir);
+                self.skipped.report(format_args!("{}: {e}", self.src_path(root, &path).display()));
+                return Ok(None);
+            }
+            Err(CopyError::Write(e)) => return Err(dest_err(&path, "write", e)),
+        };
+        self.set_meta(&src, &out, st).map_err(|e| dest_err(&path, "set metadata of", e))?;
+        self.copied(copied);
+        Ok(Some(entry(path, Kind::File, st, copied, Some(hash))))
+    }
+
+    fn linked(&self, size: u64) {
+        self.n.linked_files.fetch_add(1, Relaxed);
+        self.n.linked_bytes.fetch_add(size, Relaxed);
+    }
+
+    fn copied(&self, size: u64) {
+        self.n.copied_files.fetch_add(1, Relaxed);
+        self.n.copied_bytes.fetch_add(size, Relaxed);
+    }
+
+    /// Owner, mode, extended attributes and times, in that order (a change
+    /// of owner clears set-uid bits and capabilities).
+    fn set_meta(&self, src: &File, out: &File, st: &FileStat) -> io::Result<()> {
+        if self.as_root {
+            fchown(out, Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid)))?;
+        }
+        fchmod(out, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+        copy_xattrs(src, out);
+        let (a, m) = times(st);
+        futimens(out, &a, &m)?;
+        Ok(())
+    }
+
+    fn symlink(
+        &self,
+        root: usize,
+        d: &Dirs,
+        name: &OsStr,
+        path: PathBuf,
+        st: &FileStat,
+    ) -> Result<Option<Entry>> {
+        let target = match nix::fcntl::readlinkat(d.src, name) {
+            Ok(t) => t,
+            Err(e) => {
+                self.skipped.report(format_args!("{}: {}", self.src_path(root, &path).display(), e.desc()));
+                return Ok(None);
+            }
+        };
+        self.n.symlinks.fetch_add(1, Relaxed);
+        if let Some(dest) = d.dest {
+            nix::unistd::symlinkat(target.as_os_str(), dest, name)
+                .map_err(|e| dest_err(&path, "create symlink", e.desc()))?;
+            self.set_link_meta(dest, name, st).map_err(|e| dest_err(&path, "set metadata of", e.desc()))?;
+        }
+        let bytes = target.as_bytes();
+        Ok(Some(entry(path, Kind::Symlink, st, bytes.len() as u64, Some(*blake3::hash(bytes).as_bytes()))))
+    }
+
+    fn set_link_meta(&self, dest: BorrowedFd, name: &OsStr, st: &FileStat) -> nix::Result<()> {
+        if self.as_root {
+            let (u, g) = (Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid)));
+            fchownat(dest, name, u, g, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        }
+        let (a, m) = times(st);
+        utimensat(dest, name, &a, &m, UtimensatFlags::NoFollowSymlink)
+    }
+
+    /// FIFOs, sockets and device nodes are recreated, never opened.
+    fn special(
+        &self,
+        root: usize,
+        d: &Dirs,
+        name: &OsStr,
+        path: PathBuf,
+        st: &FileStat,
+        kind: SFlag,
+    ) -> Result<Option<Entry>> {
+        if let Some(dest) = d.dest {
+            let perm = Mode::from_bits_truncate(st.st_mode & 0o7777);
+            if let Err(e) = mknodat(dest, name, kind, perm, st.st_rdev) {
+                self.skipped.report(format_args!(
+                    "{}: cannot recreate it: {}",
+                    self.src_path(root, &path).display(),
+                    e.desc()
+                ));
+                return Ok(None);
+            }
+            self.set_link_meta(dest, name, st).map_err(|e| dest_err(&path, "set metadata of", e.desc()))?;
+            fchmod_at(dest, name, st).map_err(|e| dest_err(&path, "set the mode of", e.desc()))?;
+        }
+        self.n.specials.fetch_add(1, Relaxed);
+        Ok(Some(entry(path, Kind::Special, st, st.st_rdev, None)))
+    }
+
+    /// Makes the further paths of inodes linked several times in the source
+    /// hard links to the first one, as in the source.
+    fn link_inside(&self, dest: BorrowedFd) -> Result<()> {
+        let more = std::mem::take(&mut *self.more_links.lock().unwrap());
+        if more.is_empty() {
+            return Ok(());
+        }
+        let mut entries = self.entries.lock().unwrap();
+        let index: HashMap<PathBuf, usize> =
+            entries.iter().enumerate().map(|(i, e)| (e.path.clone(), i)).collect();
+        for (path, target) in more {
+            let Some(&i) = index.get(&target) else {
+                self.skipped.report(format_args!(
+                    "{}: its first hard link {} was not copied",
+                    path.display(),
+                    target.display()
+                ));
+                continue;
+            };
+            let (tp, tn) = split(&target);
+            let (pp, pn) = split(&path);
+            let tdir = fsx::open_beneath(dest, tp).map_err(|e| dest_err(&target, "open", e.desc()))?;
+            let pdir = fsx::open_beneath(dest, pp).map_err(|e| dest_err(&path, "open", e.desc()))?;
+            linkat(&tdir, tn, &pdir, pn, AtFlags::empty())
+                .map_err(|e| dest_err(&path, "hard-link", e.desc()))?;
+            let mut e = entries[i].clone();
+            e.path = path;
+            entries.push(e);
+        }
+        Ok(())
+    }
+
+    /// Owner, mode, extended attributes and times of the directories, now
+    /// that nothing more is written into them.
+    fn finish_dirs(&self, dest: BorrowedFd) -> Result<()> {
+        let dirs = std::mem::take(&mut *self.dirs.lock().unwrap());
+        dirs.par_iter().try_for_each(|(root, rel, st)| self.set_dir_meta(dest, *root, rel, st))
+    }
+
+    fn set_dir_meta(&self, dest: BorrowedFd, root: usize, rel: &Path, st: &FileStat) -> Result<()> {
+        let out = File::from(fsx::open_beneath(dest, rel).map_err(|e| dest_err(rel, "open", e.desc()))?);
+        let src_rel =
+            if self.roots[root].only.is_some() || !rel.as_os_str().is_empty() { rel } else { Path::new("") };
+        match fsx::open_beneath(self.roots[root].dir.as_fd(), src_rel) {
+            Ok(src) => self.set_meta(&File::from(src), &out, st),
+            // Gone since: owner, mode and times are known all the same.
+            Err(_) => self.set_meta(&out, &out, st),
+        }
+        .map_err(|e| dest_err(rel, "set metadata of", e))
+    }
+}
+
+struct Dirs<'a> {
+    src: BorrowedFd<'a>,
+    dest: Option<BorrowedFd<'a>>,
+    prev: Option<BorrowedFd<'a>>,
+}
+
+fn split(p: &Path) -> (&Path, &OsStr) {
+    (p.parent().unwrap_or(Path::new("")), p.file_name().unwrap_or(p.as_os_str()))
+}
+
+fn fchmod_at(dir: BorrowedFd, name: &OsStr, st: &FileStat) -> nix::Result<()> {
+    nix::sys::stat::fchmodat(
+        dir,
+        name,
+        Mode::from_bits_truncate(st.st_mode & 0o7777),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+}
+
+/// Copies the extended attributes (ACLs and capabilities among them) that
+/// the destination accepts.
+fn copy_xattrs(src: &File, out: &File) {
+    use xattr::FileExt as _;
+    let Ok(names) = src.list_xattr() else { return };
+    for n in names {
+        if let Ok(Some(v)) = src.get_xattr(&n) {
+            if let Err(e) = out.set_xattr(&n, &v) {
+                if e.raw_os_error() != Some(libc_enotsup()) {
+                    eprintln!("tetras-back: cannot copy extended attribute {n:?}: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn libc_enotsup() -> i32 {
+    Errno::ENOTSUP as i32
+}
+
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+const BUF: usize = 256 * 1024;
+
+thread_local! {
+    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; BUF]);
+}
+
+/// Copies a file's data, hashing it on the way; holes of a sparse file stay
+/// holes. Returns the bytes copied (the file may have changed size since it
+/// was listed) and the checksum of the content.
+fn copy_data(src: &File, out: &File, st: &FileStat) -> Result<(u64, Hash), CopyError> {
+    let mut hasher = blake3::Hasher::new();
+    let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
+    BUFFER.with_borrow_mut(|buf| {
+        let mut pos = 0u64;
+        if sparse {
+            loop {
+                let data = match nix::unistd::lseek(src, pos as i64, nix::unistd::Whence::SeekData) {
+                    Ok(d) => d as u64,
+                    Err(Errno::ENXIO) => break,
+                    Err(e) => return Err(CopyError::Read(e.into())),
+                };
+                hash_zeros(&mut hasher, data - pos);
+                let end = nix::unistd::lseek(src, data as i64, nix::unistd::Whence::SeekHole)
+                    .map_err(|e| CopyError::Read(e.into()))? as u64;
+                pos = copy_range(src, out, data, Some(end), buf, &mut hasher)?;
+            }
+            let end = fstat(src).map_err(|e| CopyError::Read(e.into()))?.st_size as u64;
+            if end > pos {
+                hash_zeros(&mut hasher, end - pos);
+                pos = end;
+            }
+            out.set_len(pos).map_err(CopyError::Write)?;
+        } else {
+            pos = copy_range(src, out, 0, None, buf, &mut hasher)?;
+        }
+        Ok((pos, *hasher.finalize().as_bytes()))
+    })
+}
+
+/// Copies from `start` to `end` (or to the end of the file) at the same
+/// offsets; returns where it stopped.
+fn copy_range(
+    src: &File,
+    out: &File,
+    start: u64,
+    end: Option<u64>,
+    buf: &mut [u8],
+    hasher: &mut blake3::Hasher,
+) -> Result<u64, CopyError> {
+    let mut pos = start;
+    loop {
+        let want = match end {
+            Some(e) if e <= pos => break,
+            Some(e) => buf.len().min((e - pos) as usize),
+            None => buf.len(),
+        };
+        let n = match src.read_at(&mut buf[..want], pos) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all_at(&buf[..n], pos).map_err(CopyError::Write)?;
+        pos += n as u64;
+    }
+    Ok(pos)
+}
+
+fn hash_zeros(hasher: &mut blake3::Hasher, mut n: u64) {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// The BLAKE3 checksum of a whole file.
+pub fn hash_file(f: &File) -> io::Result<Hash> {
+    let mut hasher = blake3::Hasher::new();
+    BUFFER.with_borrow_mut(|buf| {
+        let mut r = f;
+        loop {
+            match r.read(buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(*hasher.finalize().as_bytes())
+    })
+}
