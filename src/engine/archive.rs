@@ -116,7 +116,7 @@ impl Output {
             _ => Path::new("."),
         };
         let parent =
-            fsx::open_dir_strict(parent_path).with_context(|| format!("--output {}", path.display()))?;
+            fsx::make_dirs_strict(parent_path).with_context(|| format!("--output {}", path.display()))?;
         if fsx::lstat_at(parent.as_fd(), name).is_ok() {
             bail!("{} already exists", path.display());
         }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, Flock, FlockArg, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
+use nix::sys::stat::{fstatat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 
 /// The type bits of a `stat` mode.
@@ -37,6 +37,40 @@ pub fn open_dir_strict(path: &Path) -> io::Result<OwnedFd> {
         )),
         e => io::Error::other(format!("{}: {}", path.display(), e.desc())),
     })
+}
+
+/// Opens a directory path, creating the missing folders on the way (as
+/// `mkdir -p`), one component at a time relative to its parent, refusing any
+/// symbolic link.
+pub fn make_dirs_strict(path: &Path) -> io::Result<OwnedFd> {
+    use std::path::Component;
+    let start = if path.is_absolute() { Path::new("/") } else { Path::new(".") };
+    let mut dir = open_dir_strict(start)?;
+    let mut so_far = start.to_path_buf();
+    for c in path.components() {
+        let Component::Normal(name) = c else {
+            if c == Component::ParentDir {
+                return Err(io::Error::other(format!("{}: `..` is not allowed here", path.display())));
+            }
+            continue;
+        };
+        so_far.push(name);
+        match mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(io::Error::other(format!("cannot create {}: {}", so_far.display(), e.desc())))
+            }
+        }
+        dir = open_read(dir.as_fd(), name, true).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => io::Error::other(format!(
+                "{}: {} is a symbolic link or not a folder; refusing to follow it (give the real path)",
+                path.display(),
+                so_far.display()
+            )),
+            e => io::Error::other(format!("{}: {}", so_far.display(), e.desc())),
+        })?;
+    }
+    Ok(dir)
 }
 
 /// Opens the directory `rel` below `root`: never above it, never through a

@@ -291,7 +291,7 @@ impl Target {
             _ => Path::new("."),
         };
         let parent =
-            fsx::open_dir_strict(parent_path).with_context(|| format!("--dest {}", dest.display()))?;
+            fsx::make_dirs_strict(parent_path).with_context(|| format!("--dest {}", dest.display()))?;
         if fsx::lstat_at(parent.as_fd(), name).is_ok() {
             bail!("{} already exists: a snapshot is always written into a new folder", dest.display());
         }
@@ -358,7 +358,11 @@ pub fn find_previous(dest: &Path) -> Result<Option<PathBuf>> {
             if fsx::lstat_at(fd.as_fd(), OsStr::new(manifest::NAME))
                 .is_ok_and(|st| fsx::kind(&st) == SFlag::S_IFREG)
             {
-                return Ok(Some(parent.join(rel)));
+                return Ok(Some(if below.as_os_str().is_empty() {
+                    parent.join(n)
+                } else {
+                    parent.join(rel)
+                }));
             }
         }
     }

@@ -16,6 +16,11 @@ pub fn require_root_and_udevd() {
     );
 }
 
+/// Panics with a clear message unless the tests run as root (mounts, owners).
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root: run `sudo make test`");
+}
+
 /// A fresh random filesystem UUID, so that parallel tests never share a disk.
 pub fn random_uuid() -> String {
     fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().to_owned()
@@ -66,6 +71,16 @@ impl LoopDisk {
             unmount_all(&dev);
             let _ = Command::new("losetup").args(["-d", &dev]).status();
         }
+    }
+
+    /// A new ext4 disk of `mb` MiB, attached and mounted at `at`; unmounted
+    /// and detached when dropped.
+    pub fn mounted(dir: &Path, mb: u64, at: &Path) -> LoopDisk {
+        let mut disk = LoopDisk::create(dir, "ext4", &random_uuid(), mb);
+        let dev = disk.attach();
+        fs::create_dir_all(at).unwrap();
+        sh("mount", &[&dev, at.to_str().unwrap()]);
+        disk
     }
 
     /// Where the device is mounted now.

@@ -324,3 +324,4 @@ pub fn names(events: &[serde_json::Value]) -> Vec<String> {
 }
 
 pub mod disk;
+pub mod tree;
