@@ -221,13 +221,16 @@ fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// One entry of a [`fingerprint`]: path, mode, size, mtime, inode, content.
+pub type Print = (PathBuf, u32, u64, (i64, i64), u64, Vec<u8>);
+
 /// Every file's content and metadata, to show a tree did not change.
-pub fn fingerprint(root: &Path) -> Vec<(PathBuf, u32, u64, i64, i64, u64, Vec<u8>)> {
+pub fn fingerprint(root: &Path) -> Vec<Print> {
     list(root)
         .into_iter()
         .map(|(p, m)| {
             let content = if m.is_file() { fs::read(root.join(&p)).unwrap() } else { Vec::new() };
-            (p, m.mode(), m.len(), m.mtime(), m.mtime_nsec(), m.ino(), content)
+            (p, m.mode(), m.len(), (m.mtime(), m.mtime_nsec()), m.ino(), content)
         })
         .collect()
 }
