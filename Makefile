@@ -4,7 +4,8 @@
 #   sudo make install    install packages it needs, build, install, start the service
 #   make uninstall       remove what install put there (config and state are kept)
 #   make test            install what the tests need, run every test (as root for the disk tests)
-#   make lint            cargo fmt --check and clippy, warnings as errors
+#   make lint            cargo fmt --check, clippy (warnings as errors), shellcheck on the scripts
+#   make bench           the engines against cp, rsync, tar+gzip and rm on a generated tree
 #   sudo make demo       a tour: a disk image is saved, plugged in and backed up, events shown live
 #
 # DESTDIR and PREFIX are honoured; unit and udev directories come from pkg-config.
@@ -18,7 +19,13 @@ DESTDIR     ?=
 
 # Packages needed to build, and in addition to test (Debian names).
 BUILD_DEPS  := pkg-config libudev-dev gcc
-TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs mount
+TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup
+LINT_DEPS   := $(BUILD_DEPS) shellcheck
+BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils
+
+# make bench: where the generated tree and the copies go, and runs per figure.
+BENCH_DIR   ?= target/bench
+BENCH_RUNS  ?= 3
 
 # cargo is usually in the invoking user's ~/.cargo/bin, which sudo drops from PATH.
 CARGO ?= $(shell command -v cargo 2>/dev/null || \
@@ -27,7 +34,7 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || \
 
 BIN := target/release/tetras-back
 
-.PHONY: all build deps test-deps install uninstall test lint demo check-cargo
+.PHONY: all build deps test-deps install uninstall test lint bench demo check-cargo
 
 all: build
 
@@ -58,7 +65,8 @@ build: check-cargo
 install: deps build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/tetras-back
 	install -d -m 0755 $(DESTDIR)$(SCRIPTSDIR)
-	@if [ -n "$$(ls scripts 2>/dev/null)" ]; then install -m 0755 scripts/* $(DESTDIR)$(SCRIPTSDIR)/; fi
+	install -m 0755 scripts/backup_*.sh $(DESTDIR)$(SCRIPTSDIR)/
+	install -m 0644 scripts/tetras-back-common.sh $(DESTDIR)$(SCRIPTSDIR)/
 	sed 's|@SBINDIR@|$(SBINDIR)|g' units/tetras-back.service > units/.tetras-back.service.tmp
 	install -D -m 0644 units/.tetras-back.service.tmp $(DESTDIR)$(UNITDIR)/tetras-back.service
 	rm -f units/.tetras-back.service.tmp
@@ -93,9 +101,15 @@ test: test-deps check-cargo
 	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
 	tests/with-udevd $(CARGO) test --locked
 
-lint: deps check-cargo
+lint: check-cargo
+	$(call apt_install,$(LINT_DEPS))
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	cd scripts && shellcheck -x *.sh
+
+bench: build
+	$(call apt_install,$(BENCH_DEPS))
+	/usr/bin/python3 bench/bench.py $(BIN) $(BENCH_DIR) $(BENCH_RUNS)
 
 demo: test-deps build
 	BIN=$(CURDIR)/$(BIN) demo/run

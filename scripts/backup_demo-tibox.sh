@@ -12,7 +12,7 @@
 #   TIBOX_ROOT     where the dated folders go (default: the disk's mount point)
 # Exit status: 0 done, 23 done but some files were unreadable, 1 failed.
 
-# shellcheck source=tetras-back-common.sh
+# shellcheck source-path=SCRIPTDIR source=tetras-back-common.sh
 . "$(dirname "$(readlink -f "$0")")/tetras-back-common.sh"
 
 for arg in "$@"; do

@@ -19,7 +19,7 @@
 #   NOCLOUD_ROOT    where the dated folders go (default: the disk's mount point)
 # Exit status: 0 done, 23 done but some files were unreadable, 1 failed.
 
-# shellcheck source=tetras-back-common.sh
+# shellcheck source-path=SCRIPTDIR source=tetras-back-common.sh
 . "$(dirname "$(readlink -f "$0")")/tetras-back-common.sh"
 
 DATA=0 CONFIG=0 MYSQL=0 POSTGRES=0 VERIFY=0
@@ -38,8 +38,11 @@ done
 
 ROOT=${NOCLOUD_ROOT:-$MOUNT}
 DATA_SRC=${NOCLOUD_DATA:-/home}
-read -r -a CONFIG_SRC <<<"${NOCLOUD_CONFIG:-/etc /srv /var/www /root}"
-mapfile -t CONFIG_SRC < <(existing "${CONFIG_SRC[@]}")
+CONFIG_SRC=()
+if [ "$CONFIG" -eq 1 ]; then
+    read -r -a CONFIG_SRC <<<"${NOCLOUD_CONFIG:-/etc /srv /var/www /root}"
+    mapfile -t CONFIG_SRC < <(existing "${CONFIG_SRC[@]}")
+fi
 
 NAME="$(date +%Y-%m-%d_%H-%M-%S)_Sauvegarde_${HOST}"
 DIR="$ROOT/$NAME"
@@ -91,9 +94,9 @@ if [ "$CONFIG" -eq 1 ]; then
     if [ -n "$(ls -A "$DUMPS/databases")" ]; then members+=(databases); fi
     if [ "${#members[@]}" -gt 0 ]; then
         # From the dumps' folder, so that they are stored as databases/...
-        cd "$DUMPS"
+        cd "$DUMPS" || die "cannot enter $DUMPS"
         engine archive --output "$DIR/serveur.tar.gz" "${members[@]}"
-        cd "$ROOT"
+        cd "$ROOT" || die "cannot enter $ROOT"
     else
         say "no configuration path exists; no serveur.tar.gz"
     fi

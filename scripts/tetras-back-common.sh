@@ -11,9 +11,9 @@ TB=${TETRAS_BACK_BIN:-tetras-back}
 MOUNT=${TETRAS_BACK_MOUNT:-$PWD}
 # shellcheck disable=SC2034
 HOST=${TETRAS_BACK_HOSTNAME:-$(hostname)}
-# Extra room asked for above the estimate: databases dumps and growth while
-# the backup runs.
-MARGIN_BYTES=${TETRAS_BACK_MARGIN_BYTES:-$((256 * 1024 * 1024))}
+# Extra room asked for above the estimate (plus 10% of it): database dumps
+# and growth while the backup runs.
+MARGIN_BYTES=${TETRAS_BACK_MARGIN_BYTES:-$((16 * 1024 * 1024))}
 
 say() { printf '%s: %s\n' "${0##*/}" "$*"; }
 die() { printf '%s: ERROR: %s\n' "${0##*/}" "$*" >&2; exit 1; }
@@ -39,16 +39,18 @@ estimate() {
 }
 
 # Deletes the oldest backups in ROOT until NEED bytes (plus the margin) are
-# free, before anything is written, so the disk never fills mid-run.
+# free, before anything is written, so the disk never fills mid-run. If even
+# deleting every older backup would not make room, it fails and deletes
+# nothing.
 make_room() {
     local root=$1 need=$NEED
     local want=$((need + need / 10 + MARGIN_BYTES))
     say "about $need bytes to write; making sure $want bytes are free in $root"
     local rc=0
-    "$TB" prune "$root" --min-free "$want" || rc=$?
+    "$TB" prune "$root" --min-free "$want" --dry-run >/dev/null || rc=$?
     case $rc in
-        0) ;;
-        5) die "not enough space on the disk for this backup, even after deleting every older backup" ;;
+        0) "$TB" prune "$root" --min-free "$want" || die "prune failed" ;;
+        5) die "not enough space on the disk for this backup ($want bytes), even with every older backup deleted; nothing was deleted" ;;
         *) die "prune failed (exit $rc)" ;;
     esac
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::disk::{require_root, sh, LoopDisk};
+use common::disk::{fake_backup, require_root, sh, LoopDisk};
 use common::tree::{self, assert_same, Compare};
 use common::{Run, TestEnv};
 
@@ -280,21 +280,6 @@ fn archive_is_read_by_gnu_tar_and_gzip() {
     b.tb(&["archive", "-o", s(&out), s(&src)]).fails_with(&["already exists"]);
 }
 
-/// A dated folder holding `mb` MiB of its own data.
-fn backup_of(dir: &Path, name: &str, mb: u64) {
-    fs::create_dir_all(dir.join(name)).unwrap();
-    sh(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}/data", dir.join(name).display()),
-            "bs=1M",
-            &format!("count={mb}"),
-            "status=none",
-        ],
-    );
-}
-
 fn free_bytes(p: &Path) -> u64 {
     let s = nix::sys::statvfs::statvfs(p).unwrap();
     s.blocks_available() as u64 * s.fragment_size() as u64
@@ -312,7 +297,7 @@ fn prune_frees_space_oldest_first_and_never_the_newest() {
         "2026-10-05_00-00-00",
     ];
     for n in names {
-        backup_of(&d, n, 14);
+        fake_backup(&d, n, 14);
     }
     fs::create_dir_all(d.join("not-a-backup")).unwrap();
     sh("sync", &[]);

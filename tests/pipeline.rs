@@ -455,3 +455,39 @@ fn stopping_the_daemon_mid_backup_unmounts_and_records_it() {
     assert!(state.contains("\"failed\""), "{state}");
     assert!(rig.logs()[0].contains("the daemon is stopping"));
 }
+
+#[test]
+fn the_shipped_script_backs_up_a_plugged_disk_twice_with_hard_links() {
+    let mut rig = Rig::new("ext4", "[[scripts]]\nname = \"backup_nocloud.sh\"\nargs = [\"--data\"]\n");
+    install_shipped_scripts(&rig.scripts_dir());
+    let data = rig.env.path("data");
+    fs::create_dir_all(data.join("alice")).unwrap();
+    fs::write(data.join("alice/thesis.txt"), "chapter one\n").unwrap();
+    let data_str = data.to_str().unwrap().to_owned();
+    let _d = rig.env.start_daemon_with(&[("NOCLOUD_DATA", &data_str)]);
+    rig.subscribe();
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    assert_eq!(rig.flow(&events), ONE_BACKUP);
+    let finished = events.iter().find(|e| e["event"] == "backup_finished").unwrap();
+    assert_eq!(finished["status"], "success", "{}", rig.logs().join("\n"));
+    std::thread::sleep(Duration::from_millis(1100)); // the next folder gets a later name
+    rig.env.cli(&["backup", "office"]).ok();
+    let events = rig.until("safe_to_remove");
+    assert_eq!(events.iter().find(|e| e["event"] == "backup_finished").unwrap()["status"], "success");
+
+    let root = rig.env.root().to_owned();
+    rig.disk.inspect(&root, |disk| {
+        let mut backups: Vec<_> = fs::read_dir(disk)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().contains("_Sauvegarde_"))
+            .collect();
+        backups.sort();
+        assert_eq!(backups.len(), 2, "{backups:?}");
+        let thesis = |b: &std::path::Path| fs::metadata(b.join("Donnees/alice/thesis.txt")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(thesis(&backups[0]).ino(), thesis(&backups[1]).ino(), "the second backup links the first");
+        assert_eq!(fs::read_to_string(backups[1].join("Donnees/alice/thesis.txt")).unwrap(), "chapter one\n");
+    });
+}

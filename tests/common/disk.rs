@@ -91,13 +91,24 @@ impl LoopDisk {
     /// Mounts the image read-only in `dir` (detached first) and returns the
     /// content of `file` on it, or `None`.
     pub fn read_file(&mut self, dir: &Path, file: &str) -> Option<String> {
+        self.inspect(dir, |mnt| fs::read_to_string(mnt.join(file)).ok())
+    }
+
+    /// Mounts the image read-only in `dir` (detached first), calls `look`
+    /// with the mount point, and unmounts it again, even if `look` panics.
+    pub fn inspect<T>(&mut self, dir: &Path, look: impl FnOnce(&Path) -> T) -> T {
         self.detach();
         let mnt = dir.join("verify-mnt");
         fs::create_dir_all(&mnt).unwrap();
         sh("mount", &["-o", "ro,loop", self.image.to_str().unwrap(), mnt.to_str().unwrap()]);
-        let content = fs::read_to_string(mnt.join(file)).ok();
-        sh("umount", &[mnt.to_str().unwrap()]);
-        content
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _guard = Unmount(&mnt);
+        look(&mnt)
     }
 }
 
@@ -125,6 +136,28 @@ pub fn mounts_of(dev: &str) -> Vec<String> {
 fn unmount_all(dev: &str) {
     for m in mounts_of(dev) {
         let _ = Command::new("umount").args(["-l", &m]).status();
+    }
+}
+
+/// A dated backup folder `name` in `dir` holding `mb` MiB of its own data.
+pub fn fake_backup(dir: &Path, name: &str, mb: u64) {
+    fs::create_dir_all(dir.join(name)).unwrap();
+    let of = format!("of={}/data", dir.join(name).display());
+    sh("dd", &["if=/dev/urandom", &of, "bs=1M", &format!("count={mb}"), "status=none"]);
+}
+
+/// Installs the shipped scripts of `scripts/` into `dir` the way
+/// `make install` does (root-owned, not writable by others).
+pub fn install_shipped_scripts(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    for e in fs::read_dir(shipped).unwrap() {
+        let e = e.unwrap();
+        let to = dir.join(e.file_name());
+        fs::copy(e.path(), &to).unwrap();
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
 

@@ -71,10 +71,16 @@ impl TestEnv {
 
     /// Starts the daemon and waits until it answers `status`.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// Starts the daemon with extra environment variables (its scripts inherit them).
+    pub fn start_daemon_with(&self, vars: &[(&str, &str)]) -> Daemon {
         let log = self.path("daemon.log");
         let err = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = self
             .cmd(&["daemon", "-v"])
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
