@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+sys.stdout.reconfigure(line_buffering=True)
 BIN = os.path.abspath(sys.argv[1])
 WORK = os.path.abspath(sys.argv[2])
 RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3

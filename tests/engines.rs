@@ -190,7 +190,7 @@ fn partial_being_written_is_left_alone() {
     assert!(run.stdout.contains("left 2026-11-02_10-00-00.partial: being written"), "{run:?}");
     assert!(busy.is_dir());
     let run = b.tb(&["snapshot", "--dest", s(&b.disk("2026-11-02_10-00-00")), s(&b.env.config_path())]);
-    run.fails_with(&["being written by another running snapshot"]);
+    run.fails_with(&["being written by another running process"]);
 }
 
 #[test]

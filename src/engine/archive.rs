@@ -5,11 +5,9 @@
 //! (RFC 1952), read by `gzip -d` and `tar xzf` as one stream.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -18,12 +16,11 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use flate2::Compression;
-use nix::fcntl::RenameFlags;
 use serde::Serialize;
 use tar::{EntryType, Header, HeaderMode};
 
-use super::fsx::{self, InUse};
-use super::{is_partial, Exclude, Skipped, PARTIAL};
+use super::fsx::{self, Partial};
+use super::{Exclude, Skipped};
 
 pub struct Options {
     pub output: PathBuf,
@@ -82,10 +79,12 @@ pub fn run(opts: &Options) -> Result<Summary> {
         },
     };
     for input in &inputs {
-        w.add_tree(input).with_context(|| format!("cannot write {}", target.partial_path.display()))?;
+        w.add_tree(input)
+            .with_context(|| format!("cannot write {}", target.target.partial_path.display()))?;
     }
     let gz = w.tar.into_inner().context("cannot finish the tar stream")?;
-    let file = gz.finish().with_context(|| format!("cannot write {}", target.partial_path.display()))?;
+    let file =
+        gz.finish().with_context(|| format!("cannot write {}", target.target.partial_path.display()))?;
     drop(file);
     let mut summary = w.summary;
     summary.skipped = w.skipped.count();
@@ -96,61 +95,25 @@ pub fn run(opts: &Options) -> Result<Summary> {
 
 /// `FILE.partial`, locked while it is written, renamed to `FILE` at the end.
 struct Output {
-    parent: OwnedFd,
-    name: OsString,
-    partial: OsString,
-    partial_path: PathBuf,
+    target: Partial,
     file: File,
-    _lock: InUse,
 }
 
 impl Output {
     fn create(path: &Path) -> Result<Output> {
-        let name =
-            path.file_name().with_context(|| format!("--output {}: not a file name", path.display()))?;
-        if is_partial(name.as_bytes()) {
-            bail!("--output {}: names ending in {PARTIAL} are for files being written", path.display());
-        }
-        let parent_path = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let parent =
-            fsx::make_dirs_strict(parent_path).with_context(|| format!("--output {}", path.display()))?;
-        if fsx::lstat_at(parent.as_fd(), name).is_ok() {
-            bail!("{} already exists", path.display());
-        }
-        let mut partial = name.to_owned();
-        partial.push(PARTIAL);
-        let partial_path = parent_path.join(&partial);
-        if fsx::lstat_at(parent.as_fd(), &partial).is_ok() {
-            if fsx::partial_in_use(parent.as_fd(), &partial) {
-                bail!("{} is being written by another running archive", partial_path.display());
-            }
-            eprintln!("tetras-back: removing {}, left by an interrupted run", partial_path.display());
-            fsx::remove_tree(parent.as_fd(), &partial)
-                .with_context(|| format!("cannot remove {}", partial_path.display()))?;
-        }
-        let file = fsx::create_new(parent.as_fd(), &partial)
-            .map_err(|e| anyhow!("cannot create {}: {}", partial_path.display(), e.desc()))?;
-        let lock = InUse::lock(OwnedFd::from(file.try_clone()?))
-            .map_err(|e| anyhow!("cannot lock {}: {}", partial_path.display(), e.desc()))?;
-        Ok(Output { parent, name: name.to_owned(), partial, partial_path, file, _lock: lock })
+        let mut target = Partial::prepare(path, "--output")?;
+        let file = fsx::create_new(target.parent.as_fd(), &target.partial)
+            .map_err(|e| anyhow!("cannot create {}: {}", target.partial_path.display(), e.desc()))?;
+        target.lock(OwnedFd::from(file.try_clone()?))?;
+        Ok(Output { target, file })
     }
 
     /// Syncs and renames into place; returns the archive's size.
     fn commit(self) -> Result<u64> {
-        self.file.sync_all().with_context(|| format!("cannot sync {}", self.partial_path.display()))?;
+        let what = &self.target.partial_path;
+        self.file.sync_all().with_context(|| format!("cannot sync {}", what.display()))?;
         let size = self.file.metadata()?.len();
-        nix::fcntl::renameat2(
-            &self.parent,
-            self.partial.as_os_str(),
-            &self.parent,
-            self.name.as_os_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(|e| anyhow!("cannot rename {} into place: {}", self.partial_path.display(), e.desc()))?;
-        nix::unistd::fsync(&self.parent).context("fsync of the archive's directory")?;
+        self.target.rename_into_place()?;
         Ok(size)
     }
 }

@@ -189,3 +189,71 @@ pub fn remove_tree(parent: BorrowedFd, name: &OsStr) -> io::Result<()> {
     drop(root);
     nix::unistd::unlinkat(parent, name, UnlinkatFlags::RemoveDir).map_err(io::Error::from)
 }
+
+/// A new folder or file `NAME` written as `NAME.partial` beside it: made
+/// ready (missing parents created, a stale `.partial` removed), locked
+/// while written, renamed into place when complete.
+pub struct Partial {
+    pub parent: OwnedFd,
+    name: std::ffi::OsString,
+    pub partial: std::ffi::OsString,
+    pub partial_path: std::path::PathBuf,
+    lock: Option<InUse>,
+}
+
+impl Partial {
+    /// `flag` names the option that gave `path` in messages (`--dest`).
+    pub fn prepare(path: &Path, flag: &str) -> anyhow::Result<Partial> {
+        use anyhow::{bail, Context};
+        use std::os::unix::ffi::OsStrExt;
+        let name = path.file_name().with_context(|| format!("{flag} {}: not a name", path.display()))?;
+        if super::is_partial(name.as_bytes()) {
+            bail!(
+                "{flag} {}: names ending in {} are for what is being written",
+                path.display(),
+                super::PARTIAL
+            );
+        }
+        let parent_path = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let parent = make_dirs_strict(parent_path).with_context(|| format!("{flag} {}", path.display()))?;
+        if lstat_at(parent.as_fd(), name).is_ok() {
+            bail!("{} already exists: backups are always written under a new name", path.display());
+        }
+        let mut partial = name.to_owned();
+        partial.push(super::PARTIAL);
+        let partial_path = parent_path.join(&partial);
+        if lstat_at(parent.as_fd(), &partial).is_ok() {
+            if partial_in_use(parent.as_fd(), &partial) {
+                bail!("{} is being written by another running process", partial_path.display());
+            }
+            eprintln!("tetras-back: removing {}, left by an interrupted run", partial_path.display());
+            remove_tree(parent.as_fd(), &partial)
+                .with_context(|| format!("cannot remove {}", partial_path.display()))?;
+        }
+        Ok(Partial { parent, name: name.to_owned(), partial, partial_path, lock: None })
+    }
+
+    /// Takes the lock through a descriptor of the new `.partial`.
+    pub fn lock(&mut self, fd: OwnedFd) -> anyhow::Result<()> {
+        let lock = InUse::lock(fd)
+            .map_err(|e| anyhow::anyhow!("cannot lock {}: {}", self.partial_path.display(), e.desc()))?;
+        self.lock = Some(lock);
+        Ok(())
+    }
+
+    /// Renames `NAME.partial` to `NAME` (never over an existing `NAME`) and
+    /// syncs the folder holding it. The caller has synced the content.
+    pub fn rename_into_place(self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let flags = nix::fcntl::RenameFlags::RENAME_NOREPLACE;
+        let (p, from, to) = (&self.parent, self.partial.as_os_str(), self.name.as_os_str());
+        nix::fcntl::renameat2(p, from, p, to, flags).map_err(|e| {
+            anyhow::anyhow!("cannot rename {} into place: {}", self.partial_path.display(), e.desc())
+        })?;
+        nix::unistd::fsync(&self.parent).context("fsync of the folder holding the backup")?;
+        Ok(())
+    }
+}

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, RenameFlags};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{
     fchmod, fstat, futimens, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag, UtimensatFlags,
 };
@@ -31,9 +31,9 @@ use nix::unistd::{fchown, fchownat, linkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::fsx::{self, InUse};
+use super::fsx::{self, Partial};
 use super::manifest::{self, Entry, Hash, Kind};
-use super::{dated_name, is_partial, Exclude, Skipped, PARTIAL};
+use super::{dated_name, is_partial, Exclude, Skipped};
 
 /// Where unchanged files are hard-linked from.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +158,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
     let dest = if opts.dry_run {
         None
     } else {
-        let t = Target::create(&opts.dest)?;
+        let t = create_target(&opts.dest)?;
         let fd = fsx::open_read(t.parent.as_fd(), &t.partial, true)
             .with_context(|| format!("cannot open {}", t.partial_path.display()))?;
         target = Some(t);
@@ -202,7 +202,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
             let st = fstat(&root.dir)?;
             ctx.set_dir_meta(dest.as_fd(), i, Path::new(""), &st)?;
         }
-        target.commit(dest.as_fd())?;
+        commit(target, dest.as_fd())?;
     }
     let n = &ctx.n;
     summary.files = n.files.load(Relaxed);
@@ -270,66 +270,21 @@ fn open_sources(sources: &[OsString]) -> Result<Vec<Root>> {
     Ok(roots)
 }
 
-/// `DIR.partial` being written, and what is needed to finish it.
-struct Target {
-    parent: OwnedFd,
-    name: OsString,
-    partial: OsString,
-    partial_path: PathBuf,
-    _lock: InUse,
+/// Creates `DIR.partial`, locked while it is written.
+fn create_target(dest: &Path) -> Result<Partial> {
+    let mut t = Partial::prepare(dest, "--dest")?;
+    mkdirat(&t.parent, t.partial.as_os_str(), Mode::from_bits_truncate(0o700))
+        .map_err(|e| anyhow!("cannot create {}: {}", t.partial_path.display(), e.desc()))?;
+    let fd = fsx::open_read(t.parent.as_fd(), &t.partial, true)?;
+    t.lock(fd)?;
+    Ok(t)
 }
 
-impl Target {
-    fn create(dest: &Path) -> Result<Target> {
-        let name =
-            dest.file_name().with_context(|| format!("--dest {}: not a folder name", dest.display()))?;
-        if is_partial(name.as_bytes()) {
-            bail!("--dest {}: names ending in {PARTIAL} are for folders being written", dest.display());
-        }
-        let parent_path = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let parent =
-            fsx::make_dirs_strict(parent_path).with_context(|| format!("--dest {}", dest.display()))?;
-        if fsx::lstat_at(parent.as_fd(), name).is_ok() {
-            bail!("{} already exists: a snapshot is always written into a new folder", dest.display());
-        }
-        let mut partial = name.to_owned();
-        partial.push(PARTIAL);
-        let partial_path = parent_path.join(&partial);
-        if fsx::lstat_at(parent.as_fd(), &partial).is_ok() {
-            if fsx::partial_in_use(parent.as_fd(), &partial) {
-                bail!("{} is being written by another running snapshot", partial_path.display());
-            }
-            eprintln!("tetras-back: removing {}, left by an interrupted run", partial_path.display());
-            fsx::remove_tree(parent.as_fd(), &partial)
-                .with_context(|| format!("cannot remove {}", partial_path.display()))?;
-        }
-        mkdirat(&parent, partial.as_os_str(), Mode::from_bits_truncate(0o700))
-            .map_err(|e| anyhow!("cannot create {}: {}", partial_path.display(), e.desc()))?;
-        let fd = fsx::open_read(parent.as_fd(), &partial, true)?;
-        let lock =
-            InUse::lock(fd).map_err(|e| anyhow!("cannot lock {}: {}", partial_path.display(), e.desc()))?;
-        Ok(Target { parent, name: name.to_owned(), partial, partial_path, _lock: lock })
-    }
-
-    /// Syncs the folder's file system, renames `DIR.partial` to `DIR` and
-    /// syncs the parent directory, so the name appears only on a complete,
-    /// durable snapshot.
-    fn commit(self, dest: BorrowedFd) -> Result<()> {
-        nix::unistd::syncfs(dest).context("syncfs on the destination")?;
-        nix::fcntl::renameat2(
-            &self.parent,
-            self.partial.as_os_str(),
-            &self.parent,
-            self.name.as_os_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(|e| anyhow!("cannot rename {} into place: {}", self.partial_path.display(), e.desc()))?;
-        nix::unistd::fsync(&self.parent).context("fsync of the destination's parent")?;
-        Ok(())
-    }
+/// Syncs the snapshot's file system, then renames `DIR.partial` to `DIR`:
+/// the name appears only on a complete, durable snapshot.
+fn commit(target: Partial, dest: BorrowedFd) -> Result<()> {
+    nix::unistd::syncfs(dest).context("syncfs on the destination")?;
+    target.rename_into_place()
 }
 
 /// The newest complete snapshot matching `dest` among the dated folders
