@@ -47,12 +47,6 @@ fn json(run: &Run) -> serde_json::Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {run:?}"))
 }
 
-const EXACT: Compare = Compare { nanoseconds: true, xattrs: true, ignore: Vec::new() };
-
-fn exact_but_manifest() -> Compare {
-    Compare { ignore: vec![".tetras-back-manifest"], ..EXACT }
-}
-
 #[test]
 fn torture_tree_round_trips_through_snapshot() {
     let b = Bench::new(256);
@@ -65,7 +59,7 @@ fn torture_tree_round_trips_through_snapshot() {
     assert_eq!(sum["specials"], 2, "the FIFO and the device node are recreated: {run:?}");
     assert!(!b.disk("2026-11-01_10-00-00.partial").exists());
 
-    assert_same(&src, &dest, &exact_but_manifest());
+    assert_same(&src, &dest, &Compare::snapshot());
     // The hole stayed a hole: the 1 GiB file takes a few blocks on a 256 MiB disk.
     assert!(fs::metadata(dest.join("sparse")).unwrap().blocks() < 64, "sparse file was filled in");
     // Root of the snapshot takes the source directory's metadata too.
@@ -121,7 +115,7 @@ fn incremental_links_unchanged_files_and_leaves_the_previous_snapshot_alone() {
         assert_ne!(ino(&first, rel), ino(&second, rel), "{rel} changed: its own copy");
     }
     assert!(!second.join("Donnees/d5/f5").exists());
-    assert_same(&src, &second.join("Donnees"), &exact_but_manifest());
+    assert_same(&src, &second.join("Donnees"), &Compare::snapshot());
     assert!(tree::fingerprint(&first) == before, "the previous snapshot changed");
     b.tb(&["verify", s(&first.join("Donnees"))]).ok();
     b.tb(&["verify", s(&second.join("Donnees"))]).ok();
@@ -174,7 +168,7 @@ fn killed_snapshot_leaves_only_partial_which_nothing_mistakes_for_a_backup() {
     let run = b.tb(&["snapshot", "--dest", s(&killed), &format!("{}/", src.display())]).ok();
     assert!(run.stderr.contains("left by an interrupted run"), "{run:?}");
     assert!(!partial.exists());
-    assert_same(&src, &killed, &exact_but_manifest());
+    assert_same(&src, &killed, &Compare::snapshot());
 }
 
 #[test]

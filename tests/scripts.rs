@@ -92,12 +92,6 @@ fn config_trees(root: &Path) -> (PathBuf, PathBuf) {
     (etc, srv)
 }
 
-const EXACT_BUT_MANIFEST: Compare = Compare { nanoseconds: true, xattrs: false, ignore: Vec::new() };
-
-fn compare_snapshot() -> Compare {
-    Compare { ignore: vec![".tetras-back-manifest"], ..EXACT_BUT_MANIFEST }
-}
-
 #[test]
 fn backup_nocloud_writes_dated_folders_with_linked_data_and_an_archive() {
     let rig = Rig::new(128);
@@ -129,7 +123,7 @@ fn backup_nocloud_writes_dated_folders_with_linked_data_and_an_archive() {
         assert!(listing.contains("www/index.html"), "{listing}");
     }
     let (first, second) = (rig.disk().join(&backups[0]), rig.disk().join(&backups[1]));
-    assert_same(&home, &second.join("Donnees"), &compare_snapshot());
+    assert_same(&home, &second.join("Donnees"), &Compare::snapshot());
     let ino = |b: &Path, rel: &str| fs::metadata(b.join("Donnees").join(rel)).unwrap().ino();
     assert_eq!(ino(&first, "bob/docs/f3"), ino(&second, "bob/docs/f3"), "unchanged data is hard-linked");
     assert_ne!(ino(&first, "alice/docs/f0"), ino(&second, "alice/docs/f0"));
@@ -183,8 +177,8 @@ fn backup_demo_tibox_snapshots_etc_and_home() {
     assert_eq!(backups.len(), 1);
     assert!(is_dated(&backups[0], &format!("_{HOST}")), "{backups:?}");
     let dir = rig.disk().join(&backups[0]);
-    assert_same(&etc, &dir.join("etc"), &EXACT_BUT_MANIFEST);
-    assert_same(&home, &dir.join("home"), &EXACT_BUT_MANIFEST);
+    assert_same(&etc, &dir.join("etc"), &Compare::exact());
+    assert_same(&home, &dir.join("home"), &Compare::exact());
     assert!(dir.join(".tetras-back-manifest").is_file());
 
     let run = rig.run("backup_demo-tibox.sh", &["--bogus"], &[]);

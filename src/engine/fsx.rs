@@ -174,13 +174,13 @@ pub fn remove_tree(parent: BorrowedFd, name: &OsStr) -> io::Result<()> {
                 Err(e) => return Err(io::Error::other(format!("{}: {}", rel.join(n).display(), e.desc()))),
             }
         }
-        dirs.lock().unwrap().push((rel.to_owned(), subdirs.len()));
+        dirs.lock().unwrap().push(rel.to_owned());
         Ok(subdirs)
     })?;
     // Deepest first; each directory is empty once those below it are gone.
     let mut dirs = dirs.into_inner().unwrap();
-    dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
-    for (rel, _) in dirs.iter().filter(|(rel, _)| !rel.as_os_str().is_empty()) {
+    dirs.sort_by_key(|rel| std::cmp::Reverse(rel.components().count()));
+    for rel in dirs.iter().filter(|rel| !rel.as_os_str().is_empty()) {
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let p = open_beneath(root.as_fd(), parent_rel)?;
         nix::unistd::unlinkat(&p, rel.file_name().unwrap(), UnlinkatFlags::RemoveDir)
@@ -198,6 +198,7 @@ pub struct Partial {
     name: std::ffi::OsString,
     pub partial: std::ffi::OsString,
     pub partial_path: std::path::PathBuf,
+    /// Held, not read: the lock lasts as long as the `Partial`.
     lock: Option<InUse>,
 }
 

@@ -97,19 +97,12 @@ pub fn human(bytes: u64) -> String {
     bytesize::ByteSize::b(bytes).display().iec().to_string()
 }
 
-/// Sets up the worker threads (`jobs`, default: one per core) and lifts the
-/// open-file limit to its maximum, since every directory being copied holds
-/// a few descriptors.
+/// Sets up the worker threads: `jobs`, or one per core. Directories are
+/// re-opened by each task, so no descriptor is held while work waits.
 pub fn init(jobs: Option<usize>) {
     let threads = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     // Fails only if already set up (several engines in one process, in tests).
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global();
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
 }
 
 #[cfg(test)]

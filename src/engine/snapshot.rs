@@ -368,8 +368,9 @@ fn dest_err(rel: &Path, what: &str, e: impl std::fmt::Display) -> anyhow::Error 
 }
 
 impl Ctx<'_> {
-    fn src_path(&self, root: usize, rel: &Path) -> PathBuf {
-        self.roots[root].base.join(rel)
+    /// Reports a source entry left out of the snapshot.
+    fn skip(&self, root: usize, rel: &Path, why: impl std::fmt::Display) {
+        self.skipped.report(format_args!("{}: {why}", self.roots[root].base.join(rel).display()));
     }
 
     fn visit(&self, (root, rel): Job) -> Result<Vec<Job>> {
@@ -377,7 +378,7 @@ impl Ctx<'_> {
         let src = match fsx::open_beneath(r.dir.as_fd(), &rel) {
             Ok(fd) => fd,
             Err(e) => {
-                self.skipped.report(format_args!("{}: {}", self.src_path(root, &rel).display(), e.desc()));
+                self.skip(root, &rel, e.desc());
                 return Ok(Vec::new());
             }
         };
@@ -391,7 +392,7 @@ impl Ctx<'_> {
         let names = match fsx::read_names(src.as_fd()) {
             Ok(n) => n,
             Err(e) => {
-                self.skipped.report(format_args!("{}: {}", self.src_path(root, &rel).display(), e.desc()));
+                self.skip(root, &rel, e.desc());
                 return Ok(Vec::new());
             }
         };
@@ -411,20 +412,13 @@ impl Ctx<'_> {
                 continue;
             }
             if path.as_os_str() == manifest::NAME {
-                self.skipped.report(format_args!(
-                    "{}: that name is reserved for the snapshot's manifest",
-                    self.src_path(root, &path).display()
-                ));
+                self.skip(root, &path, "that name is reserved for the snapshot's manifest");
                 continue;
             }
             let st = match fsx::lstat_at(src.as_fd(), &name) {
                 Ok(st) => st,
                 Err(e) => {
-                    self.skipped.report(format_args!(
-                        "{}: {}",
-                        self.src_path(root, &path).display(),
-                        e.desc()
-                    ));
+                    self.skip(root, &path, e.desc());
                     continue;
                 }
             };
@@ -449,7 +443,9 @@ impl Ctx<'_> {
             };
             entries.extend(done);
         }
-        self.entries.lock().unwrap().append(&mut entries);
+        if self.dest.is_some() {
+            self.entries.lock().unwrap().append(&mut entries);
+        }
         Ok(subdirs)
     }
 
@@ -515,7 +511,7 @@ impl Ctx<'_> {
         let src = match fsx::open_read(d.src, name, false) {
             Ok(fd) => File::from(fd),
             Err(e) => {
-                self.skipped.report(format_args!("{}: {}", self.src_path(root, &path).display(), e.desc()));
+                self.skip(root, &path, e.desc());
                 return Ok(None);
             }
         };
@@ -525,12 +521,12 @@ impl Ctx<'_> {
             Err(CopyError::Read(e)) => {
                 drop(out);
                 let _ = unlinkat(dest, name, UnlinkatFlags::NoRemoveDir);
-                self.skipped.report(format_args!("{}: {e}", self.src_path(root, &path).display()));
+                self.skip(root, &path, e);
                 return Ok(None);
             }
             Err(CopyError::Write(e)) => return Err(dest_err(&path, "write", e)),
         };
-        self.set_meta(&src, &out, st).map_err(|e| dest_err(&path, "set metadata of", e))?;
+        self.set_meta(&src, &out, st, &path).map_err(|e| dest_err(&path, "set metadata of", e))?;
         self.copied(copied);
         Ok(Some(entry(path, Kind::File, st, copied, Some(hash))))
     }
@@ -547,12 +543,12 @@ impl Ctx<'_> {
 
     /// Owner, mode, extended attributes and times, in that order (a change
     /// of owner clears set-uid bits and capabilities).
-    fn set_meta(&self, src: &File, out: &File, st: &FileStat) -> io::Result<()> {
+    fn set_meta(&self, src: &File, out: &File, st: &FileStat, what: &Path) -> io::Result<()> {
         if self.as_root {
             fchown(out, Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid)))?;
         }
         fchmod(out, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
-        copy_xattrs(src, out);
+        copy_xattrs(src, out, what);
         let (a, m) = times(st);
         futimens(out, &a, &m)?;
         Ok(())
@@ -569,7 +565,7 @@ impl Ctx<'_> {
         let target = match nix::fcntl::readlinkat(d.src, name) {
             Ok(t) => t,
             Err(e) => {
-                self.skipped.report(format_args!("{}: {}", self.src_path(root, &path).display(), e.desc()));
+                self.skip(root, &path, e.desc());
                 return Ok(None);
             }
         };
@@ -605,11 +601,7 @@ impl Ctx<'_> {
         if let Some(dest) = d.dest {
             let perm = Mode::from_bits_truncate(st.st_mode & 0o7777);
             if let Err(e) = mknodat(dest, name, kind, perm, st.st_rdev) {
-                self.skipped.report(format_args!(
-                    "{}: cannot recreate it: {}",
-                    self.src_path(root, &path).display(),
-                    e.desc()
-                ));
+                self.skip(root, &path, format_args!("cannot recreate it: {}", e.desc()));
                 return Ok(None);
             }
             self.set_link_meta(dest, name, st).map_err(|e| dest_err(&path, "set metadata of", e.desc()))?;
@@ -663,9 +655,9 @@ impl Ctx<'_> {
         let src_rel =
             if self.roots[root].only.is_some() || !rel.as_os_str().is_empty() { rel } else { Path::new("") };
         match fsx::open_beneath(self.roots[root].dir.as_fd(), src_rel) {
-            Ok(src) => self.set_meta(&File::from(src), &out, st),
+            Ok(src) => self.set_meta(&File::from(src), &out, st, rel),
             // Gone since: owner, mode and times are known all the same.
-            Err(_) => self.set_meta(&out, &out, st),
+            Err(_) => self.set_meta(&out, &out, st, rel),
         }
         .map_err(|e| dest_err(rel, "set metadata of", e))
     }
@@ -692,22 +684,18 @@ fn fchmod_at(dir: BorrowedFd, name: &OsStr, st: &FileStat) -> nix::Result<()> {
 
 /// Copies the extended attributes (ACLs and capabilities among them) that
 /// the destination accepts.
-fn copy_xattrs(src: &File, out: &File) {
+fn copy_xattrs(src: &File, out: &File, what: &Path) {
     use xattr::FileExt as _;
     let Ok(names) = src.list_xattr() else { return };
     for n in names {
         if let Ok(Some(v)) = src.get_xattr(&n) {
             if let Err(e) = out.set_xattr(&n, &v) {
-                if e.raw_os_error() != Some(libc_enotsup()) {
-                    eprintln!("tetras-back: cannot copy extended attribute {n:?}: {e}");
+                if e.raw_os_error() != Some(Errno::ENOTSUP as i32) {
+                    eprintln!("tetras-back: {}: cannot copy extended attribute {n:?}: {e}", what.display());
                 }
             }
         }
     }
-}
-
-fn libc_enotsup() -> i32 {
-    Errno::ENOTSUP as i32
 }
 
 pub enum CopyError {

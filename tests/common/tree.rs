@@ -118,6 +118,18 @@ pub struct Compare {
     pub ignore: Vec<&'static str>,
 }
 
+impl Compare {
+    /// Everything, times to the nanosecond and extended attributes included.
+    pub fn exact() -> Compare {
+        Compare { nanoseconds: true, xattrs: true, ignore: Vec::new() }
+    }
+
+    /// `exact`, for a snapshot of a source: the manifest is the snapshot's own.
+    pub fn snapshot() -> Compare {
+        Compare { ignore: vec![".tetras-back-manifest"], ..Compare::exact() }
+    }
+}
+
 /// Panics with every difference between `src` and `copy`.
 pub fn assert_same(src: &Path, copy: &Path, how: &Compare) {
     let a = list(src);
