@@ -19,6 +19,7 @@ use chrono::{DateTime, Local};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::engine::{fsx, journal};
 use crate::mount;
 use crate::scripts::{self, BackupLog, Outcome};
 
@@ -89,6 +90,13 @@ pub struct Report {
     pub safe_to_remove: bool,
     /// Why it failed, when something other than a script did.
     pub error: Option<String>,
+    /// Each script that ran, in order.
+    pub scripts: Vec<ScriptReport>,
+    /// Free bytes on the disk after it was mounted, and before it was unmounted.
+    pub free_before: Option<u64>,
+    pub free_after: Option<u64>,
+    /// What the engines wrote and pruned (see `engine::journal`).
+    pub totals: journal::Totals,
 }
 
 /// Runs `job`; every step is reported through `progress`.
@@ -108,14 +116,31 @@ pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Prog
                 log: log_path,
                 safe_to_remove: mount::is_unmounted(job.devnum),
                 error: Some(format!("{e:#}")),
+                scripts: Vec::new(),
+                free_before: None,
+                free_after: None,
+                totals: journal::Totals::default(),
             }));
             return;
         }
     };
     progress(Progress::Started { log: log_path.clone() });
     log.info(&format!("backup of {} ({}) on {} started", job.name, job.uuid, job.device.display()));
-    let mut b = Backup { job: &job, config: &config, log: &log, cancel: &cancel };
+    let journal = config.run_dir.join(format!("journal-{}.jsonl", job.uuid));
+    let _ = std::fs::remove_file(&journal);
+    let mut b = Backup {
+        job: &job,
+        config: &config,
+        log: &log,
+        cancel: &cancel,
+        journal: &journal,
+        scripts: Vec::new(),
+        free_before: None,
+        free_after: None,
+    };
     let (status, error, safe_to_remove) = b.run(&progress);
+    let totals = journal::totals(&journal);
+    let _ = std::fs::remove_file(&journal);
     if let Some(e) = &error {
         log.line("tetras-back", &format!("ERROR: {e}"));
         log::error!("backup of {}: {e}", job.name);
@@ -137,6 +162,10 @@ pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Prog
         log: log_path,
         safe_to_remove,
         error,
+        scripts: b.scripts,
+        free_before: b.free_before,
+        free_after: b.free_after,
+        totals,
     }));
 }
 
@@ -145,6 +174,10 @@ struct Backup<'a> {
     config: &'a Config,
     log: &'a BackupLog,
     cancel: &'a Cancel,
+    journal: &'a Path,
+    scripts: Vec<ScriptReport>,
+    free_before: Option<u64>,
+    free_after: Option<u64>,
 }
 
 impl Backup<'_> {
@@ -155,6 +188,7 @@ impl Backup<'_> {
         if let Err(e) = self.mount(&target) {
             return (Status::Failed, Some(format!("{e:#}")), mount::is_unmounted(self.job.devnum));
         }
+        self.free_before = free_space(&target);
         let mut failed = false;
         if let Err(e) = self.pre_hook(&target) {
             self.log.line("tetras-back", &format!("ERROR: {e:#}"));
@@ -178,6 +212,7 @@ impl Backup<'_> {
             self.log.line("tetras-back", &format!("ERROR: {e:#}"));
             failed = true;
         }
+        self.free_after = free_space(&target);
         let safe = match mount::unmount(&target, 15) {
             Ok(mount::Unmounted::Clean) => true,
             Ok(mount::Unmounted::Detached) => {
@@ -227,6 +262,7 @@ impl Backup<'_> {
             ("TETRAS_BACK_HOSTNAME", hostname),
             ("TETRAS_BACK_LOG", self.log.path.display().to_string()),
             ("TETRAS_BACK_BIN", bin),
+            (journal::ENV, self.journal.display().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -234,7 +270,7 @@ impl Backup<'_> {
     }
 
     /// Runs the enabled scripts in order; returns whether any failed.
-    fn scripts(&self, target: &Path, progress: &impl Fn(Progress)) -> bool {
+    fn scripts(&mut self, target: &Path, progress: &impl Fn(Progress)) -> bool {
         let env = self.env(target);
         let mut failed = false;
         for s in self.config.scripts.iter().filter(|s| s.enabled) {
@@ -274,6 +310,7 @@ impl Backup<'_> {
                 outcome: text,
                 duration_secs: started.elapsed().as_secs_f64(),
             };
+            self.scripts.push(report.clone());
             progress(Progress::ScriptFinished(report));
             if !ok {
                 failed = true;
@@ -321,4 +358,10 @@ impl Backup<'_> {
         };
         scripts::run(&run, self.log, cancel)
     }
+}
+
+/// Free bytes on the mounted disk, for the report.
+fn free_space(mount_point: &Path) -> Option<u64> {
+    let dir = std::fs::File::open(mount_point).ok()?;
+    fsx::free_space(&dir).ok().map(|(free, _)| free)
 }

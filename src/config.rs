@@ -30,6 +30,11 @@ pub struct Config {
     pub scripts: Vec<Script>,
     pub hooks: Hooks,
     pub mail: Mail,
+    /// Prometheus text file rewritten after each backup (`None`: not written).
+    pub metrics_file: Option<PathBuf>,
+    /// The udev rule keeping desktop automounters off the known disks,
+    /// regenerated when a disk is saved or forgotten (`None`: not written).
+    pub udev_rule: Option<PathBuf>,
 }
 
 /// Optional programs run around the scripts (as BUSY had).
@@ -57,10 +62,19 @@ pub struct Script {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mail {
     pub to: String,
+    pub from: String,
     pub when: MailWhen,
     pub transport: MailTransport,
     pub sendmail_path: PathBuf,
     pub smtp: Option<Smtp>,
+    /// A known disk with no successful backup for this many days gets a
+    /// reminder a day (0: never).
+    pub remind_after_days: u32,
+    /// The first retry of a mail that could not be sent; each next one waits
+    /// twice as long, at most an hour.
+    pub retry_after: Duration,
+    /// A mail is abandoned (kept in the outbox, marked so) after this many attempts.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -125,6 +139,8 @@ struct RawConfig {
     scripts: Option<Vec<RawScript>>,
     hooks: Option<RawHooks>,
     mail: Option<RawMail>,
+    metrics_file: Option<PathBuf>,
+    udev_rule: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +172,10 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct RawMail {
     to: Option<String>,
+    from: Option<String>,
+    remind_after_days: Option<u32>,
+    retry_after: Option<String>,
+    max_attempts: Option<u32>,
     when: Option<MailWhen>,
     transport: Option<MailTransport>,
     sendmail_path: Option<PathBuf>,
@@ -178,6 +198,9 @@ pub const DEFAULT_FILESYSTEMS: &[&str] = &["ext4", "ext3", "ext2", "xfs", "btrfs
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 /// How long a pre or post hook may run unless `hooks.timeout` says otherwise.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
+/// The udev rule the daemon writes; it overrides the empty one installed in
+/// udev's own rules directory under the same name.
+pub const DEFAULT_UDEV_RULE: &str = "/run/udev/rules.d/61-tetras-back.rules";
 
 impl Config {
     /// Loads the configuration named on the command line or in the environment.
@@ -222,6 +245,10 @@ impl Config {
 
     pub fn state_path(&self) -> PathBuf {
         self.state_dir.join("state.json")
+    }
+
+    pub fn history_path(&self) -> PathBuf {
+        self.state_dir.join("history.sqlite")
     }
 }
 
@@ -330,10 +357,48 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         }
     };
     let to = raw_mail.to.unwrap_or_else(|| "root".into());
-    if to.trim().is_empty() {
-        return Err(err("mail.to", "expected a mail address or local user name, got an empty string".into()));
+    crate::mail::recipients(&to).map_err(|m| err("mail.to", m))?;
+    let from = raw_mail.from.unwrap_or_else(|| "tetras-back <root@localhost>".into());
+    crate::mail::sender(&from).map_err(|m| err("mail.from", m))?;
+    let retry_after = match raw_mail.retry_after {
+        None => Duration::from_secs(300),
+        Some(t) => parse_duration(&t).map_err(|m| err("mail.retry_after", m))?,
+    };
+    let max_attempts = raw_mail.max_attempts.unwrap_or(20);
+    if max_attempts == 0 {
+        return Err(err("mail.max_attempts", "expected at least 1 attempt, got 0".into()));
     }
-    let mail = Mail { to, when: raw_mail.when.unwrap_or(MailWhen::Always), transport, sendmail_path, smtp };
+    let mail = Mail {
+        to,
+        from,
+        when: raw_mail.when.unwrap_or(MailWhen::Always),
+        transport,
+        sendmail_path,
+        smtp,
+        remind_after_days: raw_mail.remind_after_days.unwrap_or(7),
+        retry_after,
+        max_attempts,
+    };
+    // An empty string turns an optional file off.
+    let optional_file = |key: &str, value: Option<PathBuf>, default: Option<&str>| {
+        let p = match value {
+            Some(p) if p.as_os_str().is_empty() => return Ok(None),
+            Some(p) => p,
+            None => match default {
+                Some(d) => PathBuf::from(d),
+                None => return Ok(None),
+            },
+        };
+        if !p.is_absolute() || p.file_name().is_none() {
+            return Err(err(
+                key,
+                format!("expected an absolute file path or \"\", got {:?}", p.display().to_string()),
+            ));
+        }
+        Ok(Some(p))
+    };
+    let metrics_file = optional_file("metrics_file", raw.metrics_file, None)?;
+    let udev_rule = optional_file("udev_rule", raw.udev_rule, Some(DEFAULT_UDEV_RULE))?;
 
     Ok(Config {
         source: source.map(Path::to_owned),
@@ -347,6 +412,8 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         scripts,
         hooks,
         mail,
+        metrics_file,
+        udev_rule,
     })
 }
 
@@ -439,6 +506,27 @@ mod tests {
         assert!(e.contains("scripts[0].name"), "{e}");
         let e = parse("[hooks]\npost = \"/bin/sh\"\n").unwrap_err();
         assert!(e.contains("hooks.post"), "{e}");
+    }
+
+    #[test]
+    fn mail_addresses_are_checked() {
+        let e = parse("[mail]\nto = \"root, @nowhere\"\n").unwrap_err();
+        assert!(e.contains("mail.to") && e.contains("@nowhere"), "{e}");
+        let e = parse("[mail]\nfrom = \"\"\n").unwrap_err();
+        assert!(e.contains("mail.from"), "{e}");
+        let c = parse("[mail]\nremind_after_days = 0\nretry_after = \"1s\"\n").unwrap();
+        assert_eq!((c.mail.remind_after_days, c.mail.retry_after), (0, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn optional_files_can_be_turned_off() {
+        let c = parse("").unwrap();
+        assert_eq!(c.udev_rule.as_deref(), Some(Path::new(DEFAULT_UDEV_RULE)));
+        assert_eq!(c.metrics_file, None);
+        let c = parse("udev_rule = \"\"\nmetrics_file = \"/var/lib/m.prom\"\n").unwrap();
+        assert_eq!((c.udev_rule, c.metrics_file), (None, Some(PathBuf::from("/var/lib/m.prom"))));
+        let e = parse("metrics_file = \"m.prom\"\n").unwrap_err();
+        assert!(e.contains("metrics_file"), "{e}");
     }
 
     #[test]

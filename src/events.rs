@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::Status;
 use crate::fifo::{self, Delivery};
-use crate::state::Disk;
+use crate::history::History;
+use crate::state::{Disk, State};
 
 /// Something the daemon tells its subscribers.
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +101,16 @@ pub enum Event {
         name: Option<String>,
         device: PathBuf,
     },
+    /// A mail (backup report, reminder) could not be sent; it stays in the
+    /// outbox and is tried again at `retry_at` (absent: abandoned).
+    MailFailed {
+        subject: String,
+        to: Vec<String>,
+        error: String,
+        attempts: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_at: Option<DateTime<Local>>,
+    },
     /// The daemon is about to exit (a subscriber that stays registered
     /// receives events again when it restarts).
     DaemonStopping,
@@ -117,18 +128,39 @@ pub struct DiskRow {
     pub last_backup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_backup_finished: Option<DateTime<Local>>,
+    /// When the last successful backup finished (from the history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<DateTime<Local>>,
 }
 
 impl DiskRow {
-    pub fn new(disk: &Disk, connected: bool) -> DiskRow {
+    /// A disk's row; the history, when there is one, says what its last
+    /// backups were (the state file keeps only the last one).
+    pub fn new(disk: &Disk, connected: bool, history: Option<&History>) -> DiskRow {
+        let summary =
+            history.and_then(|h| h.summary(&disk.uuid).inspect_err(|e| log::error!("history: {e:#}")).ok());
+        let (last_backup, last_backup_finished, last_success) = match summary {
+            Some(s) if s.last_status.is_some() => (s.last_status, s.last_finished, s.last_success),
+            _ => {
+                let b = disk.last_backup.as_ref();
+                let success = b.filter(|b| b.status == "success").and_then(|b| b.finished);
+                (b.map(|b| b.status.clone()), b.and_then(|b| b.finished), success)
+            }
+        };
         DiskRow {
             uuid: disk.uuid.clone(),
             name: disk.name.clone(),
             connected,
             last_seen: disk.last_seen,
-            last_backup: disk.last_backup.as_ref().map(|b| b.status.clone()),
-            last_backup_finished: disk.last_backup.as_ref().and_then(|b| b.finished),
+            last_backup,
+            last_backup_finished,
+            last_success,
         }
+    }
+
+    /// The rows of every known disk.
+    pub fn table(state: &State, history: Option<&History>, connected: impl Fn(&str) -> bool) -> Vec<DiskRow> {
+        state.disks.iter().map(|d| DiskRow::new(d, connected(&d.uuid), history)).collect()
     }
 }
 
@@ -219,6 +251,7 @@ mod tests {
             last_seen: Some(Local::now()),
             last_backup: Some("success".into()),
             last_backup_finished: Some(Local::now()),
+            last_success: Some(Local::now()),
         }
     }
 

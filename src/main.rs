@@ -18,14 +18,22 @@ mod engine;
 mod events;
 /// Safe, non-blocking named-pipe I/O.
 mod fifo;
+/// The backup history and mail outbox in SQLite.
+mod history;
 /// Log output for the terminal and journald.
 mod logging;
+/// Backup reports, reminders and test mails; the outbox thread.
+mod mail;
+/// The Prometheus text file.
+mod metrics;
 /// Mounting backup disks safely and unmounting them.
 mod mount;
 /// Running backup scripts: trust checks, process groups, logs, timeouts.
 mod scripts;
 /// The persistent state: known disks and subscribers.
 mod state;
+/// The udev rule keeping desktop automounters off the known disks.
+mod udev_rule;
 
 fn main() -> std::process::ExitCode {
     cli::run()

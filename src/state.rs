@@ -134,20 +134,9 @@ impl State {
 
     /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
     pub fn store(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().context("state path has no directory")?;
-        let tmp = dir.join(format!(".state.json.{}.tmp", std::process::id()));
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            serde_json::to_writer_pretty(&mut f, self)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        };
-        write()
-            .inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
-            })
+        let mut text = serde_json::to_vec_pretty(self).context("cannot serialise the state")?;
+        text.push(b'\n');
+        write_atomic(path, 0o600, &text)
             .with_context(|| format!("cannot write state file {}", path.display()))
     }
 
@@ -189,6 +178,24 @@ impl State {
 /// Normalises and checks a filesystem UUID: the 8-4-4-4-12 hex form, the
 /// vfat/exfat `XXXX-XXXX` form and the 16-hex NTFS form. Returns it lower-case
 /// for the long form (as udev reports it) and upper-case for the short ones.
+/// Replaces `path` with `content` so that a crash leaves the old file or the
+/// new one, never a mix: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, mode: u32, content: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
 pub fn check_uuid(uuid: &str) -> Result<String> {
     let groups: Vec<&str> = uuid.split('-').collect();
     let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();

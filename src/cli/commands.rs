@@ -13,7 +13,10 @@ use crate::control::client::{self, NotRunning};
 use crate::control::{Reply, Request};
 use crate::daemon::{self, ConfigSource};
 use crate::events::DiskRow;
+use crate::history::History;
+use crate::mail;
 use crate::state::{self, State, StateLock};
+use crate::udev_rule;
 
 pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitCode> {
     // The engines need neither the daemon nor the configuration.
@@ -26,13 +29,17 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Archive(a) => return engines::archive(a),
         Action::Prune(a) => return engines::prune(a),
         Action::Verify(a) => return engines::verify(a),
+        Action::Generate(a) => return super::generate::run(a),
         other => other,
     };
     let config = Config::load(&config_path, explicit)?;
     match action {
-        Action::Daemon | Action::Snapshot(_) | Action::Archive(_) | Action::Prune(_) | Action::Verify(_) => {
-            unreachable!("handled above")
-        }
+        Action::Daemon
+        | Action::Snapshot(_)
+        | Action::Archive(_)
+        | Action::Prune(_)
+        | Action::Verify(_)
+        | Action::Generate(_) => unreachable!("handled above"),
         Action::Save { uuid, name } => {
             // Checked here too, so that a typo is reported the same way with or without a daemon.
             let uuid = state::check_uuid(&uuid)?;
@@ -63,6 +70,8 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Disks { json } => disks(&config, json),
         Action::Status { json } => status(&config, json),
         Action::Watch { json } => super::watch::run(&config, json),
+        Action::History(a) => super::history::run(&config, &a),
+        Action::MailTest => mail_test(&config),
     }
 }
 
@@ -81,6 +90,11 @@ fn edit(
             let mut state = State::load(&path)?;
             let message = apply(&mut state)?;
             state.store(&path)?;
+            if let Some(rule) = &config.udev_rule {
+                if let Err(e) = udev_rule::update(rule, &state.disks) {
+                    eprintln!("tetras-back: warning: {e:#}");
+                }
+            }
             println!("{message} (daemon not running: state file {} updated)", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -113,7 +127,11 @@ fn disks(config: &Config, json: bool) -> Result<ExitCode> {
         Ok(reply) => bail!("{}", reply.error.unwrap_or_default()),
         Err(e) if e.is::<NotRunning>() => {
             let state = State::load(&config.state_path())?;
-            (state.disks.iter().map(|d| DiskRow::new(d, false)).collect(), false)
+            let history = History::open_read_only(&config.history_path()).unwrap_or_else(|e| {
+                eprintln!("tetras-back: warning: {e:#}");
+                None
+            });
+            (DiskRow::table(&state, history.as_ref(), |_| false), false)
         }
         Err(e) => return Err(e),
     };
@@ -128,7 +146,10 @@ fn disks(config: &Config, json: bool) -> Result<ExitCode> {
         println!("No known disks. Remember one with: tetras-back save UUID NAME");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16} {:<36} {:<9} {:<19} LAST BACKUP", "NAME", "UUID", "CONNECTED", "LAST SEEN");
+    println!(
+        "{:<16} {:<36} {:<9} {:<19} {:<19} LAST BACKUP",
+        "NAME", "UUID", "CONNECTED", "LAST SEEN", "LAST SUCCESS"
+    );
     for r in &rows {
         let connected = match (live, r.connected) {
             (false, _) => "?",
@@ -142,7 +163,14 @@ fn disks(config: &Config, json: bool) -> Result<ExitCode> {
             None => "never".to_owned(),
             Some(status) => format!("{status} ({})", when(r.last_backup_finished)),
         };
-        println!("{:<16} {:<36} {:<9} {:<19} {backup}", r.name, r.uuid, connected, when(r.last_seen));
+        println!(
+            "{:<16} {:<36} {:<9} {:<19} {:<19} {backup}",
+            r.name,
+            r.uuid,
+            connected,
+            when(r.last_seen),
+            when(r.last_success)
+        );
     }
     if !live {
         println!("(the daemon is not running: connection state unknown)");
@@ -199,5 +227,33 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
     println!("state:       {}", s("state_dir"));
     println!("scripts:     {}", s("scripts"));
     println!("known disks: {}   subscribers: {}", s("known_disks"), s("subscribers"));
+    if let serde_json::Value::Object(b) = &data["last_backup"] {
+        println!(
+            "last backup: {} on {}, started {}",
+            b["status"].as_str().unwrap_or("?"),
+            b["disk"].as_str().unwrap_or("?"),
+            b["started"].as_str().unwrap_or("?")
+        );
+    }
+    match (data["mail_pending"].as_u64(), data["mail_abandoned"].as_u64()) {
+        (Some(0), Some(0)) | (None, _) => {}
+        (Some(p), a) => println!(
+            "mail:        {p} waiting to be sent again, {} abandoned (see the daemon's log)",
+            a.unwrap_or(0)
+        ),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mail-test`: one mail, sent now with the configured transport.
+fn mail_test(config: &Config) -> Result<ExitCode> {
+    let m = mail::test_message(&config.mail, &mail::hostname())?;
+    let via = mail::transport_name(&config.mail);
+    match mail::deliver(&config.mail, &m.sender, &m.recipients, &m.message) {
+        Ok(()) => {
+            println!("test mail sent to {} through {via}", m.recipients.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => bail!("the test mail to {} was not sent through {via}: {e:#}", m.recipients.join(", ")),
+    }
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::engine::{self, archive, human, prune, snapshot, Exclude};
+use crate::engine::{self, archive, human, journal, prune, snapshot, Exclude};
 
 /// Exit code of `snapshot`/`archive` when some files could not be read
 /// (everything else was saved), as rsync's "partial transfer".
@@ -148,6 +148,13 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         dry_run: a.dry_run,
     };
     let s = snapshot::run(&opts)?;
+    if !s.dry_run {
+        journal::record(&journal::Entry::Snapshot {
+            dest: s.dest.clone(),
+            files: s.files,
+            bytes_written: s.copied_bytes,
+        });
+    }
     if a.json {
         print_json(&s);
     } else {
@@ -194,6 +201,11 @@ pub fn archive(a: ArchiveArgs) -> Result<ExitCode> {
         level: a.level,
     };
     let s = archive::run(&opts)?;
+    journal::record(&journal::Entry::Archive {
+        output: s.output.clone(),
+        files: s.files,
+        bytes_written: s.bytes_out,
+    });
     if a.json {
         print_json(&s);
     } else {
@@ -224,6 +236,13 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
         anyhow::bail!("say what to keep: --min-free and/or --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly");
     }
     let o = prune::run(&prune::Options { dir: a.dir, min_free: a.min_free, keep, dry_run: a.dry_run })?;
+    if !o.dry_run && !o.deleted.is_empty() {
+        journal::record(&journal::Entry::Prune {
+            dir: o.dir.clone(),
+            deleted: o.deleted.iter().map(|d| d.name.clone()).collect(),
+            freed: o.deleted.iter().map(|d| d.freed).sum(),
+        });
+    }
     if a.json {
         print_json(&o);
     } else {

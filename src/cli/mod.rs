@@ -4,6 +4,8 @@
 
 mod commands;
 mod engines;
+mod generate;
+mod history;
 mod watch;
 
 use std::path::PathBuf;
@@ -146,6 +148,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show past backups (or plug events) from the history
+    #[command(
+        after_help = "Examples:\n  tetras-back history\n  tetras-back history --disk office --limit 5 --json\n  \
+        tetras-back history --plugs\n\nReads <state_dir>/history.sqlite; works with or without the daemon."
+    )]
+    History(HistoryArgs),
+    /// Send a test mail with the configured transport and show its error, if any
+    #[command(
+        name = "mail-test",
+        after_help = "Example:\n  tetras-back mail-test\n\n\
+        Sent at once (not through the outbox); the transport's error is printed as it is."
+    )]
+    MailTest,
+    /// Write the man pages or a shell completion script (used by `make install`)
+    #[command(hide = true)]
+    Generate(GenerateArgs),
     /// Print events live until Ctrl-C
     #[command(after_help = "Example:\n  tetras-back watch --json | jq .\n\n\
         Registers a temporary FIFO with the daemon and removes it on exit.")]
@@ -179,6 +197,32 @@ enum Command {
     Verify(engines::VerifyArgs),
 }
 
+#[derive(Args, Debug, PartialEq)]
+pub struct HistoryArgs {
+    /// Only this disk
+    #[arg(long, value_name = "NAME")]
+    pub disk: Option<String>,
+    /// At most this many entries, newest first
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// Plug and unplug events instead of backups
+    #[arg(long)]
+    pub plugs: bool,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, PartialEq)]
+pub struct GenerateArgs {
+    /// `man` (pages into DIR) or a shell: bash, zsh, fish (script on stdout)
+    #[arg(value_parser = ["man", "bash", "zsh", "fish"])]
+    pub what: String,
+    /// Where the man pages go
+    #[arg(value_name = "DIR", required_if_eq("what", "man"))]
+    pub dir: Option<PathBuf>,
+}
+
 /// What to do, with the CLI's syntax gone.
 #[derive(Debug, PartialEq)]
 pub enum Action {
@@ -194,6 +238,9 @@ pub enum Action {
     Disks { json: bool },
     Status { json: bool },
     Watch { json: bool },
+    History(HistoryArgs),
+    MailTest,
+    Generate(GenerateArgs),
     Snapshot(engines::SnapshotArgs),
     Archive(engines::ArchiveArgs),
     Prune(engines::PruneArgs),
@@ -217,6 +264,9 @@ impl Cli {
                 Command::Disks { json } => Action::Disks { json },
                 Command::Status { json } => Action::Status { json },
                 Command::Watch { json } => Action::Watch { json },
+                Command::History(a) => Action::History(a),
+                Command::MailTest => Action::MailTest,
+                Command::Generate(a) => Action::Generate(a),
                 Command::Snapshot(a) => Action::Snapshot(a),
                 Command::Archive(a) => Action::Archive(a),
                 Command::Prune(a) => Action::Prune(a),
@@ -245,6 +295,11 @@ impl Cli {
             return Err("no command given; see `tetras-back --help`".into());
         })
     }
+}
+
+/// The clap description of the command line, for man pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Parses the command line, runs the command, prints any error once.

@@ -7,11 +7,8 @@
 //! is there start nothing.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -20,10 +17,13 @@ use anyhow::{bail, Result};
 use chrono::Local;
 use serde_json::json;
 
+use super::wake::WakeChannel;
 use super::Daemon;
 use crate::backup::{self, Cancel, Job, Progress};
 use crate::devices::{BlockEvent, Filesystem};
 use crate::events::Event;
+use crate::mail::outbox::Work;
+use crate::mail::BackupMail;
 use crate::mount;
 use crate::state::LastBackup;
 
@@ -40,6 +40,8 @@ struct Running {
     since: Instant,
     script: Option<String>,
     thread: JoinHandle<()>,
+    /// Its row in the history, once it has started.
+    history_id: Option<i64>,
 }
 
 /// The pipeline's state inside the daemon.
@@ -48,26 +50,17 @@ pub struct Pipeline {
     plugged: HashMap<u64, Plugged>,
     queue: VecDeque<Job>,
     running: Option<Running>,
-    tx: Sender<Progress>,
-    rx: Receiver<Progress>,
-    wake_tx: UnixStream,
-    /// Readable when the worker has reported progress.
-    pub wake_rx: UnixStream,
+    /// What the worker reports.
+    pub progress: WakeChannel<Progress>,
 }
 
 impl Pipeline {
     pub fn new() -> Result<Pipeline> {
-        let (tx, rx) = mpsc::channel();
-        let (wake_rx, wake_tx) = UnixStream::pair()?;
-        wake_rx.set_nonblocking(true)?;
         Ok(Pipeline {
             plugged: HashMap::new(),
             queue: VecDeque::new(),
             running: None,
-            tx,
-            rx,
-            wake_tx,
-            wake_rx,
+            progress: WakeChannel::new()?,
         })
     }
 
@@ -114,6 +107,7 @@ impl Daemon {
             }
             let Filesystem { uuid, label, fstype, size } = fs;
             log::info!("unknown disk {uuid} ({fstype}) on {}", ev.device.display());
+            self.record_plug(&uuid, None, &ev.device, true);
             self.broadcast(&Event::UnknownDisk {
                 uuid: uuid.clone(),
                 label,
@@ -126,6 +120,7 @@ impl Daemon {
         let name = disk.name.clone();
         log::info!("disk {name} ({}) plugged in on {}", fs.uuid, ev.device.display());
         self.touch_last_seen(&fs.uuid);
+        self.record_plug(&fs.uuid, Some(&name), &ev.device, true);
         self.broadcast(&Event::DiskPlugged {
             uuid: fs.uuid.clone(),
             name: name.clone(),
@@ -160,6 +155,7 @@ impl Daemon {
         if name.is_some() {
             self.touch_last_seen(&p.uuid);
         }
+        self.record_plug(&p.uuid, name.as_deref(), &p.device, false);
         self.broadcast(&Event::DiskUnplugged { uuid: p.uuid.clone(), name, device: p.device.clone() });
         self.broadcast(&self.disks_event());
         format!("{} ({}) unplugged", p.device.display(), p.uuid)
@@ -193,9 +189,8 @@ impl Daemon {
             return;
         };
         let cancel = Arc::new(Cancel::default());
-        let (tx, wake) = (self.pipeline.tx.clone(), self.pipeline.wake_tx.try_clone());
-        let wake = match wake {
-            Ok(w) => w,
+        let tx = match self.pipeline.progress.sender() {
+            Ok(tx) => tx,
             Err(e) => {
                 log::error!("cannot start the backup of {}: {e}", job.name);
                 return;
@@ -203,17 +198,20 @@ impl Daemon {
         };
         let config = self.config.clone();
         let (worker_job, worker_cancel) = (job.clone(), cancel.clone());
-        let thread = std::thread::Builder::new().name(format!("backup-{}", job.name)).spawn(move || {
-            backup::run(worker_job, config, worker_cancel, |p| {
-                let _ = tx.send(p);
-                let _ = (&wake).write(&[1]);
-            })
-        });
+        let thread = std::thread::Builder::new()
+            .name(format!("backup-{}", job.name))
+            .spawn(move || backup::run(worker_job, config, worker_cancel, |p| tx.send(p)));
         match thread {
             Ok(thread) => {
                 notify_status(&format!("backing up {}", job.name));
-                self.pipeline.running =
-                    Some(Running { job, cancel, since: Instant::now(), script: None, thread });
+                self.pipeline.running = Some(Running {
+                    job,
+                    cancel,
+                    since: Instant::now(),
+                    script: None,
+                    thread,
+                    history_id: None,
+                });
             }
             Err(e) => log::error!("cannot start a thread for the backup of {}: {e}", job.name),
         }
@@ -221,9 +219,7 @@ impl Daemon {
 
     /// Handles what the worker reported.
     pub(super) fn on_progress(&mut self) {
-        let mut buf = [0u8; 256];
-        while matches!((&self.pipeline.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
-        while let Ok(p) = self.pipeline.rx.try_recv() {
+        for p in self.pipeline.progress.drain() {
             self.progress(p);
         }
     }
@@ -235,6 +231,12 @@ impl Daemon {
             Progress::Started { log } => {
                 log::info!("backup of {name} started ({:?} after it was queued)", r.since.elapsed());
                 let device = r.job.device.clone();
+                if let Some(h) = &self.history {
+                    match h.backup_started(&uuid, &name, &device, Local::now(), &log) {
+                        Ok(id) => r.history_id = Some(id),
+                        Err(e) => log::error!("history: {e:#}"),
+                    }
+                }
                 self.broadcast(&Event::BackupStarted { uuid, name, device, log });
             }
             Progress::ScriptStarted { script } => {
@@ -270,6 +272,11 @@ impl Daemon {
                 }) {
                     log::error!("{e:#}");
                 }
+                if let Some(h) = &self.history {
+                    if let Err(e) = h.backup_finished(r.history_id, &uuid, &name, &r.job.device, &report) {
+                        log::error!("history: {e:#}");
+                    }
+                }
                 self.broadcast(&Event::BackupFinished {
                     uuid: uuid.clone(),
                     name: name.clone(),
@@ -280,9 +287,21 @@ impl Daemon {
                 });
                 if report.safe_to_remove {
                     log::info!("disk {name} is safe to remove");
-                    self.broadcast(&Event::SafeToRemove { uuid, name, device: r.job.device.clone() });
+                    self.broadcast(&Event::SafeToRemove {
+                        uuid: uuid.clone(),
+                        name: name.clone(),
+                        device: r.job.device.clone(),
+                    });
                 }
                 self.broadcast(&self.disks_event());
+                self.mailer.send(Work::Backup(Box::new(BackupMail {
+                    host: crate::mail::hostname(),
+                    disk: name,
+                    uuid,
+                    device: r.job.device.clone(),
+                    report,
+                })));
+                self.write_metrics(true);
                 self.start_next();
             }
         }
@@ -323,9 +342,17 @@ impl Daemon {
         log::warn!("stopping the running backup of {}", r.job.name);
         r.cancel.stop.store(true, Ordering::SeqCst);
         while self.pipeline.running.is_some() {
-            match self.pipeline.rx.recv() {
-                Ok(p) => self.progress(p),
-                Err(_) => break,
+            match self.pipeline.progress.recv() {
+                Some(p) => self.progress(p),
+                None => break,
+            }
+        }
+    }
+
+    fn record_plug(&self, uuid: &str, name: Option<&str>, device: &std::path::Path, plugged: bool) {
+        if let Some(h) = &self.history {
+            if let Err(e) = h.plug(uuid, name, device, plugged) {
+                log::error!("history: {e:#}");
             }
         }
     }

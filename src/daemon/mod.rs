@@ -25,7 +25,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Local};
@@ -35,13 +35,19 @@ use serde_json::json;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 mod disks;
+mod reminders;
+mod wake;
 
 use crate::config::Config;
 use crate::control::{self, Reply, Request};
 use crate::devices::{self, Monitor};
 use crate::events::{DiskRow, Event, Subscribers};
 use crate::fifo::{self, Line, LineReader};
+use crate::history::History;
+use crate::mail::outbox::{self, Mailer, Work};
+use crate::metrics;
 use crate::state::{self, Saved, State, StateLock};
+use crate::udev_rule;
 
 /// Where the configuration comes from, so that SIGHUP can read it again.
 pub struct ConfigSource {
@@ -56,6 +62,13 @@ struct Daemon {
     _lock: StateLock,
     subscribers: Subscribers,
     pipeline: disks::Pipeline,
+    /// `None` when history.sqlite cannot be used (said at start; backups go on).
+    history: Option<History>,
+    mailer: Mailer,
+    /// Mails the mailer thread could not send.
+    mail_failures: wake::WakeChannel<outbox::Failure>,
+    /// When reminders are next looked for.
+    next_reminders: Instant,
     started: DateTime<Local>,
     stopping: bool,
 }
@@ -114,6 +127,25 @@ pub fn run(source: ConfigSource) -> Result<()> {
         None
     };
 
+    let history = match History::open(&config.history_path()) {
+        Ok(h) => {
+            match h.close_interrupted() {
+                Ok(0) => {}
+                Ok(n) => log::warn!("{n} backup(s) were interrupted when the daemon last stopped"),
+                Err(e) => log::error!("history: {e:#}"),
+            }
+            Some(h)
+        }
+        Err(e) => {
+            log::error!(
+                "{e:#}; backups go on without history or mail outbox until it is repaired or moved away"
+            );
+            None
+        }
+    };
+    let mail_failures = wake::WakeChannel::new()?;
+    let failures = mail_failures.sender()?;
+    let mailer = Mailer::start(config.history_path(), config.mail.clone(), move |f| failures.send(f))?;
     let mut daemon = Daemon {
         source,
         config,
@@ -121,9 +153,15 @@ pub fn run(source: ConfigSource) -> Result<()> {
         _lock: lock,
         subscribers: Subscribers::default(),
         pipeline: disks::Pipeline::new()?,
+        history,
+        mailer,
+        mail_failures,
+        next_reminders: Instant::now(),
         started: Local::now(),
         stopping: false,
     };
+    daemon.update_udev_rule();
+    daemon.write_metrics(true);
     log::info!(
         "started (pid {}, config {}, {} known disks, {} subscribers)",
         std::process::id(),
@@ -143,30 +181,48 @@ pub fn run(source: ConfigSource) -> Result<()> {
         }
     }
     notify(&[sd_notify::NotifyState::Ready]);
+    // With WatchdogSec= set, systemd restarts a daemon whose loop stops turning.
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    if let Some(w) = watchdog {
+        log::debug!("watchdog: pinging systemd every {w:?}");
+    }
 
     let mut lines = LineReader::default();
     let mut control_file = &control.file;
     while !daemon.stopping {
+        if watchdog.is_some() {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        daemon.remind_if_due();
         let mut fds = vec![
             PollFd::new(control.file.as_fd(), PollFlags::POLLIN),
             PollFd::new(term_rx.as_fd(), PollFlags::POLLIN),
             PollFd::new(hup_rx.as_fd(), PollFlags::POLLIN),
-            PollFd::new(daemon.pipeline.wake_rx.as_fd(), PollFlags::POLLIN),
+            PollFd::new(daemon.pipeline.progress.wake_rx.as_fd(), PollFlags::POLLIN),
+            PollFd::new(daemon.mail_failures.wake_rx.as_fd(), PollFlags::POLLIN),
         ];
         if let Some(m) = &monitor {
             fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        // Asleep until something happens, the watchdog is due or reminders are.
+        let wake_in = daemon.next_reminders.saturating_duration_since(Instant::now());
+        let wake_in = watchdog.map_or(wake_in, |w| w.min(wake_in));
+        // Rounded up, so that the loop does not spin for the last partial millisecond.
+        let timeout = PollTimeout::try_from(wake_in + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e).context("poll failed"),
         }
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         let (control_ready, term, hup) = (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
-        let (progress, udev) = (ready(&fds[3]), fds.get(4).is_some_and(ready));
+        let (progress, mail, udev) = (ready(&fds[3]), ready(&fds[4]), fds.get(5).is_some_and(ready));
         drop(fds);
         if progress {
             daemon.on_progress();
+        }
+        if mail {
+            daemon.on_mail_failures();
         }
         if udev {
             for ev in monitor.as_mut().map(Monitor::drain).unwrap_or_default() {
@@ -196,6 +252,7 @@ pub fn run(source: ConfigSource) -> Result<()> {
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     daemon.finish_running_backup();
+    daemon.write_metrics(false);
     daemon.broadcast(&Event::DaemonStopping);
     log::info!("stopped");
     Ok(())
@@ -247,6 +304,7 @@ impl Daemon {
                         _ => None,
                     };
                     log::info!("{message}");
+                    self.update_udev_rule();
                     self.broadcast(&Event::DiskSaved { uuid, name, renamed_from });
                     self.broadcast(&self.disks_event());
                 }
@@ -257,6 +315,7 @@ impl Daemon {
                 let disk = self.edit_state(|s| s.forget_disk(&uuid))?;
                 let message = disk.forgotten_message();
                 log::info!("{message}");
+                self.update_udev_rule();
                 self.broadcast(&Event::DiskForgotten { uuid, name: disk.name });
                 self.broadcast(&self.disks_event());
                 Ok(Reply::ok(message))
@@ -317,7 +376,44 @@ impl Daemon {
     }
 
     fn disk_rows(&self) -> Vec<DiskRow> {
-        self.state.disks.iter().map(|d| DiskRow::new(d, self.pipeline.is_connected(&d.uuid))).collect()
+        DiskRow::table(&self.state, self.history.as_ref(), |uuid| self.pipeline.is_connected(uuid))
+    }
+
+    fn update_udev_rule(&self) {
+        if let Some(path) = &self.config.udev_rule {
+            if let Err(e) = udev_rule::update(path, &self.state.disks) {
+                log::error!("{e:#}");
+            }
+        }
+    }
+
+    /// Rewrites the metrics file, when one is configured.
+    fn write_metrics(&self, up: bool) {
+        let Some(path) = &self.config.metrics_file else { return };
+        let Some(h) = &self.history else { return };
+        let mut disks = Vec::with_capacity(self.state.disks.len());
+        for d in &self.state.disks {
+            match h.summary(&d.uuid) {
+                Ok(summary) => disks.push(metrics::DiskMetrics { name: &d.name, uuid: &d.uuid, summary }),
+                Err(e) => log::error!("history: {e:#}"),
+            }
+        }
+        let pending = h.outbox_counts().map(|c| c.0).unwrap_or(0);
+        if let Err(e) = metrics::write(path, &metrics::render(up, &disks, pending)) {
+            log::error!("{e:#}");
+        }
+    }
+
+    fn on_mail_failures(&mut self) {
+        for f in self.mail_failures.drain() {
+            self.broadcast(&Event::MailFailed {
+                subject: f.subject,
+                to: f.recipients,
+                error: f.error,
+                attempts: f.attempts,
+                retry_at: f.retry_at,
+            });
+        }
     }
 
     fn disks_event(&self) -> Event {
@@ -343,7 +439,16 @@ impl Daemon {
 
     fn status(&self) -> serde_json::Value {
         let activity = self.activity();
+        let last_backup =
+            self.history.as_ref().and_then(|h| h.backups(None, 1).ok()).and_then(|mut v| v.pop());
+        let outbox = self.history.as_ref().and_then(|h| h.outbox_counts().ok());
         json!({
+            "last_backup": last_backup.map(|b| json!({
+                "disk": b.disk, "status": b.status, "started": b.started, "finished": b.finished,
+            })),
+            "mail_pending": outbox.map(|o| o.0),
+            "mail_abandoned": outbox.map(|o| o.1),
+            "history": self.history.as_ref().map(|_| self.config.history_path()),
             "pid": std::process::id(),
             "started": self.started,
             "uptime_secs": (Local::now() - self.started).num_seconds(),
@@ -373,7 +478,9 @@ impl Daemon {
                         *new = old.clone();
                     }
                 }
+                self.mailer.send(Work::Config(new.mail.clone()));
                 self.config = new;
+                self.update_udev_rule();
                 log::info!(
                     "configuration reloaded from {} in {:?}",
                     self.source.path.display(),

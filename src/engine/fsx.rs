@@ -258,3 +258,10 @@ impl Partial {
         Ok(())
     }
 }
+
+/// (available to unprivileged users, total) bytes of the file system holding `dir`.
+pub fn free_space(dir: impl AsFd) -> io::Result<(u64, u64)> {
+    let s = nix::sys::statvfs::fstatvfs(dir)?;
+    let unit = s.fragment_size() as u64;
+    Ok((s.blocks_available() as u64 * unit, s.blocks() as u64 * unit))
+}

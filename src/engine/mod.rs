@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod fsx;
+pub mod journal;
 pub mod manifest;
 pub mod prune;
 pub mod snapshot;

@@ -109,7 +109,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let dir = fsx::open_dir_strict(&opts.dir)?;
     let mut backups = list(dir.as_fd()).with_context(|| format!("cannot list {}", opts.dir.display()))?;
     backups.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
-    let (free_before, total) = free_space(dir.as_fd())?;
+    let (free_before, total) = fsx::free_space(dir.as_fd()).context("statvfs")?;
     let target = opts.min_free.map(|t| match t {
         FreeTarget::Bytes(b) => b,
         FreeTarget::Percent(p) => (total as f64 * p / 100.0).ceil() as u64,
@@ -144,7 +144,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         } else {
             fsx::remove_tree(dir.as_fd(), &b.name)
                 .with_context(|| format!("cannot delete {}", opts.dir.join(&b.name).display()))?;
-            let (now, _) = free_space(dir.as_fd())?;
+            let (now, _) = fsx::free_space(dir.as_fd()).context("statvfs")?;
             now.saturating_sub(done.free)
         };
         done.free += freed;
@@ -173,7 +173,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         .map(|(_, b)| b.name.to_string_lossy().into_owned())
         .collect();
     let in_use = backups.iter().filter(|b| b.in_use).map(|b| b.name.to_string_lossy().into_owned()).collect();
-    let free_after = if opts.dry_run { done.free } else { free_space(dir.as_fd())?.0 };
+    let free_after =
+        if opts.dry_run { done.free } else { fsx::free_space(dir.as_fd()).context("statvfs")?.0 };
     Ok(Outcome {
         dir: opts.dir.clone(),
         dry_run: opts.dry_run,
@@ -209,13 +210,6 @@ fn list(dir: BorrowedFd) -> Result<Vec<Backup>> {
         out.push(Backup { name, time, complete, in_use });
     }
     Ok(out)
-}
-
-/// (available to unprivileged users, total) bytes of the file system.
-fn free_space(dir: BorrowedFd) -> Result<(u64, u64)> {
-    let s = nix::sys::statvfs::fstatvfs(dir).context("statvfs")?;
-    let unit = s.fragment_size() as u64;
-    Ok((s.blocks_available() as u64 * unit, s.blocks() as u64 * unit))
 }
 
 /// Space deleting `path` would free, counting a hard-linked file only once

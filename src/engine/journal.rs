@@ -1,0 +1,96 @@
+//! What the engines did during one backup, for the daemon's report.
+//!
+//! A script runs the engines as separate processes; the daemon learns what
+//! they wrote and pruned through a file named by `TETRAS_BACK_REPORT`, to
+//! which each engine appends one JSON line when it finishes. Outside a
+//! backup (the variable unset) nothing is written.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The variable naming the journal file, set by the daemon for its scripts.
+pub const ENV: &str = "TETRAS_BACK_REPORT";
+
+/// One engine run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "engine", rename_all = "lowercase")]
+pub enum Entry {
+    Snapshot { dest: PathBuf, files: u64, bytes_written: u64 },
+    Archive { output: PathBuf, files: u64, bytes_written: u64 },
+    Prune { dir: PathBuf, deleted: Vec<String>, freed: u64 },
+}
+
+/// Appends `entry` to the journal named in the environment, if any. A
+/// journal that cannot be written costs the report a line, not the backup.
+pub fn record(entry: &Entry) {
+    let Some(path) = std::env::var_os(ENV) else { return };
+    let mut line = serde_json::to_vec(entry).expect("journal entries serialise");
+    line.push(b'\n');
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&line));
+    if let Err(e) = written {
+        log::warn!("cannot append to the backup journal {}: {e}", Path::new(&path).display());
+    }
+}
+
+/// The totals of a backup's journal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub bytes_written: u64,
+    pub files: u64,
+    /// "DIR/NAME" of each backup folder pruned.
+    pub pruned: Vec<String>,
+    pub freed: u64,
+}
+
+/// Reads the journal at `path` (absent: nothing was recorded); lines that do
+/// not parse (a script writing there by mistake) are skipped.
+pub fn totals(path: &Path) -> Totals {
+    let mut t = Totals::default();
+    let Ok(text) = std::fs::read_to_string(path) else { return t };
+    for line in text.lines() {
+        match serde_json::from_str::<Entry>(line) {
+            Ok(
+                Entry::Snapshot { files, bytes_written, .. } | Entry::Archive { files, bytes_written, .. },
+            ) => {
+                t.files += files;
+                t.bytes_written += bytes_written;
+            }
+            Ok(Entry::Prune { dir, deleted, freed }) => {
+                t.pruned.extend(deleted.iter().map(|d| dir.join(d).display().to_string()));
+                t.freed += freed;
+            }
+            Err(e) => log::warn!("{}: ignored a line that is not a journal entry: {e}", path.display()),
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_and_skip_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j");
+        let lines = [
+            serde_json::to_string(&Entry::Snapshot { dest: "/m/a".into(), files: 3, bytes_written: 100 })
+                .unwrap(),
+            "not json".into(),
+            serde_json::to_string(&Entry::Archive { output: "/m/a.tgz".into(), files: 2, bytes_written: 50 })
+                .unwrap(),
+            serde_json::to_string(&Entry::Prune { dir: "/m".into(), deleted: vec!["old".into()], freed: 7 })
+                .unwrap(),
+        ];
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        let t = totals(&p);
+        assert_eq!(t, Totals { bytes_written: 150, files: 5, pruned: vec!["/m/old".into()], freed: 7 });
+        assert_eq!(totals(&dir.path().join("absent")), Totals::default());
+    }
+}

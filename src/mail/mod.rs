@@ -1,0 +1,352 @@
+//! Mail to the administrator: the report after each backup (with the log
+//! attached), reminders for disks not backed up for too long, and the
+//! `mail-test` message; sent through the local MTA's sendmail or SMTP.
+//!
+//! Composing is here; queueing and retrying is `outbox`, which runs on its
+//! own thread so that a slow or absent mail server never holds a backup up.
+
+pub mod outbox;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Local};
+use lettre::address::Envelope;
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{Message, SendmailTransport, SmtpTransport, Transport};
+
+use crate::backup::{Report, Status};
+use crate::config::{self, MailTransport, MailWhen, SmtpTls};
+use crate::engine::human;
+
+/// A log larger than this is attached cut to its end (the end says how it finished).
+const MAX_ATTACHMENT: u64 = 8 << 20;
+/// Lines of the log quoted in the body.
+const TAIL_LINES: usize = 20;
+/// How long an SMTP conversation may take before the attempt counts as failed.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A formatted mail, ready for the outbox.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    pub subject: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub message: Vec<u8>,
+}
+
+/// Parses `mail.to`: addresses separated by commas; a bare name such as
+/// "root" is a local user, `root@localhost`.
+pub fn recipients(to: &str) -> Result<Vec<Mailbox>, String> {
+    to.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let full = if t.contains('@') { t.to_owned() } else { format!("{t}@localhost") };
+            full.parse::<Mailbox>().map_err(|e| format!("{t:?} is not a mail address ({e})"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| if v.is_empty() { Err("expected at least one address".into()) } else { Ok(v) })
+}
+
+/// Parses `mail.from`.
+pub fn sender(from: &str) -> Result<Mailbox, String> {
+    from.parse::<Mailbox>().map_err(|e| format!("{from:?} is not a mail address ({e})"))
+}
+
+/// Whether the report of a backup that ended with `status` is to be sent.
+pub fn wanted(when: MailWhen, status: Status) -> bool {
+    match when {
+        MailWhen::Always => true,
+        MailWhen::Failure => status != Status::Success,
+        MailWhen::Never => false,
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// What the report of one backup is about.
+#[derive(Debug, Clone)]
+pub struct BackupMail {
+    pub host: String,
+    pub disk: String,
+    pub uuid: String,
+    pub device: PathBuf,
+    pub report: Report,
+}
+
+impl BackupMail {
+    pub fn subject(&self) -> String {
+        let what = match self.report.status {
+            Status::Success => "succeeded",
+            Status::Failed => "FAILED",
+            Status::Removed => "disk removed during backup",
+        };
+        format!("[tetras-back] {}: backup on '{}' {what}", self.host, self.disk)
+    }
+
+    pub fn body(&self, log_tail: &str) -> String {
+        let r = &self.report;
+        let when = |t: DateTime<Local>| t.format("%Y-%m-%d %H:%M:%S %:z").to_string();
+        let size = |b: Option<u64>| b.map_or("unknown".to_owned(), human);
+        let mut out = format!(
+            "Backup of {host} on disk '{disk}': {status}\n\n\
+             Disk:        {disk} (UUID {uuid}) on {device}\n\
+             Started:     {started}\n\
+             Finished:    {finished}\n\
+             Duration:    {duration}\n\
+             Free space:  {before} before, {after} after\n\
+             Written:     {written} in {files} files\n",
+            host = self.host,
+            disk = self.disk,
+            status = r.status.as_str(),
+            uuid = self.uuid,
+            device = self.device.display(),
+            started = when(r.started),
+            finished = when(r.finished),
+            duration = whole_seconds(r.duration),
+            before = size(r.free_before),
+            after = size(r.free_after),
+            written = human(r.totals.bytes_written),
+            files = r.totals.files,
+        );
+        if r.totals.pruned.is_empty() {
+            out.push_str("Pruned:      nothing\n");
+        } else {
+            out.push_str(&format!(
+                "Pruned:      {} folders, {} freed\n",
+                r.totals.pruned.len(),
+                human(r.totals.freed)
+            ));
+            for p in &r.totals.pruned {
+                out.push_str(&format!("             {p}\n"));
+            }
+        }
+        out.push_str("\nScripts:\n");
+        if r.scripts.is_empty() {
+            out.push_str("  none ran\n");
+        }
+        for s in &r.scripts {
+            let code = s.exit_code.map_or("-".to_owned(), |c| c.to_string());
+            out.push_str(&format!(
+                "  {:<28} exit {:<4} {:<10} {}\n",
+                s.script,
+                code,
+                whole_seconds(Duration::from_secs_f64(s.duration_secs)),
+                s.outcome
+            ));
+        }
+        if let Some(e) = &r.error {
+            out.push_str(&format!("\nError: {e}\n"));
+        }
+        out.push_str(&format!(
+            "\nLast lines of the log ({}, attached in full):\n{log_tail}\n",
+            r.log.display()
+        ));
+        out.push_str(match (r.safe_to_remove, r.status) {
+            (true, _) => "\nThe disk is safe to remove.\n",
+            (false, Status::Removed) => {
+                "\nThe disk was removed during the backup: this backup is incomplete.\n"
+            }
+            (false, _) => "\nThe disk is NOT safe to remove: it could not be cleanly unmounted.\n",
+        });
+        out
+    }
+
+    /// The report with the log attached.
+    pub fn compose(&self, cfg: &config::Mail) -> Result<Composed> {
+        let (log, cut) = read_log(&self.report.log);
+        let tail = tail(&log, TAIL_LINES);
+        let mut body = self.body(&tail);
+        if cut {
+            body.push_str(&format!(
+                "\nThe attached log is the last {} of the file.\n",
+                human(MAX_ATTACHMENT)
+            ));
+        }
+        let name =
+            self.report.log.file_name().map_or("backup.log".into(), |n| n.to_string_lossy().into_owned());
+        let parts = MultiPart::mixed()
+            .singlepart(SinglePart::plain(body))
+            .singlepart(Attachment::new(name).body(log, ContentType::TEXT_PLAIN));
+        build(cfg, self.subject(), |b| b.multipart(parts))
+    }
+}
+
+/// A reminder that `disk` has not been backed up for too long.
+pub fn reminder(
+    cfg: &config::Mail,
+    host: &str,
+    disk: &str,
+    uuid: &str,
+    last_success: Option<DateTime<Local>>,
+    known_since: DateTime<Local>,
+) -> Result<Composed> {
+    let day = |t: DateTime<Local>| t.format("%Y-%m-%d %H:%M").to_string();
+    let (subject, since) = match last_success {
+        Some(t) => (
+            format!("[tetras-back] {host}: no backup on '{disk}' since {}", day(t)),
+            format!("The last successful backup on disk '{disk}' (UUID {uuid}) finished on {}.", day(t)),
+        ),
+        None => (
+            format!("[tetras-back] {host}: no backup on '{disk}' yet"),
+            format!(
+                "Disk '{disk}' (UUID {uuid}) has been known since {} and has never been backed up successfully.",
+                day(known_since)
+            ),
+        ),
+    };
+    let body = format!(
+        "{since}\n\nPlug it into {host} to back the server up; the backup starts by itself.\n\
+         `tetras-back history --disk {disk}` shows its past backups.\n\n\
+         This reminder is sent once a day after {} days without a backup (`remind_after_days`).\n",
+        cfg.remind_after_days
+    );
+    build(cfg, subject, |b| b.body(body))
+}
+
+/// The `mail-test` message.
+pub fn test_message(cfg: &config::Mail, host: &str) -> Result<Composed> {
+    let body = format!(
+        "This is a test mail from tetras-back on {host}, sent by `tetras-back mail-test` through {}.\n\
+         Backup reports will reach this address.\n",
+        transport_name(cfg)
+    );
+    build(cfg, format!("[tetras-back] {host}: test mail"), |b| b.body(body))
+}
+
+fn build(
+    cfg: &config::Mail,
+    subject: String,
+    content: impl FnOnce(lettre::message::MessageBuilder) -> Result<Message, lettre::error::Error>,
+) -> Result<Composed> {
+    let from = sender(&cfg.from).map_err(anyhow::Error::msg).context("mail.from")?;
+    let mut b = Message::builder().from(from).subject(subject.clone()).date_now();
+    for to in recipients(&cfg.to).map_err(anyhow::Error::msg).context("mail.to")? {
+        b = b.to(to);
+    }
+    let msg = content(b).context("cannot compose the mail")?;
+    let env = msg.envelope();
+    Ok(Composed {
+        subject,
+        sender: env.from().map(|a| a.to_string()).unwrap_or_default(),
+        recipients: env.to().iter().map(|a| a.to_string()).collect(),
+        message: msg.formatted(),
+    })
+}
+
+/// "smtp mail.example.org:587 (starttls)" or "/usr/sbin/sendmail".
+pub fn transport_name(cfg: &config::Mail) -> String {
+    match (&cfg.transport, &cfg.smtp) {
+        (MailTransport::Smtp, Some(s)) => format!("smtp {}:{} ({:?})", s.host, s.port, s.tls).to_lowercase(),
+        _ => cfg.sendmail_path.display().to_string(),
+    }
+}
+
+/// Hands a formatted mail to the configured transport. The error carries the
+/// transport's own words (the server's reply, sendmail's stderr).
+pub fn deliver(cfg: &config::Mail, sender: &str, recipients: &[String], message: &[u8]) -> Result<()> {
+    let from = sender.parse().with_context(|| format!("bad sender {sender:?}"))?;
+    let to = recipients
+        .iter()
+        .map(|r| r.parse().with_context(|| format!("bad recipient {r:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let envelope = Envelope::new(Some(from), to)?;
+    match cfg.transport {
+        MailTransport::Sendmail => {
+            SendmailTransport::new_with_command(&cfg.sendmail_path)
+                .send_raw(&envelope, message)
+                .with_context(|| format!("sendmail ({}) failed", cfg.sendmail_path.display()))?;
+        }
+        MailTransport::Smtp => {
+            let s = cfg.smtp.as_ref().context("transport = \"smtp\" without a [mail.smtp] table")?;
+            let builder = match s.tls {
+                SmtpTls::None => SmtpTransport::builder_dangerous(&s.host),
+                SmtpTls::Starttls => SmtpTransport::starttls_relay(&s.host)?,
+                SmtpTls::Tls => SmtpTransport::relay(&s.host)?,
+            };
+            let mut builder = builder.port(s.port).timeout(Some(SMTP_TIMEOUT));
+            if let Some(user) = &s.user {
+                builder = builder
+                    .credentials(Credentials::new(user.clone(), password(s.password_file.as_deref())?));
+            }
+            builder
+                .build()
+                .send_raw(&envelope, message)
+                .with_context(|| format!("{} refused the mail", transport_name(cfg)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the SMTP password, refusing a file others can read.
+fn password(file: Option<&Path>) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(file) = file else { bail!("mail.smtp.user is set but mail.smtp.password_file is not") };
+    let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} can be read by group or others (mode {:04o}); `chmod 600` it, it holds the SMTP password",
+            file.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// The log file's content (its end, when too large) and whether it was cut.
+fn read_log(path: &Path) -> (Vec<u8>, bool) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (format!("(the log {} could not be read)\n", path.display()).into_bytes(), false);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let cut = len > MAX_ATTACHMENT;
+    if cut {
+        let _ = f.seek(SeekFrom::Start(len - MAX_ATTACHMENT));
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(MAX_ATTACHMENT).read_to_end(&mut buf);
+    (buf, cut)
+}
+
+/// The last `n` lines of `log`, indented.
+fn tail(log: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(log);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..].iter().map(|l| format!("  {l}\n")).collect()
+}
+
+fn whole_seconds(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_user_is_local_and_bad_addresses_are_named() {
+        let r = recipients("root, ops@example.org").unwrap();
+        assert_eq!(r[0].to_string(), "root@localhost");
+        assert_eq!(r[1].to_string(), "ops@example.org");
+        let e = recipients("a@b, not an address@").unwrap_err();
+        assert!(e.contains("not an address@"), "{e}");
+        assert!(recipients(" , ").is_err());
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail(b"a\nb\nc\n", 2), "  b\n  c\n");
+        assert_eq!(tail(b"", 2), "");
+    }
+}

@@ -1,0 +1,110 @@
+//! Metrics for Prometheus, in the text format node_exporter's textfile
+//! collector reads: written to `metrics_file` atomically (temp file and
+//! rename in the same directory, so the collector never reads half a file)
+//! when the daemon starts, after each backup, and when it stops.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::history::DiskSummary;
+
+/// The statuses `tetras_back_last_backup_status` has a series for.
+const STATUSES: &[&str] = &["success", "failed", "removed", "interrupted"];
+
+/// One known disk and what the history says of it.
+pub struct DiskMetrics<'a> {
+    pub name: &'a str,
+    pub uuid: &'a str,
+    pub summary: DiskSummary,
+}
+
+/// The metrics file's text.
+pub fn render(up: bool, disks: &[DiskMetrics], mails_pending: u64) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let labels = |d: &DiskMetrics| format!("disk=\"{}\",uuid=\"{}\"", escape(d.name), escape(d.uuid));
+    let per_disk = |f: &dyn Fn(&DiskSummary) -> Option<f64>| -> Vec<(String, f64)> {
+        disks.iter().filter_map(|d| f(&d.summary).map(|v| (format!("{{{}}}", labels(d)), v))).collect()
+    };
+    family(
+        "tetras_back_up",
+        "Whether the tetras-back daemon is running.",
+        &mut std::iter::once((String::new(), if up { 1.0 } else { 0.0 })),
+    );
+    family(
+        "tetras_back_last_success_timestamp_seconds",
+        "When the last successful backup on the disk finished (Unix time).",
+        &mut per_disk(&|s| s.last_success.map(|t| t.timestamp() as f64)).into_iter(),
+    );
+    family(
+        "tetras_back_last_backup_timestamp_seconds",
+        "When the last backup on the disk finished, whatever its status (Unix time).",
+        &mut per_disk(&|s| s.last_finished.map(|t| t.timestamp() as f64)).into_iter(),
+    );
+    let status: Vec<(String, f64)> = disks
+        .iter()
+        .filter_map(|d| d.summary.last_status.as_deref().map(|st| (d, st)))
+        .flat_map(|(d, st)| {
+            STATUSES
+                .iter()
+                .map(move |s| (format!("{{{},status=\"{s}\"}}", labels(d)), f64::from(u8::from(*s == st))))
+        })
+        .collect();
+    family(
+        "tetras_back_last_backup_status",
+        "The status of the last backup on the disk: 1 for the series of that status.",
+        &mut status.into_iter(),
+    );
+    family(
+        "tetras_back_last_backup_duration_seconds",
+        "How long the last backup on the disk took.",
+        &mut per_disk(&|s| s.last.as_ref().and_then(|b| b.duration_secs)).into_iter(),
+    );
+    family(
+        "tetras_back_last_backup_bytes_written",
+        "Bytes the last backup on the disk wrote (snapshot copies and archives).",
+        &mut per_disk(&|s| s.last.as_ref().and_then(|b| b.bytes_written).map(|b| b as f64)).into_iter(),
+    );
+    family(
+        "tetras_back_mail_outbox_pending",
+        "Mails that could not be sent yet and wait to be tried again.",
+        &mut std::iter::once((String::new(), mails_pending as f64)),
+    );
+    out
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Replaces the metrics file.
+pub fn write(path: &Path, text: &str) -> Result<()> {
+    crate::state::write_atomic(path, 0o644, text.as_bytes())
+        .with_context(|| format!("cannot write the metrics file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_status_series_is_one_and_labels_are_escaped() {
+        let summary = DiskSummary { last_status: Some("failed".into()), ..Default::default() };
+        let text = render(true, &[DiskMetrics { name: "a\"b", uuid: "u", summary }], 2);
+        assert!(text.contains("tetras_back_up 1\n"), "{text}");
+        assert!(
+            text.contains("tetras_back_last_backup_status{disk=\"a\\\"b\",uuid=\"u\",status=\"failed\"} 1\n")
+        );
+        assert!(text.contains("status=\"success\"} 0\n"));
+        assert!(text.contains("tetras_back_mail_outbox_pending 2\n"));
+        assert!(!text.contains("tetras_back_last_success_timestamp_seconds{"), "no success, no sample");
+    }
+}
