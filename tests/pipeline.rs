@@ -8,6 +8,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use common::disk::*;
+use common::rig::*;
 use common::*;
 
 /// The events of one backup, from plug to safe_to_remove.
@@ -19,80 +20,6 @@ const ONE_BACKUP: [&str; 6] = [
     "backup_finished",
     "safe_to_remove",
 ];
-
-/// A test root with a scripts directory, a known disk and a subscriber.
-/// (Fields drop in order: the disk is detached before the root is removed.)
-struct Rig {
-    disk: LoopDisk,
-    sub: Option<Subscriber>,
-    env: TestEnv,
-}
-
-impl Rig {
-    fn new(fstype: &str, scripts_toml: &str) -> Rig {
-        require_root_and_udevd();
-        let env = TestEnv::new();
-        env.write_config(scripts_toml);
-        let uuid = random_uuid();
-        let disk = LoopDisk::create(env.root(), fstype, &uuid, 32);
-        env.cli(&["save", &uuid, "office"]).ok();
-        Rig { env, disk, sub: None }
-    }
-
-    fn scripts_dir(&self) -> std::path::PathBuf {
-        self.env.path("scripts")
-    }
-
-    fn subscribe(&mut self) -> &mut Subscriber {
-        let sub = Subscriber::new(self.env.path("events.fifo"));
-        self.env.cli(&["register", sub.path.to_str().unwrap()]).ok();
-        self.sub = Some(sub);
-        let sub = self.sub.as_mut().unwrap();
-        sub.until("disks");
-        sub
-    }
-
-    fn sub(&mut self) -> &mut Subscriber {
-        self.sub.as_mut().unwrap()
-    }
-
-    /// Events up to `event` about this rig's disk.
-    fn until(&mut self, event: &str) -> Vec<serde_json::Value> {
-        let uuid = self.disk.uuid.clone();
-        self.sub().until_about(event, &uuid)
-    }
-
-    fn flow(&self, events: &[serde_json::Value]) -> Vec<String> {
-        flow_of(events, &self.disk.uuid)
-    }
-
-    /// The flow of this disk's events up to `event`.
-    fn flow_until(&mut self, event: &str) -> Vec<String> {
-        let events = self.until(event);
-        self.flow(&events)
-    }
-
-    fn logs(&self) -> Vec<String> {
-        fs::read_dir(self.env.path("log"))
-            .map(|d| d.map(|e| fs::read_to_string(e.unwrap().path()).unwrap()).collect())
-            .unwrap_or_default()
-    }
-
-    fn nothing_mounted(&self) {
-        assert!(self.disk.mounts().is_empty(), "still mounted at {:?}", self.disk.mounts());
-        let left: Vec<_> = fs::read_dir(self.env.path("mnt"))
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "mount points left: {left:?}");
-    }
-}
-
-/// The names of the events about the disk `uuid` (not the table refreshes,
-/// nor other tests' disks).
-fn flow_of(events: &[serde_json::Value], uuid: &str) -> Vec<String> {
-    let mine: Vec<_> = events.iter().filter(|e| e["uuid"] == uuid).cloned().collect();
-    names(&mine)
-}
 
 const WRITER: &str = r#"
 {

@@ -254,6 +254,12 @@ fn mail_test(config: &Config) -> Result<ExitCode> {
             println!("test mail sent to {} through {via}", m.recipients.join(", "));
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => bail!("the test mail to {} was not sent through {via}: {e:#}", m.recipients.join(", ")),
+        Err(e) => {
+            bail!(
+                "the test mail to {} was not sent through {via}: {}",
+                m.recipients.join(", "),
+                mail::describe(&e)
+            )
+        }
     }
 }

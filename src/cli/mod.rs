@@ -28,7 +28,6 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
         Remember a disk once with `tetras-back save UUID NAME` (or the original's \
         `--save UUID=NAME`); from then on the daemon backs the server up whenever that \
         disk is plugged in, unmounts it and says when it is safe to remove.",
-    args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  tetras-back --save 0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f=office\n  \
         tetras-back disks\n  tetras-back watch"
 )]
@@ -76,6 +75,19 @@ struct Legacy {
     /// Stop the running daemon (as `stop`)
     #[arg(long)]
     stop: bool,
+}
+
+impl Legacy {
+    fn any(&self) -> bool {
+        self.save.is_some()
+            || self.forget.is_some()
+            || self.register.is_some()
+            || self.unregister.is_some()
+            || self.plug.is_some()
+            || self.unplug.is_some()
+            || self.start
+            || self.stop
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +262,11 @@ pub enum Action {
 impl Cli {
     fn action(self) -> Result<Action, String> {
         let l = self.legacy;
+        if self.command.is_some() && l.any() {
+            return Err(
+                "the original's flags (--save, --plug, ...) cannot be combined with a subcommand".into()
+            );
+        }
         if let Some(command) = self.command {
             return Ok(match command {
                 Command::Daemon => Action::Daemon,
@@ -365,5 +382,8 @@ mod tests {
     fn config_flag_is_global() {
         let cli = Cli::try_parse_from(["tetras-back", "disks", "--config", "/tmp/c.toml"]).unwrap();
         assert_eq!(cli.config, Some(PathBuf::from("/tmp/c.toml")));
+        let cli = Cli::try_parse_from(["tetras-back", "--config", "/tmp/c.toml", "disks"]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("/tmp/c.toml")));
+        assert!(action(&["--stop", "disks"]).is_err(), "a legacy flag and a subcommand at once");
     }
 }

@@ -286,6 +286,22 @@ pub fn deliver(cfg: &config::Mail, sender: &str, recipients: &[String], message:
     Ok(())
 }
 
+/// An error's chain of causes on one line, without the repetitions of
+/// lettre, whose errors print their source themselves.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if out.contains(&cause) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&cause);
+    }
+    out
+}
+
 /// Reads the SMTP password, refusing a file others can read.
 fn password(file: Option<&Path>) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
@@ -342,6 +358,14 @@ mod tests {
         let e = recipients("a@b, not an address@").unwrap_err();
         assert!(e.contains("not an address@"), "{e}");
         assert!(recipients(" , ").is_err());
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let e = anyhow::anyhow!("Connection refused")
+            .context("Connection error: Connection refused")
+            .context("smtp x");
+        assert_eq!(describe(&e), "smtp x: Connection error: Connection refused");
     }
 
     #[test]

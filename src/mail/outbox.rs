@@ -149,7 +149,7 @@ impl Worker {
                     self.report(Failure {
                         subject: m.subject,
                         recipients: m.recipients,
-                        error: format!("{e:#} (not kept: the outbox cannot be written)"),
+                        error: format!("{} (not kept: the outbox cannot be written)", super::describe(&e)),
                         attempts: 1,
                         retry_at: None,
                     });
@@ -183,7 +183,7 @@ impl Worker {
                 Err(e) => {
                     let retry_at = (attempts < self.cfg.max_attempts)
                         .then(|| Local::now() + backoff(self.cfg.retry_after, attempts));
-                    let error = format!("{e:#}");
+                    let error = super::describe(e);
                     let recorded = h.mail_failed(q.id, &error, retry_at);
                     self.report(Failure {
                         subject: q.subject,

@@ -36,12 +36,19 @@ impl TestEnv {
         self.root().join(rel)
     }
 
-    /// The paths every config of this env uses, followed by `extra`.
+    /// The paths every config of this env uses, followed by `extra`. The udev
+    /// rule goes inside the root too (so that tests never touch udev's own
+    /// directory), unless `extra` names another place.
     pub fn config_text(&self, extra: &str) -> String {
         let r = self.root().display();
+        let rule = if extra.contains("udev_rule =") {
+            String::new()
+        } else {
+            format!("udev_rule = \"{r}/udev/61-tetras-back.rules\"\n")
+        };
         format!(
             "state_dir = \"{r}/state\"\nrun_dir = \"{r}/run\"\nlog_dir = \"{r}/log\"\n\
-             mount_dir = \"{r}/mnt\"\nscripts_dir = \"{r}/scripts\"\n{extra}"
+             mount_dir = \"{r}/mnt\"\nscripts_dir = \"{r}/scripts\"\n{rule}{extra}"
         )
     }
 
@@ -330,4 +337,6 @@ pub fn names(events: &[serde_json::Value]) -> Vec<String> {
 }
 
 pub mod disk;
+pub mod rig;
+pub mod smtp;
 pub mod tree;

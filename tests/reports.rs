@@ -1,0 +1,327 @@
+//! What the daemon tells the administrator: mail through a real SMTP server
+//! on loopback (aiosmtpd) and through a sendmail stand-in, the history in
+//! SQLite, the metrics file, reminders. Root, udevd and loop disks, as the
+//! pipeline tests.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::disk::*;
+use common::rig::*;
+use common::smtp::*;
+use common::*;
+
+/// A script that snapshots $SRC onto the disk, fails when the file
+/// `$FLAGS/fail` exists and dawdles when `$FLAGS/slow` does.
+const BACKUP: &str = r#"
+echo $$ > "$FLAGS/script.pid"
+echo "backing up $SRC"
+"$TETRAS_BACK_BIN" snapshot --dest "$TETRAS_BACK_MOUNT/$(date +%Y-%m-%d_%H-%M-%S)-$$" --link-dest auto "$SRC" || exit 1
+if [ -e "$FLAGS/slow" ]; then sleep 60; fi
+if [ -e "$FLAGS/fail" ]; then echo "told to fail"; exit 7; fi
+echo "all done"
+"#;
+
+/// A rig whose disk is backed up by BACKUP, with `extra` configuration.
+fn rig(extra: &str) -> Rig {
+    let rig = Rig::new("ext4", &format!("[[scripts]]\nname = \"backup.sh\"\n{extra}"));
+    script(&rig.scripts_dir(), "backup.sh", BACKUP, 0o755);
+    let src = rig.env.path("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    fs::write(src.join("sub/b.txt"), "bravo bravo\n").unwrap();
+    fs::write(src.join("c.bin"), vec![7u8; 100_000]).unwrap();
+    rig
+}
+
+/// Starts the daemon (with the variables BACKUP reads) and subscribes.
+fn start(rig: &mut Rig) -> Daemon {
+    let d = daemon(rig);
+    rig.subscribe();
+    d
+}
+
+fn daemon(rig: &Rig) -> Daemon {
+    let (src, flags) = (rig.env.path("src"), rig.env.root().to_owned());
+    rig.env.start_daemon_with(&[("SRC", src.to_str().unwrap()), ("FLAGS", flags.to_str().unwrap())])
+}
+
+fn host() -> String {
+    nix::unistd::gethostname().unwrap().to_string_lossy().into_owned()
+}
+
+fn finished(events: &[serde_json::Value]) -> &serde_json::Value {
+    events.iter().rev().find(|e| e["event"] == "backup_finished").expect("a backup_finished event")
+}
+
+#[test]
+fn a_backup_mails_one_report_with_the_log_attached() {
+    let port = free_port();
+    let mut rig = rig(&smtp_config(port, ""));
+    let server = SmtpServer::start(rig.env.root(), port);
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    assert_eq!(finished(&events)["status"], "success");
+    let log_path = finished(&events)["log"].as_str().unwrap().to_owned();
+
+    let raw = server.wait_for(1, Duration::from_secs(20));
+    let m = Mail::parse(&raw[0]);
+    assert_eq!(m.subject, format!("[tetras-back] {}: backup on 'office' succeeded", host()));
+    assert_eq!(m.to, "admin@example.org");
+    for needle in [
+        format!("Disk:        office (UUID {})", rig.disk.uuid),
+        "Started:".into(),
+        "Finished:".into(),
+        "Duration:".into(),
+        "Free space:".into(),
+        "Written:     ".into(),
+        " in 3 files".into(),
+        "Pruned:      nothing".into(),
+        "backup.sh".into(),
+        "exit 0".into(),
+        "all done".into(),
+        "The disk is safe to remove.".into(),
+    ] {
+        assert!(m.body.contains(&needle), "the body lacks {needle:?}:\n{}", m.body);
+    }
+    assert_eq!(m.attachments.len(), 1, "one attachment");
+    let (name, content) = &m.attachments[0];
+    assert_eq!(Some(name.as_str()), log_path.rsplit('/').next());
+    assert_eq!(content, &fs::read(&log_path).unwrap(), "the whole log is attached");
+    // Exactly one mail for one backup.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.messages().len(), 1);
+}
+
+#[test]
+fn a_mail_that_cannot_be_sent_waits_in_the_outbox_and_goes_when_the_server_is_back() {
+    let port = free_port();
+    let mut rig = rig(&smtp_config(port, ""));
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    assert_eq!(finished(&events)["status"], "success", "a mail problem never fails the backup");
+    let failed = rig.sub().until("mail_failed");
+    let f = failed.last().unwrap();
+    assert!(f["subject"].as_str().unwrap().contains("backup on 'office' succeeded"), "{f}");
+    assert!(f["error"].as_str().unwrap().contains("Connection refused"), "the transport's words: {f}");
+    assert_eq!(f["attempts"], 1);
+    assert!(f["retry_at"].is_string(), "{f}");
+    let status = rig.env.cli(&["status", "--json"]).ok().stdout;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["mail_pending"], 1, "{status}");
+
+    let server = SmtpServer::start(rig.env.root(), port);
+    let raw = server.wait_for(1, Duration::from_secs(30));
+    assert!(Mail::parse(&raw[0]).subject.contains("succeeded"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.messages().len(), 1, "sent once, not again");
+}
+
+#[test]
+fn with_when_failure_only_failed_backups_are_mailed() {
+    let port = free_port();
+    let mut rig = rig(&smtp_config(port, "when = \"failure\""));
+    let server = SmtpServer::start(rig.env.root(), port);
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    assert_eq!(finished(&rig.until("safe_to_remove"))["status"], "success");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(server.messages().is_empty(), "no mail for a success");
+
+    fs::write(rig.env.path("fail"), "").unwrap();
+    rig.env.cli(&["backup", "office"]).ok();
+    assert_eq!(finished(&rig.until("backup_finished"))["status"], "failed");
+    let m = Mail::parse(&server.wait_for(1, Duration::from_secs(20))[0]);
+    assert_eq!(m.subject, format!("[tetras-back] {}: backup on 'office' FAILED", host()));
+    assert!(m.body.contains("exit 7"), "{}", m.body);
+    assert!(m.body.contains("told to fail"), "the log's last lines: {}", m.body);
+}
+
+#[test]
+fn the_sendmail_transport_hands_the_report_to_the_local_mta() {
+    let env_root = tempfile::Builder::new().prefix("tetras-sendmail-").tempdir().unwrap();
+    let out = env_root.path();
+    // A sendmail-compatible stand-in that keeps what it is given.
+    let fake = script(
+        &out.join("bin"),
+        "sendmail",
+        &format!("printf '%s\\n' \"$@\" > {0}/args.tmp; cat > {0}/msg.tmp; mv {0}/args.tmp {0}/args; mv {0}/msg.tmp {0}/msg", out.display()),
+        0o755,
+    );
+    let mut rig = rig(&format!("[mail]\nsendmail_path = \"{}\"\n", fake.display()));
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    rig.until("safe_to_remove");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !out.join("msg").exists() {
+        assert!(std::time::Instant::now() < deadline, "sendmail was never run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let args = fs::read_to_string(out.join("args")).unwrap();
+    assert!(args.lines().any(|a| a == "root@localhost"), "the default recipient, root: {args}");
+    let m = Mail::parse(&fs::read(out.join("msg")).unwrap());
+    assert!(m.subject.ends_with("backup on 'office' succeeded"), "{}", m.subject);
+    assert_eq!(m.attachments.len(), 1);
+}
+
+#[test]
+fn mail_test_sends_now_or_shows_the_transport_error() {
+    let env = TestEnv::new();
+    let port = free_port();
+    env.write_config(&smtp_config(port, ""));
+    env.cli(&["mail-test"]).fails_with(&[
+        "admin@example.org",
+        &format!("127.0.0.1:{port}"),
+        "Connection refused",
+    ]);
+    let server = SmtpServer::start(env.root(), port);
+    let out = env.cli(&["mail-test"]).ok().stdout;
+    assert!(out.contains("test mail sent to admin@example.org"), "{out}");
+    let m = Mail::parse(&server.wait_for(1, Duration::from_secs(10))[0]);
+    assert!(m.subject.ends_with(": test mail"), "{}", m.subject);
+}
+
+#[test]
+fn history_records_each_outcome_and_survives_a_killed_daemon() {
+    let mut rig = rig("[mail]\nwhen = \"never\"\n");
+    let mut d = start(&mut rig);
+    let dev = rig.disk.attach();
+    rig.until("safe_to_remove");
+
+    fs::write(rig.env.path("fail"), "").unwrap();
+    rig.env.cli(&["backup", "office"]).ok();
+    assert_eq!(finished(&rig.until("backup_finished"))["status"], "failed");
+
+    fs::remove_file(rig.env.path("fail")).unwrap();
+    fs::write(rig.env.path("slow"), "").unwrap();
+    rig.env.cli(&["backup", "office"]).ok();
+    rig.until("script_started");
+    sh("udevadm", &["trigger", "--action=remove", &dev]);
+    rig.disk.detach();
+    let events = rig.until("backup_finished");
+    assert_eq!(finished(&events)["status"], "removed", "{events:#?}\n{}", rig.logs().join("\n---\n"));
+
+    let history = |rig: &Rig| -> Vec<serde_json::Value> {
+        let out = rig.env.cli(&["history", "--json"]).ok().stdout;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let h = history(&rig);
+    let statuses: Vec<&str> = h.iter().map(|b| b["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["removed", "failed", "success"], "newest first");
+    assert_eq!(h[2]["files"], 3);
+    assert!(h[2]["bytes_written"].as_u64().unwrap() >= 100_000, "{}", h[2]);
+    assert_eq!(h[1]["scripts"][0]["exit_code"], 7);
+    assert_eq!(h[2]["scripts"][0]["script"], "backup.sh");
+    assert!(h.iter().all(|b| b["disk"] == "office" && b["uuid"] == rig.disk.uuid.as_str()));
+    let table = rig.env.cli(&["history", "--disk", "office", "--limit", "2"]).ok().stdout;
+    assert_eq!(table.lines().filter(|l| l.contains(" office ")).count(), 2, "{table}");
+    let plugs = rig.env.cli(&["history", "--plugs", "--json"]).ok().stdout;
+    let plugs: Vec<serde_json::Value> = serde_json::from_str(&plugs).unwrap();
+    let actions: Vec<&str> = plugs.iter().map(|p| p["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["unplugged", "plugged"]);
+    let disks = rig.env.cli(&["disks", "--json"]).ok().stdout;
+    let disks: serde_json::Value = serde_json::from_str(&disks).unwrap();
+    assert_eq!(disks["disks"][0]["last_backup"], "removed");
+    assert!(disks["disks"][0]["last_success"].is_string(), "{disks}");
+
+    // SIGKILL in the middle of a backup: the database stays readable.
+    rig.disk.attach();
+    rig.until("script_started");
+    d.signal(nix::libc::SIGKILL);
+    let _ = d.wait_exit(Duration::from_secs(5));
+    let pid: i32 = fs::read_to_string(rig.env.path("script.pid")).unwrap().trim().parse().unwrap();
+    // The script's process group outlived the daemon: stop it (it is ours).
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { nix::libc::kill(-pid, nix::libc::SIGKILL) };
+    let killed = history(&rig)[0].clone();
+    assert_eq!(killed["status"], "running");
+    fs::remove_file(rig.env.path("slow")).unwrap();
+    // The next daemon closes the record, and backs up the disk still plugged in.
+    d = daemon(&rig);
+    rig.until("safe_to_remove");
+    let h = history(&rig);
+    assert_eq!(h.len(), 5);
+    let again = h.iter().find(|b| b["id"] == killed["id"]).unwrap();
+    assert_eq!(again["status"], "interrupted", "{again:#}");
+    assert_eq!(h[0]["status"], "success");
+    drop(d);
+}
+
+#[test]
+fn the_metrics_file_is_prometheus_text_with_a_series_per_disk() {
+    let mut rig = rig("");
+    let path = rig.env.path("metrics.prom");
+    rig.env.write_config(&format!(
+        "metrics_file = \"{}\"\n[[scripts]]\nname = \"backup.sh\"\n[mail]\nwhen = \"never\"\n",
+        path.display()
+    ));
+    let d = start(&mut rig);
+    rig.disk.attach();
+    rig.until("safe_to_remove");
+    let parsed = prometheus(&path);
+    let uuid = rig.disk.uuid.clone();
+    let sample = |name: &str, status: Option<&str>| -> f64 {
+        parsed
+            .iter()
+            .find(|s| {
+                s["name"] == name
+                    && (s["labels"].as_object().unwrap().is_empty()
+                        || (s["labels"]["disk"] == "office" && s["labels"]["uuid"] == uuid.as_str()))
+                    && status.is_none_or(|st| s["labels"]["status"] == st)
+            })
+            .unwrap_or_else(|| panic!("no {name} {status:?} in {parsed:#?}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(sample("tetras_back_up", None), 1.0);
+    let now = chrono::Local::now().timestamp() as f64;
+    assert!((now - sample("tetras_back_last_success_timestamp_seconds", None)).abs() < 120.0);
+    assert_eq!(sample("tetras_back_last_backup_status", Some("success")), 1.0);
+    assert_eq!(sample("tetras_back_last_backup_status", Some("failed")), 0.0);
+    assert!(sample("tetras_back_last_backup_duration_seconds", None) > 0.0);
+    assert!(sample("tetras_back_last_backup_bytes_written", None) >= 100_000.0);
+    drop(d);
+    assert_eq!(prometheus(&path).iter().find(|s| s["name"] == "tetras_back_up").unwrap()["value"], 0.0);
+}
+
+/// The samples of a metrics file, read by the Prometheus client library's own parser.
+fn prometheus(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let code = "import json, sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        out = [dict(name=s.name, labels=s.labels, value=s.value) \
+               for f in text_string_to_metric_families(open(sys.argv[1]).read()) for s in f.samples]\n\
+        print(json.dumps(out))";
+    let out = sh("/usr/bin/python3", &["-c", code, path.to_str().unwrap()]);
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn a_disk_not_backed_up_for_days_gets_one_reminder_a_day() {
+    let env = TestEnv::new();
+    let port = free_port();
+    env.write_config(&smtp_config(port, "remind_after_days = 3"));
+    let uuid = random_uuid();
+    env.cli(&["save", &uuid, "drawer"]).ok();
+    // Saved ten days ago, never backed up since.
+    let state = fs::read_to_string(env.state_path()).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let added = chrono::Local::now() - chrono::Duration::days(10);
+    state["disks"][0]["added"] = added.to_rfc3339().into();
+    fs::write(env.state_path(), serde_json::to_string(&state).unwrap()).unwrap();
+    env.cli(&["save", &random_uuid(), "fresh"]).ok();
+
+    let server = SmtpServer::start(env.root(), port);
+    let d = env.start_daemon();
+    let m = Mail::parse(&server.wait_for(1, Duration::from_secs(20))[0]);
+    assert_eq!(m.subject, format!("[tetras-back] {}: no backup on 'drawer' yet", host()));
+    assert!(m.body.contains(&uuid) && m.body.contains(&added.format("%Y-%m-%d").to_string()), "{}", m.body);
+    drop(d);
+    // Restarted within the day: no second reminder (and none for the fresh disk).
+    let _d = env.start_daemon();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.messages().len(), 1);
+}
