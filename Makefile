@@ -9,17 +9,26 @@
 #   sudo make demo       a tour: a disk image is saved, plugged in and backed up, events shown live
 #
 # DESTDIR and PREFIX are honoured; unit and udev directories come from pkg-config.
+# PROFILE=dev installs the debug build (the install test uses it).
 
 PREFIX      ?= /usr/local
 SBINDIR     ?= $(PREFIX)/sbin
 SYSCONFDIR  ?= /etc
 SCRIPTSDIR  ?= $(PREFIX)/lib/tetras-back
-UNITDIR     ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+MANDIR      ?= $(PREFIX)/share/man
+UNITDIR     ?= $(or $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null),/lib/systemd/system)
+UDEVDIR     ?= $(or $(shell pkg-config --variable=udevdir udev 2>/dev/null),/lib/udev)
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# Debian's zsh looks in vendor-completions under /usr, site-functions under /usr/local.
+ZSHCOMPDIR  ?= $(if $(filter /usr,$(PREFIX)),/usr/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 DESTDIR     ?=
+PROFILE     ?= release
 
 # Packages needed to build, and in addition to test (Debian names).
 BUILD_DEPS  := pkg-config libudev-dev gcc
-TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup
+TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup \
+               python3-aiosmtpd python3-prometheus-client systemd make
 LINT_DEPS   := $(BUILD_DEPS) shellcheck
 BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils
 
@@ -32,7 +41,7 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || \
 	for h in "$$HOME" "$$(getent passwd "$${SUDO_USER:-root}" | cut -d: -f6)"; do \
 	  [ -x "$$h/.cargo/bin/cargo" ] && echo "$$h/.cargo/bin/cargo" && break; done)
 
-BIN := target/release/tetras-back
+BIN := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/tetras-back
 
 .PHONY: all build deps test-deps install uninstall test lint bench demo check-cargo
 
@@ -60,7 +69,7 @@ test-deps:
 	$(call apt_install,$(TEST_DEPS))
 
 build: check-cargo
-	$(CARGO) build --release --locked
+	$(CARGO) build --locked --profile $(PROFILE)
 
 install: deps build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/tetras-back
@@ -70,19 +79,31 @@ install: deps build
 	sed 's|@SBINDIR@|$(SBINDIR)|g' units/tetras-back.service > units/.tetras-back.service.tmp
 	install -D -m 0644 units/.tetras-back.service.tmp $(DESTDIR)$(UNITDIR)/tetras-back.service
 	rm -f units/.tetras-back.service.tmp
+	install -D -m 0644 rules/61-tetras-back.rules $(DESTDIR)$(UDEVDIR)/rules.d/61-tetras-back.rules
+	@# Man pages and completions come from the CLI's own description.
+	$(BIN) generate man $(DESTDIR)$(MANDIR)/man8
+	chmod 0644 $(DESTDIR)$(MANDIR)/man8/tetras-back*.8
+	install -d -m 0755 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	$(BIN) generate bash > $(DESTDIR)$(BASHCOMPDIR)/tetras-back
+	$(BIN) generate zsh > $(DESTDIR)$(ZSHCOMPDIR)/_tetras-back
+	$(BIN) generate fish > $(DESTDIR)$(FISHCOMPDIR)/tetras-back.fish
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/tetras-back
 	@# An administrator's edited configuration is never overwritten.
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/tetras-back/tetras-back.toml ]; then \
 	  echo "Keeping existing $(DESTDIR)$(SYSCONFDIR)/tetras-back/tetras-back.toml"; \
 	else \
-	  install -m 0644 conf/tetras-back.toml $(DESTDIR)$(SYSCONFDIR)/tetras-back/tetras-back.toml; \
+	  sed 's|^scripts_dir = .*|scripts_dir = "$(SCRIPTSDIR)"|' conf/tetras-back.toml > conf/.tetras-back.toml.tmp && \
+	  install -m 0644 conf/.tetras-back.toml.tmp $(DESTDIR)$(SYSCONFDIR)/tetras-back/tetras-back.toml; \
+	  rm -f conf/.tetras-back.toml.tmp; \
 	fi
 	@if [ -n "$(DESTDIR)" ]; then \
 	  echo "Installed into $(DESTDIR); not starting the service."; \
 	elif [ -d /run/systemd/system ]; then \
+	  udevadm control --reload || true; \
 	  systemctl daemon-reload && systemctl enable --now tetras-back.service && \
 	  echo "tetras-back.service is enabled and running."; \
 	else \
+	  udevadm control --reload 2>/dev/null || true; \
 	  echo "systemd is not running as PID 1 here: the service was installed but not started."; \
 	  echo "Start the daemon by hand with: $(SBINDIR)/tetras-back daemon"; \
 	fi
@@ -92,6 +113,10 @@ uninstall:
 	  systemctl disable --now tetras-back.service || true; fi
 	rm -f $(DESTDIR)$(SBINDIR)/tetras-back
 	rm -f $(DESTDIR)$(UNITDIR)/tetras-back.service
+	rm -f $(DESTDIR)$(UDEVDIR)/rules.d/61-tetras-back.rules
+	rm -f $(DESTDIR)$(MANDIR)/man8/tetras-back.8 $(DESTDIR)$(MANDIR)/man8/tetras-back-*.8
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/tetras-back $(DESTDIR)$(ZSHCOMPDIR)/_tetras-back \
+	  $(DESTDIR)$(FISHCOMPDIR)/tetras-back.fish
 	@for s in $$(ls scripts 2>/dev/null); do rm -f $(DESTDIR)$(SCRIPTSDIR)/$$s; done
 	-rmdir $(DESTDIR)$(SCRIPTSDIR) 2>/dev/null
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -26,9 +26,10 @@ pub fn render(disks: &[Disk]) -> String {
     }
     for d in disks {
         // UUIDs and names are validated (hex, dashes; [A-Za-z0-9._-]): nothing to escape.
+        // udev allows comments on lines of their own only.
         out.push_str(&format!(
-            "SUBSYSTEM==\"block\", ENV{{ID_FS_UUID}}==\"{}\", ENV{{UDISKS_IGNORE}}=\"1\"  # {}\n",
-            d.uuid, d.name
+            "# {}\nSUBSYSTEM==\"block\", ENV{{ID_FS_UUID}}==\"{}\", ENV{{UDISKS_IGNORE}}=\"1\"\n",
+            d.name, d.uuid
         ));
     }
     out
@@ -103,7 +104,9 @@ mod tests {
         update(&p, &[disk(u, "office")]).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(
-            text.contains(&format!("ENV{{ID_FS_UUID}}==\"{u}\", ENV{{UDISKS_IGNORE}}=\"1\"  # office")),
+            text.contains(&format!(
+                "# office\nSUBSYSTEM==\"block\", ENV{{ID_FS_UUID}}==\"{u}\", ENV{{UDISKS_IGNORE}}=\"1\"\n"
+            )),
             "{text}"
         );
         update(&p, &[]).unwrap();

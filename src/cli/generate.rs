@@ -34,7 +34,7 @@ fn man(cmd: &clap::Command, dir: &Path) -> Result<()> {
     page(cmd.clone(), "tetras-back.8".into())?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
         let name = format!("tetras-back-{}", sub.get_name());
-        page(sub.clone().name(name.clone()), format!("{name}.8"))?;
+        page(sub.clone().name(name.clone()).version(env!("CARGO_PKG_VERSION")), format!("{name}.8"))?;
     }
     Ok(())
 }
