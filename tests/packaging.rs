@@ -144,3 +144,25 @@ fn saved_disks_are_hidden_from_udisks_by_a_generated_rule() {
     assert!(udev_properties(&dev).lines().any(|l| l == "UDISKS_IGNORE=1"));
     disk.detach();
 }
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let env = TestEnv::new();
+    let socket_path = env.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    // As systemd does for WatchdogSec=400ms: the daemon must ping at least every 400 ms.
+    let _d = env
+        .start_daemon_with(&[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")]);
+    let mut said = Vec::new();
+    let start = std::time::Instant::now();
+    while said.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 4 {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(said[0].contains("READY=1"), "{said:?}");
+    // Four pings in well under four intervals: the loop wakes up by itself.
+    assert!(start.elapsed() < std::time::Duration::from_secs(4), "{:?}: {said:?}", start.elapsed());
+}
