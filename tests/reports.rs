@@ -221,8 +221,14 @@ fn history_records_each_outcome_and_survives_a_killed_daemon() {
     assert_eq!(table.lines().filter(|l| l.contains(" office ")).count(), 2, "{table}");
     let plugs = rig.env.cli(&["history", "--plugs", "--json"]).ok().stdout;
     let plugs: Vec<serde_json::Value> = serde_json::from_str(&plugs).unwrap();
-    let actions: Vec<&str> = plugs.iter().map(|p| p["action"].as_str().unwrap()).collect();
+    // (Other tests' disks come and go too: they are unknown disks here.)
+    let actions: Vec<&str> = plugs
+        .iter()
+        .filter(|p| p["uuid"] == rig.disk.uuid.as_str())
+        .map(|p| p["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["unplugged", "plugged"]);
+    assert!(plugs.iter().filter(|p| p["uuid"] == rig.disk.uuid.as_str()).all(|p| p["disk"] == "office"));
     let disks = rig.env.cli(&["disks", "--json"]).ok().stdout;
     let disks: serde_json::Value = serde_json::from_str(&disks).unwrap();
     assert_eq!(disks["disks"][0]["last_backup"], "removed");
