@@ -305,19 +305,28 @@ fn prometheus(path: &std::path::Path) -> Vec<serde_json::Value> {
     serde_json::from_str(&out).unwrap()
 }
 
+/// A saved disk whose state says it was saved `days` ago; returns its UUID.
+fn saved_long_ago(env: &TestEnv, name: &str, days: i64) -> (String, chrono::DateTime<chrono::Local>) {
+    let uuid = random_uuid();
+    env.cli(&["save", &uuid, name]).ok();
+    let state = fs::read_to_string(env.state_path()).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let added = chrono::Local::now() - chrono::Duration::days(days);
+    for d in state["disks"].as_array_mut().unwrap() {
+        if d["uuid"] == uuid.as_str() {
+            d["added"] = added.to_rfc3339().into();
+        }
+    }
+    fs::write(env.state_path(), serde_json::to_string(&state).unwrap()).unwrap();
+    (uuid, added)
+}
+
 #[test]
 fn a_disk_not_backed_up_for_days_gets_one_reminder_a_day() {
     let env = TestEnv::new();
     let port = free_port();
     env.write_config(&smtp_config(port, "remind_after_days = 3"));
-    let uuid = random_uuid();
-    env.cli(&["save", &uuid, "drawer"]).ok();
-    // Saved ten days ago, never backed up since.
-    let state = fs::read_to_string(env.state_path()).unwrap();
-    let mut state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    let added = chrono::Local::now() - chrono::Duration::days(10);
-    state["disks"][0]["added"] = added.to_rfc3339().into();
-    fs::write(env.state_path(), serde_json::to_string(&state).unwrap()).unwrap();
+    let (uuid, added) = saved_long_ago(&env, "drawer", 10);
     env.cli(&["save", &random_uuid(), "fresh"]).ok();
 
     let server = SmtpServer::start(env.root(), port);
@@ -330,4 +339,30 @@ fn a_disk_not_backed_up_for_days_gets_one_reminder_a_day() {
     let _d = env.start_daemon();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(server.messages().len(), 1);
+}
+
+#[test]
+fn a_mail_is_abandoned_after_max_attempts_and_kept() {
+    let env = TestEnv::new();
+    env.write_config(&smtp_config(free_port(), "remind_after_days = 1\nmax_attempts = 3"));
+    saved_long_ago(&env, "drawer", 5);
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    let _d = env.start_daemon();
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    // Attempts 1, 2, 3, one and two seconds apart (the first may precede the registration).
+    let mut last = serde_json::Value::Null;
+    while last["attempts"] != 3 {
+        last = sub.until("mail_failed").pop().unwrap();
+        assert!(last["attempts"].as_u64().unwrap() <= 3, "{last}");
+        if last["attempts"] != 3 {
+            assert!(last["retry_at"].is_string(), "{last}");
+        }
+    }
+    assert!(last.get("retry_at").is_none(), "abandoned: no next attempt: {last}");
+    assert!(sub.during(Duration::from_secs(3)).iter().all(|e| e["event"] != "mail_failed"), "no 4th attempt");
+    let status: serde_json::Value =
+        serde_json::from_str(&env.cli(&["status", "--json"]).ok().stdout).unwrap();
+    assert_eq!((status["mail_pending"].as_u64(), status["mail_abandoned"].as_u64()), (Some(0), Some(1)));
+    let text = env.cli(&["status"]).ok().stdout;
+    assert!(text.contains("1 abandoned"), "{text}");
 }
