@@ -369,6 +369,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_not_caused_by_a_script_is_explained() {
+        let now = Local::now();
+        let m = BackupMail {
+            host: "host1".into(),
+            disk: "office".into(),
+            uuid: "u".into(),
+            device: "/dev/sdb1".into(),
+            report: Report {
+                status: Status::Failed,
+                started: now,
+                finished: now,
+                duration: Duration::from_secs(3),
+                log: "/var/log/x.log".into(),
+                safe_to_remove: false,
+                error: Some("cannot mount /dev/sdb1 (ext4): EUCLEAN".into()),
+                scripts: Vec::new(),
+                free_before: None,
+                free_after: None,
+                totals: Default::default(),
+            },
+        };
+        assert_eq!(m.subject(), "[tetras-back] host1: backup on 'office' FAILED");
+        let body = m.body("  last line\n");
+        for needle in
+            ["Error: cannot mount /dev/sdb1 (ext4): EUCLEAN", "none ran", "unknown before", "NOT safe"]
+        {
+            assert!(body.contains(needle), "{needle:?} missing from:\n{body}");
+        }
+        let removed = BackupMail { report: Report { status: Status::Removed, ..m.report.clone() }, ..m };
+        assert!(removed.subject().ends_with("backup on 'office' disk removed during backup"));
+        assert!(removed.body("").contains("removed during the backup: this backup is incomplete"));
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail(b"a\nb\nc\n", 2), "  b\n  c\n");
         assert_eq!(tail(b"", 2), "");
