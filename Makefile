@@ -28,7 +28,7 @@ PROFILE     ?= release
 # Packages needed to build, and in addition to test (Debian names).
 BUILD_DEPS  := pkg-config libudev-dev gcc
 TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup \
-               python3-aiosmtpd python3-prometheus-client systemd make
+               python3-aiosmtpd python3-prometheus-client systemd make openssl
 LINT_DEPS   := $(BUILD_DEPS) shellcheck
 BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils
 

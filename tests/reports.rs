@@ -186,6 +186,39 @@ fn mail_test_sends_now_or_shows_the_transport_error() {
 }
 
 #[test]
+fn starttls_and_smtps_check_the_server_certificate() {
+    let env = TestEnv::new();
+    // A test CA, and a server certificate for 127.0.0.1 signed by it.
+    let p = |name: &str| env.path(name).to_str().unwrap().to_owned();
+    let (ca, cert, key) = (p("ca.pem"), p("cert.pem"), p("key.pem"));
+    fs::write(env.path("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let (ca_key, csr, ext) = (p("ca.key"), p("leaf.csr"), p("leaf.ext"));
+    let ca_args = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA"];
+    sh("openssl", &[&ca_args[..], &["-keyout", &ca_key, "-out", &ca]].concat());
+    let leaf_args = ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"];
+    sh("openssl", &[&leaf_args[..], &["-keyout", &key, "-out", &csr]].concat());
+    let sign = ["x509", "-req", "-days", "2", "-CAcreateserial", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key];
+    sh("openssl", &[&sign[..], &["-extfile", &ext, "-out", &cert]].concat());
+    let (c, k) = (cert.as_str(), key.as_str());
+    for (tls, options) in
+        [("starttls", ["--tlscert", c, "--tlskey", k]), ("tls", ["--smtpscert", c, "--smtpskey", k])]
+    {
+        let port = free_port();
+        env.write_config(&smtp_tls_config(port, tls, ""));
+        let dir = env.path(tls);
+        fs::create_dir(&dir).unwrap();
+        let server = SmtpServer::start_with(&dir, port, &options);
+        // A certificate nobody vouches for is refused...
+        env.cli(&["mail-test"]).fails_with(&["certificate"]);
+        assert!(server.messages().is_empty());
+        // ... and accepted once trusted (rustls-native-certs reads SSL_CERT_FILE).
+        let out = env.cmd(&["mail-test"]).env("SSL_CERT_FILE", &ca).output().unwrap();
+        assert!(out.status.success(), "{tls}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(server.wait_for(1, Duration::from_secs(10)).len(), 1, "{tls}");
+    }
+}
+
+#[test]
 fn history_records_each_outcome_and_survives_a_killed_daemon() {
     let mut rig = rig("[mail]\nwhen = \"never\"\n");
     let mut d = start(&mut rig);

@@ -403,6 +403,20 @@ mod tests {
     }
 
     #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = password(Some(&f)).unwrap_err().to_string();
+        assert!(e.contains(&f.display().to_string()) && e.contains("0644") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(password(Some(&f)).unwrap(), "s3cret");
+        assert!(password(None).unwrap_err().to_string().contains("password_file"));
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail(b"a\nb\nc\n", 2), "  b\n  c\n");
         assert_eq!(tail(b"", 2), "");

@@ -21,17 +21,16 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// Starts a server on `port` delivering into `<dir>/maildir` (made by the server).
     pub fn start(dir: &Path, port: u16) -> SmtpServer {
+        SmtpServer::start_with(dir, port, &[])
+    }
+
+    /// The same, with more aiosmtpd options (`--tlscert`, `--smtpscert`, ...).
+    pub fn start_with(dir: &Path, port: u16, options: &[&str]) -> SmtpServer {
         let maildir = dir.join("maildir");
         let child = Command::new("/usr/bin/python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(options)
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&maildir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -86,9 +85,14 @@ impl Drop for SmtpServer {
 
 /// The `[mail]` section sending through the server on `port`.
 pub fn smtp_config(port: u16, extra: &str) -> String {
+    smtp_tls_config(port, "none", extra)
+}
+
+/// The same with `tls` = none | starttls | tls.
+pub fn smtp_tls_config(port: u16, tls: &str, extra: &str) -> String {
     format!(
         "[mail]\nto = \"admin@example.org\"\ntransport = \"smtp\"\nretry_after = \"1s\"\n{extra}\n\
-         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\n"
     )
 }
 
