@@ -452,7 +452,10 @@ impl History {
 
     pub fn mail_sent(&self, id: i64) -> Result<()> {
         self.conn.execute(
-            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+            // The message (with its log attached) is not kept once delivered:
+            // the log file is still in log_dir.
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL, message = x''
+             WHERE id = ?1",
             [id],
         )?;
         Ok(())
@@ -527,6 +530,12 @@ mod tests {
         let q = h.due_mails(later).unwrap();
         assert_eq!((q[0].attempts, q[0].recipients.clone()), (1, vec!["c@d".to_owned()]));
         h.mail_failed(id, "refused", None).unwrap();
+        assert_eq!(h.outbox_counts().unwrap(), (0, 1));
+        let sent = h.enqueue_mail("s2", "a@b", &["c@d".into()], b"a long message").unwrap();
+        h.mail_sent(sent).unwrap();
+        let kept: Vec<u8> =
+            h.conn.query_row("SELECT message FROM outbox WHERE id = ?1", [sent], |r| r.get(0)).unwrap();
+        assert!(kept.is_empty(), "a sent mail's body is not kept");
         assert_eq!(h.outbox_counts().unwrap(), (0, 1));
     }
 }
