@@ -64,10 +64,12 @@ fn a_backup_mails_one_report_with_the_log_attached() {
     let _d = start(&mut rig);
     rig.disk.attach();
     let events = rig.until("safe_to_remove");
+    let ended = std::time::Instant::now();
     assert_eq!(finished(&events)["status"], "success");
     let log_path = finished(&events)["log"].as_str().unwrap().to_owned();
 
     let raw = server.wait_for(1, Duration::from_secs(20));
+    println!("safe_to_remove read to mail delivered: {:?}", ended.elapsed());
     let m = Mail::parse(&raw[0]);
     assert_eq!(m.subject, format!("[tetras-back] {}: backup on 'office' succeeded", host()));
     assert_eq!(m.to, "admin@example.org");
