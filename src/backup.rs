@@ -250,8 +250,7 @@ impl Backup<'_> {
     }
 
     fn env(&self, target: &Path) -> Vec<(String, String)> {
-        let hostname =
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let hostname = hostname();
         let bin = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
         [
             ("TETRAS_BACK_MOUNT", target.display().to_string()),
@@ -358,6 +357,13 @@ impl Backup<'_> {
         };
         scripts::run(&run, self.log, cancel)
     }
+}
+
+/// This machine's name, for the scripts and the mail reports.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Free bytes on the mounted disk, for the report.

@@ -295,7 +295,7 @@ impl Daemon {
                 }
                 self.broadcast(&self.disks_event());
                 self.mailer.send(Work::Backup(Box::new(BackupMail {
-                    host: crate::mail::hostname(),
+                    host: backup::hostname(),
                     disk: name,
                     uuid,
                     device: r.job.device.clone(),

@@ -27,7 +27,7 @@ impl Daemon {
         let Some(h) = &self.history else { return };
         let now = Local::now();
         let overdue = chrono::Duration::days(days.into());
-        let host = mail::hostname();
+        let host = crate::backup::hostname();
         for d in &self.state.disks {
             let last_success = match h.summary(&d.uuid) {
                 Ok(s) => s.last_success,

@@ -66,12 +66,6 @@ pub fn wanted(when: MailWhen, status: Status) -> bool {
     }
 }
 
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
 /// What the report of one backup is about.
 #[derive(Debug, Clone)]
 pub struct BackupMail {
