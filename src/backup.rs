@@ -72,7 +72,7 @@ pub struct ScriptReport {
 /// What the worker tells the daemon's loop.
 #[derive(Debug)]
 pub enum Progress {
-    Started { log: PathBuf },
+    Started { log: PathBuf, started: DateTime<Local> },
     ScriptStarted { script: String },
     ScriptFinished(ScriptReport),
     Finished(Report),
@@ -124,7 +124,7 @@ pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Prog
             return;
         }
     };
-    progress(Progress::Started { log: log_path.clone() });
+    progress(Progress::Started { log: log_path.clone(), started });
     log.info(&format!("backup of {} ({}) on {} started", job.name, job.uuid, job.device.display()));
     let journal = config.run_dir.join(format!("journal-{}.jsonl", job.uuid));
     let _ = std::fs::remove_file(&journal);

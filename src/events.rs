@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::Status;
 use crate::fifo::{self, Delivery};
-use crate::history::History;
+use crate::history::{DiskSummary, History};
 use crate::state::{Disk, State};
 
 /// Something the daemon tells its subscribers.
@@ -140,7 +140,7 @@ impl DiskRow {
         let summary =
             history.and_then(|h| h.summary(&disk.uuid).inspect_err(|e| log::error!("history: {e:#}")).ok());
         let (last_backup, last_backup_finished, last_success) = match summary {
-            Some(s) if s.last_status.is_some() => (s.last_status, s.last_finished, s.last_success),
+            Some(DiskSummary { last: Some(b), last_success }) => (Some(b.status), b.finished, last_success),
             _ => {
                 let b = disk.last_backup.as_ref();
                 let success = b.filter(|b| b.status == "success").and_then(|b| b.finished);

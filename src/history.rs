@@ -84,7 +84,7 @@ pub struct History {
 }
 
 /// One backup, as `history` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BackupRow {
     pub id: i64,
     pub disk: String,
@@ -114,14 +114,12 @@ pub struct PlugRow {
     pub action: String,
 }
 
-/// What `disks` and `status` say about a disk's backups.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What `disks`, the metrics and the reminders need of a disk's backups.
+#[derive(Debug, Clone, Default)]
 pub struct DiskSummary {
     /// The last backup, whatever its status.
-    #[serde(skip)]
     pub last: Option<BackupRow>,
-    pub last_status: Option<String>,
-    pub last_finished: Option<DateTime<Local>>,
+    /// When the last successful one finished.
     pub last_success: Option<DateTime<Local>>,
 }
 
@@ -134,6 +132,22 @@ pub struct Queued {
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
     pub attempts: u32,
+}
+
+/// A backup's row as it starts (`running`); returns its id.
+fn insert_backup(
+    conn: &Connection,
+    uuid: &str,
+    disk: &str,
+    device: &Path,
+    started: DateTime<Local>,
+    log: &Path,
+) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO backups (uuid, disk, device, started, status, log) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+        params![uuid, disk, device.display().to_string(), started.timestamp(), log.display().to_string()],
+    )?;
+    Ok(conn.last_insert_rowid())
 }
 
 fn time(secs: i64) -> DateTime<Local> {
@@ -227,11 +241,7 @@ impl History {
         started: DateTime<Local>,
         log: &Path,
     ) -> Result<i64> {
-        self.conn.execute(
-            "INSERT INTO backups (uuid, disk, device, started, status, log) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-            params![uuid, disk, device.display().to_string(), started.timestamp(), log.display().to_string()],
-        )?;
-        Ok(self.conn.last_insert_rowid())
+        insert_backup(&self.conn, uuid, disk, device, started, log)
     }
 
     /// Records the end of a backup; `id` is `None` when its start was never
@@ -247,13 +257,7 @@ impl History {
         let tx = self.conn.unchecked_transaction()?;
         let id = match id {
             Some(id) => id,
-            None => {
-                tx.execute(
-                    "INSERT INTO backups (uuid, disk, device, started, status, log) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-                    params![uuid, disk, device.display().to_string(), r.started.timestamp(), r.log.display().to_string()],
-                )?;
-                tx.last_insert_rowid()
-            }
+            None => insert_backup(&tx, uuid, disk, device, r.started, &r.log)?,
         };
         tx.execute(
             "UPDATE backups SET finished = ?2, status = ?3, duration_secs = ?4, bytes_written = ?5, files = ?6,
@@ -379,12 +383,7 @@ impl History {
             [uuid],
             |r| r.get(0),
         )?;
-        Ok(DiskSummary {
-            last_status: last.as_ref().map(|l| l.status.clone()),
-            last_finished: last.as_ref().and_then(|l| l.finished),
-            last_success: success.map(time),
-            last,
-        })
+        Ok(DiskSummary { last, last_success: success.map(time) })
     }
 
     /// When the last reminder about `uuid` was sent.

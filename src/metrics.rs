@@ -23,7 +23,7 @@ pub struct DiskMetrics<'a> {
 /// The metrics file's text.
 pub fn render(up: bool, disks: &[DiskMetrics], mails_pending: u64) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
+    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{labels} {value}");
@@ -36,21 +36,21 @@ pub fn render(up: bool, disks: &[DiskMetrics], mails_pending: u64) -> String {
     family(
         "tetras_back_up",
         "Whether the tetras-back daemon is running.",
-        &mut std::iter::once((String::new(), if up { 1.0 } else { 0.0 })),
+        vec![(String::new(), if up { 1.0 } else { 0.0 })],
     );
     family(
         "tetras_back_last_success_timestamp_seconds",
         "When the last successful backup on the disk finished (Unix time).",
-        &mut per_disk(&|s| s.last_success.map(|t| t.timestamp() as f64)).into_iter(),
+        per_disk(&|s| s.last_success.map(|t| t.timestamp() as f64)),
     );
     family(
         "tetras_back_last_backup_timestamp_seconds",
         "When the last backup on the disk finished, whatever its status (Unix time).",
-        &mut per_disk(&|s| s.last_finished.map(|t| t.timestamp() as f64)).into_iter(),
+        per_disk(&|s| s.last.as_ref().and_then(|b| b.finished).map(|t| t.timestamp() as f64)),
     );
     let status: Vec<(String, f64)> = disks
         .iter()
-        .filter_map(|d| d.summary.last_status.as_deref().map(|st| (d, st)))
+        .filter_map(|d| d.summary.last.as_ref().map(|b| (d, b.status.as_str())))
         .flat_map(|(d, st)| {
             STATUSES
                 .iter()
@@ -60,22 +60,22 @@ pub fn render(up: bool, disks: &[DiskMetrics], mails_pending: u64) -> String {
     family(
         "tetras_back_last_backup_status",
         "The status of the last backup on the disk: 1 for the series of that status.",
-        &mut status.into_iter(),
+        status,
     );
     family(
         "tetras_back_last_backup_duration_seconds",
         "How long the last backup on the disk took.",
-        &mut per_disk(&|s| s.last.as_ref().and_then(|b| b.duration_secs)).into_iter(),
+        per_disk(&|s| s.last.as_ref().and_then(|b| b.duration_secs)),
     );
     family(
         "tetras_back_last_backup_bytes_written",
         "Bytes the last backup on the disk wrote (snapshot copies and archives).",
-        &mut per_disk(&|s| s.last.as_ref().and_then(|b| b.bytes_written).map(|b| b as f64)).into_iter(),
+        per_disk(&|s| s.last.as_ref().and_then(|b| b.bytes_written).map(|b| b as f64)),
     );
     family(
         "tetras_back_mail_outbox_pending",
         "Mails that could not be sent yet and wait to be tried again.",
-        &mut std::iter::once((String::new(), mails_pending as f64)),
+        vec![(String::new(), mails_pending as f64)],
     );
     out
 }
@@ -94,10 +94,12 @@ pub fn write(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::BackupRow;
 
     #[test]
     fn one_status_series_is_one_and_labels_are_escaped() {
-        let summary = DiskSummary { last_status: Some("failed".into()), ..Default::default() };
+        let last = BackupRow { status: "failed".into(), ..Default::default() };
+        let summary = DiskSummary { last: Some(last), last_success: None };
         let text = render(true, &[DiskMetrics { name: "a\"b", uuid: "u", summary }], 2);
         assert!(text.contains("tetras_back_up 1\n"), "{text}");
         assert!(

@@ -228,11 +228,11 @@ impl Daemon {
         let Some(r) = self.pipeline.running.as_mut() else { return };
         let (uuid, name) = (r.job.uuid.clone(), r.job.name.clone());
         match p {
-            Progress::Started { log } => {
+            Progress::Started { log, started } => {
                 log::info!("backup of {name} started ({:?} after it was queued)", r.since.elapsed());
                 let device = r.job.device.clone();
                 if let Some(h) = &self.history {
-                    match h.backup_started(&uuid, &name, &device, Local::now(), &log) {
+                    match h.backup_started(&uuid, &name, &device, started, &log) {
                         Ok(id) => r.history_id = Some(id),
                         Err(e) => log::error!("history: {e:#}"),
                     }
