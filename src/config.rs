@@ -109,6 +109,17 @@ pub enum SmtpTls {
     Tls,
 }
 
+impl SmtpTls {
+    /// The value as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::None => "none",
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Tls => "tls",
+        }
+    }
+}
+
 /// A configuration error: the file, the key (when one is to blame) and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {

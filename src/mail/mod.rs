@@ -239,7 +239,7 @@ fn build(
 /// "smtp mail.example.org:587 (starttls)" or "/usr/sbin/sendmail".
 pub fn transport_name(cfg: &config::Mail) -> String {
     match (&cfg.transport, &cfg.smtp) {
-        (MailTransport::Smtp, Some(s)) => format!("smtp {}:{} ({:?})", s.host, s.port, s.tls).to_lowercase(),
+        (MailTransport::Smtp, Some(s)) => format!("smtp {}:{} ({})", s.host, s.port, s.tls.as_str()),
         _ => cfg.sendmail_path.display().to_string(),
     }
 }

@@ -136,25 +136,24 @@ impl Worker {
                 return;
             }
         };
-        let queued = self.history().map(|h| h.enqueue_mail(&m.subject, &m.sender, &m.recipients, &m.message));
-        match queued {
-            Some(Ok(_)) => {}
-            other => {
-                // No outbox: one attempt now, and the failure said.
-                if let Some(Err(e)) = other {
-                    log::error!("cannot put a mail in the outbox: {e:#}");
-                    self.history = None;
-                }
-                if let Err(e) = super::deliver(&self.cfg, &m.sender, &m.recipients, &m.message) {
-                    self.report(Failure {
-                        subject: m.subject,
-                        recipients: m.recipients,
-                        error: format!("{} (not kept: the outbox cannot be written)", super::describe(&e)),
-                        attempts: 1,
-                        retry_at: None,
-                    });
-                }
+        match self.history().map(|h| h.enqueue_mail(&m.subject, &m.sender, &m.recipients, &m.message)) {
+            // Queued: `send_due` sends it next.
+            Some(Ok(_)) => return,
+            Some(Err(e)) => {
+                log::error!("cannot put a mail in the outbox: {e:#}");
+                self.history = None;
             }
+            None => {}
+        }
+        // No outbox: one attempt now, and the failure said.
+        if let Err(e) = super::deliver(&self.cfg, &m.sender, &m.recipients, &m.message) {
+            self.report(Failure {
+                subject: m.subject,
+                recipients: m.recipients,
+                error: format!("{} (not kept: the outbox cannot be written)", super::describe(&e)),
+                attempts: 1,
+                retry_at: None,
+            });
         }
     }
 
