@@ -117,10 +117,10 @@ fn udev_properties(dev: &str) -> String {
 #[test]
 fn saved_disks_are_hidden_from_udisks_by_a_generated_rule() {
     require_root_and_udevd();
-    let env = TestEnv::new();
     let uuid = random_uuid();
     let rule = RuleFile(PathBuf::from(format!("/run/udev/rules.d/61-tetras-back-test-{}.rules", &uuid[..8])));
-    env.write_config(&format!("udev_rule = \"{}\"\n[[scripts]]\nname = \"none.sh\"\n", rule.0.display()));
+    let env = TestEnv::with_udev_rule(rule.0.clone());
+    env.write_config("[[scripts]]\nname = \"none.sh\"\n");
     let mut disk = LoopDisk::create(env.root(), "ext4", &uuid, 32);
 
     // Saved while no daemon runs: the CLI writes the rule.

@@ -15,11 +15,24 @@ pub const UUID2: &str = "6f1d2c3b-4a59-4e8d-8c7b-1a2b3c4d5e6f";
 
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
+    /// Where the daemon writes its udev rule: inside the root, so that tests
+    /// never touch udev's own directory, unless `with_udev_rule` says otherwise.
+    udev_rule: Option<PathBuf>,
 }
 
 impl TestEnv {
     pub fn new() -> TestEnv {
-        let env = TestEnv { dir: tempfile::Builder::new().prefix("tetras-test-").tempdir().unwrap() };
+        TestEnv::make(None)
+    }
+
+    /// An env whose udev rule goes to `rule` (for the test that asks udev itself).
+    pub fn with_udev_rule(rule: PathBuf) -> TestEnv {
+        TestEnv::make(Some(rule))
+    }
+
+    fn make(udev_rule: Option<PathBuf>) -> TestEnv {
+        let dir = tempfile::Builder::new().prefix("tetras-test-").tempdir().unwrap();
+        let env = TestEnv { dir, udev_rule };
         env.write_config("");
         env
     }
@@ -36,19 +49,14 @@ impl TestEnv {
         self.root().join(rel)
     }
 
-    /// The paths every config of this env uses, followed by `extra`. The udev
-    /// rule goes inside the root too (so that tests never touch udev's own
-    /// directory), unless `extra` names another place.
+    /// The paths every config of this env uses, followed by `extra`.
     pub fn config_text(&self, extra: &str) -> String {
         let r = self.root().display();
-        let rule = if extra.contains("udev_rule =") {
-            String::new()
-        } else {
-            format!("udev_rule = \"{r}/udev/61-tetras-back.rules\"\n")
-        };
+        let rule = self.udev_rule.clone().unwrap_or_else(|| self.path("udev/61-tetras-back.rules"));
         format!(
             "state_dir = \"{r}/state\"\nrun_dir = \"{r}/run\"\nlog_dir = \"{r}/log\"\n\
-             mount_dir = \"{r}/mnt\"\nscripts_dir = \"{r}/scripts\"\n{rule}{extra}"
+             mount_dir = \"{r}/mnt\"\nscripts_dir = \"{r}/scripts\"\nudev_rule = \"{}\"\n{extra}",
+            rule.display()
         )
     }
 
