@@ -36,8 +36,10 @@ pub fn render(disks: &[Disk]) -> String {
 }
 
 /// Writes the rule for `disks` to `path` (removing it when no disk is known)
-/// and asks udev to reload its rules when the file changed.
-pub fn update(path: &Path, disks: &[Disk]) -> Result<()> {
+/// and asks udev to reload its rules when the file changed; `None` (the
+/// `udev_rule = ""` setting): nothing to do.
+pub fn update(path: Option<&Path>, disks: &[Disk]) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
     let text = render(disks);
     let current = std::fs::read_to_string(path).ok();
     if disks.is_empty() {
@@ -101,7 +103,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("rules.d/61-tetras-back.rules");
         let u = "0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f";
-        update(&p, &[disk(u, "office")]).unwrap();
+        update(Some(&p), &[disk(u, "office")]).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(
             text.contains(&format!(
@@ -109,7 +111,7 @@ mod tests {
             )),
             "{text}"
         );
-        update(&p, &[]).unwrap();
+        update(Some(&p), &[]).unwrap();
         assert!(!p.exists());
     }
 }

@@ -90,10 +90,8 @@ fn edit(
             let mut state = State::load(&path)?;
             let message = apply(&mut state)?;
             state.store(&path)?;
-            if let Some(rule) = &config.udev_rule {
-                if let Err(e) = udev_rule::update(rule, &state.disks) {
-                    eprintln!("tetras-back: warning: {e:#}");
-                }
+            if let Err(e) = udev_rule::update(config.udev_rule.as_deref(), &state.disks) {
+                eprintln!("tetras-back: warning: {e:#}");
             }
             println!("{message} (daemon not running: state file {} updated)", path.display());
             Ok(ExitCode::SUCCESS)

@@ -380,10 +380,8 @@ impl Daemon {
     }
 
     fn update_udev_rule(&self) {
-        if let Some(path) = &self.config.udev_rule {
-            if let Err(e) = udev_rule::update(path, &self.state.disks) {
-                log::error!("{e:#}");
-            }
+        if let Err(e) = udev_rule::update(self.config.udev_rule.as_deref(), &self.state.disks) {
+            log::error!("{e:#}");
         }
     }
 
