@@ -203,7 +203,7 @@ pub fn reminder(
          This reminder is sent once a day after {} days without a backup (`remind_after_days`).\n",
         cfg.remind_after_days
     );
-    build(cfg, subject, |b| b.body(body))
+    build(cfg, subject, |b| b.header(ContentType::TEXT_PLAIN).body(body))
 }
 
 /// The `mail-test` message.
@@ -213,7 +213,7 @@ pub fn test_message(cfg: &config::Mail, host: &str) -> Result<Composed> {
          Backup reports will reach this address.\n",
         transport_name(cfg)
     );
-    build(cfg, format!("[tetras-back] {host}: test mail"), |b| b.body(body))
+    build(cfg, format!("[tetras-back] {host}: test mail"), |b| b.header(ContentType::TEXT_PLAIN).body(body))
 }
 
 fn build(
