@@ -18,7 +18,7 @@ use chrono::{DateTime, Local, TimeZone};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::backup::{Report, ScriptReport};
+use crate::backup::{Job, Report, ScriptReport};
 
 /// Schema migrations, in order: entry `i` brings version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -135,17 +135,10 @@ pub struct Queued {
 }
 
 /// A backup's row as it starts (`running`); returns its id.
-fn insert_backup(
-    conn: &Connection,
-    uuid: &str,
-    disk: &str,
-    device: &Path,
-    started: DateTime<Local>,
-    log: &Path,
-) -> Result<i64> {
+fn insert_backup(conn: &Connection, job: &Job, started: DateTime<Local>, log: &Path) -> Result<i64> {
     conn.execute(
         "INSERT INTO backups (uuid, disk, device, started, status, log) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-        params![uuid, disk, device.display().to_string(), started.timestamp(), log.display().to_string()],
+        params![job.uuid, job.name, job.device.display().to_string(), started.timestamp(), log.display().to_string()],
     )?;
     Ok(conn.last_insert_rowid())
 }
@@ -233,31 +226,17 @@ impl History {
     }
 
     /// Records the start of a backup; returns its id.
-    pub fn backup_started(
-        &self,
-        uuid: &str,
-        disk: &str,
-        device: &Path,
-        started: DateTime<Local>,
-        log: &Path,
-    ) -> Result<i64> {
-        insert_backup(&self.conn, uuid, disk, device, started, log)
+    pub fn backup_started(&self, job: &Job, started: DateTime<Local>, log: &Path) -> Result<i64> {
+        insert_backup(&self.conn, job, started, log)
     }
 
     /// Records the end of a backup; `id` is `None` when its start was never
     /// recorded (it failed before it had a log), and a row is made now.
-    pub fn backup_finished(
-        &self,
-        id: Option<i64>,
-        uuid: &str,
-        disk: &str,
-        device: &Path,
-        r: &Report,
-    ) -> Result<()> {
+    pub fn backup_finished(&self, id: Option<i64>, job: &Job, r: &Report) -> Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         let id = match id {
             Some(id) => id,
-            None => insert_backup(&tx, uuid, disk, device, r.started, &r.log)?,
+            None => insert_backup(&tx, job, r.started, &r.log)?,
         };
         tx.execute(
             "UPDATE backups SET finished = ?2, status = ?3, duration_secs = ?4, bytes_written = ?5, files = ?6,
@@ -492,7 +471,14 @@ mod tests {
         let p = dir.path().join("h.sqlite");
         let h = History::open(&p).unwrap();
         assert_eq!(h.version().unwrap(), MIGRATIONS.len() as i64);
-        let id = h.backup_started("u", "office", Path::new("/dev/x"), Local::now(), Path::new("/l")).unwrap();
+        let job = Job {
+            uuid: "u".into(),
+            name: "office".into(),
+            device: "/dev/x".into(),
+            devnum: 0,
+            fstype: "ext4".into(),
+        };
+        let id = h.backup_started(&job, Local::now(), Path::new("/l")).unwrap();
         drop(h);
         let h = History::open(&p).unwrap();
         assert_eq!(h.close_interrupted().unwrap(), 1);

@@ -232,7 +232,7 @@ impl Daemon {
                 log::info!("backup of {name} started ({:?} after it was queued)", r.since.elapsed());
                 let device = r.job.device.clone();
                 if let Some(h) = &self.history {
-                    match h.backup_started(&uuid, &name, &device, started, &log) {
+                    match h.backup_started(&r.job, started, &log) {
                         Ok(id) => r.history_id = Some(id),
                         Err(e) => log::error!("history: {e:#}"),
                     }
@@ -273,7 +273,7 @@ impl Daemon {
                     log::error!("{e:#}");
                 }
                 if let Some(h) = &self.history {
-                    if let Err(e) = h.backup_finished(r.history_id, &uuid, &name, &r.job.device, &report) {
+                    if let Err(e) = h.backup_finished(r.history_id, &r.job, &report) {
                         log::error!("history: {e:#}");
                     }
                 }
