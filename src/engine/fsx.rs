@@ -1,13 +1,21 @@
 //! File-system calls relative to directory descriptors that never follow a
 //! symbolic link: on a backup disk anyone may have planted one, and a
 //! process running as root must not write, link or delete through it.
+//!
+//! `openat2(2)` and `renameat2(2)` do this in one call where the kernel
+//! allows it. Older kernels, containers and seccomp filters (systemd's
+//! `RestrictSUIDSGID=` answers every `openat2` with ENOSYS, since it cannot
+//! inspect its mode argument) refuse them; then the same guarantee is had
+//! with `openat(O_NOFOLLOW)` one component at a time, and a rename that
+//! checks the name is free first. Which one works is learnt once per process.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Component, Path};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, Flock, FlockArg, OFlag, OpenHow, ResolveFlag};
@@ -26,10 +34,7 @@ pub fn is_dir(st: &FileStat) -> bool {
 /// Opens a directory path (absolute or relative to the working directory)
 /// refusing any symbolic link on the way, with an error that names the path.
 pub fn open_dir_strict(path: &Path) -> io::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
-    openat2(nix::fcntl::AT_FDCWD, path, how).map_err(|e| match e {
+    open_dir_at(nix::fcntl::AT_FDCWD, path, ResolveFlag::RESOLVE_NO_SYMLINKS).map_err(|e| match e {
         Errno::ELOOP => io::Error::other(format!(
             "{}: a component of this path is a symbolic link; refusing to follow it \
              (give the real path)",
@@ -43,7 +48,6 @@ pub fn open_dir_strict(path: &Path) -> io::Result<OwnedFd> {
 /// `mkdir -p`), one component at a time relative to its parent, refusing any
 /// symbolic link.
 pub fn make_dirs_strict(path: &Path) -> io::Result<OwnedFd> {
-    use std::path::Component;
     let start = if path.is_absolute() { Path::new("/") } else { Path::new(".") };
     let mut dir = open_dir_strict(start)?;
     let mut so_far = start.to_path_buf();
@@ -77,10 +81,63 @@ pub fn make_dirs_strict(path: &Path) -> io::Result<OwnedFd> {
 /// symbolic link. An empty `rel` opens `root` itself again.
 pub fn open_beneath(root: BorrowedFd, rel: &Path) -> nix::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    openat2(root, rel, how)
+    open_dir_at(root, rel, ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
+}
+
+/// Set once `openat2` has been refused: every later call walks instead.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens the directory `path` from `dir` with `openat2`'s `resolve` rules,
+/// or, where `openat2` is refused, with the equivalent walk.
+fn open_dir_at<Fd: std::os::fd::AsFd>(dir: Fd, path: &Path, resolve: ResolveFlag) -> nix::Result<OwnedFd> {
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let how =
+            OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(resolve);
+        match openat2(&dir, path, how) {
+            // A seccomp filter's answer (ENOSYS, or EPERM as systemd's
+            // SystemCallErrorNumber= has it), or a kernel before 5.6.
+            Err(e @ (Errno::ENOSYS | Errno::EPERM)) => {
+                if !NO_OPENAT2.swap(true, Ordering::Relaxed) {
+                    log::debug!(
+                        "openat2 is refused here ({}); opening folders one component at a time",
+                        e.desc()
+                    );
+                }
+            }
+            other => return other,
+        }
+    }
+    walk_dirs(dir.as_fd(), path, resolve.contains(ResolveFlag::RESOLVE_BENEATH))
+}
+
+/// Opens the directory `path` from `dir` one component at a time with
+/// `O_NOFOLLOW`, so that no symbolic link is followed: what `openat2` with
+/// `RESOLVE_NO_SYMLINKS` does. `beneath` refuses an absolute path and `..`
+/// (EXDEV, as `RESOLVE_BENEATH` does for a path that leaves `dir`).
+pub fn walk_dirs(dir: BorrowedFd, path: &Path, beneath: bool) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut here = openat(dir, ".", flags, Mode::empty())?;
+    for c in path.components() {
+        let name: &OsStr = match c {
+            Component::Normal(name) => name,
+            Component::CurDir => continue,
+            Component::RootDir | Component::Prefix(_) if beneath => return Err(Errno::EXDEV),
+            Component::RootDir | Component::Prefix(_) => "/".as_ref(),
+            Component::ParentDir if beneath => return Err(Errno::EXDEV),
+            Component::ParentDir => "..".as_ref(),
+        };
+        // O_NOFOLLOW with O_DIRECTORY: a symbolic link gives ELOOP (or
+        // ENOTDIR on some kernels); either way it is not followed.
+        here = match openat(&here, name, flags, Mode::empty()) {
+            Err(Errno::ENOTDIR)
+                if lstat_at(here.as_fd(), name).is_ok_and(|st| kind(&st) == SFlag::S_IFLNK) =>
+            {
+                return Err(Errno::ELOOP)
+            }
+            r => r?,
+        };
+    }
+    Ok(here)
 }
 
 /// Opens the entry `name` of `dir` for reading, refusing a symbolic link.
@@ -249,13 +306,33 @@ impl Partial {
     /// syncs the folder holding it. The caller has synced the content.
     pub fn rename_into_place(self) -> anyhow::Result<()> {
         use anyhow::Context;
-        let flags = nix::fcntl::RenameFlags::RENAME_NOREPLACE;
-        let (p, from, to) = (&self.parent, self.partial.as_os_str(), self.name.as_os_str());
-        nix::fcntl::renameat2(p, from, p, to, flags).map_err(|e| {
+        let (p, from, to) = (self.parent.as_fd(), self.partial.as_os_str(), self.name.as_os_str());
+        rename_noreplace(p, from, to).map_err(|e| {
             anyhow::anyhow!("cannot rename {} into place: {}", self.partial_path.display(), e.desc())
         })?;
         nix::unistd::fsync(&self.parent).context("fsync of the folder holding the backup")?;
         Ok(())
+    }
+}
+
+/// Renames `from` to `to` in `dir`, failing with EEXIST if `to` exists.
+/// `RENAME_NOREPLACE` makes that atomic; where the kernel, the file system
+/// or a seccomp filter refuses it, the name is checked first and a plain
+/// rename follows (what is renamed is locked, and its new name is a new
+/// dated one, so nothing else is expected to take it in between).
+pub fn rename_noreplace(dir: BorrowedFd, from: &OsStr, to: &OsStr) -> nix::Result<()> {
+    match nix::fcntl::renameat2(dir, from, dir, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EPERM) => rename_if_free(dir, from, to),
+        other => other,
+    }
+}
+
+/// `rename_noreplace` without `RENAME_NOREPLACE`: the name is checked, then taken.
+fn rename_if_free(dir: BorrowedFd, from: &OsStr, to: &OsStr) -> nix::Result<()> {
+    match lstat_at(dir, to) {
+        Ok(_) => Err(Errno::EEXIST),
+        Err(Errno::ENOENT) => nix::fcntl::renameat(dir, from, dir, to),
+        Err(e) => Err(e),
     }
 }
 
@@ -264,4 +341,77 @@ pub fn free_space(dir: impl AsFd) -> io::Result<(u64, u64)> {
     let s = nix::sys::statvfs::fstatvfs(dir)?;
     let unit = s.fragment_size() as u64;
     Ok((s.blocks_available() as u64 * unit, s.blocks() as u64 * unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// `a/b/c`, a link `a/up -> ..`, a link `a/abs -> /` and a file `a/f`.
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b/c")).unwrap();
+        std::os::unix::fs::symlink("..", t.path().join("a/up")).unwrap();
+        std::os::unix::fs::symlink("/", t.path().join("a/abs")).unwrap();
+        std::fs::write(t.path().join("a/f"), b"").unwrap();
+        t
+    }
+
+    fn ino(fd: &OwnedFd) -> u64 {
+        nix::sys::stat::fstat(fd).unwrap().st_ino
+    }
+
+    /// The walk used where openat2 is refused answers as openat2 does.
+    #[test]
+    fn the_walk_refuses_what_openat2_refuses() {
+        let t = tree();
+        let root = open_dir_strict(t.path()).unwrap();
+        let beneath = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
+        let via_openat2 = |rel: &str| {
+            let how = OpenHow::new()
+                .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+                .resolve(beneath);
+            openat2(&root, rel, how)
+        };
+        for rel in ["a/b/c", "a", ".", "a/./b"] {
+            let (w, o) = (walk_dirs(root.as_fd(), Path::new(rel), true).unwrap(), via_openat2(rel).unwrap());
+            assert_eq!(ino(&w), ino(&o), "{rel}");
+            assert_eq!(ino(&w), std::fs::metadata(t.path().join(rel)).unwrap().ino(), "{rel}");
+        }
+        for (rel, errno) in [
+            ("a/up", Errno::ELOOP),
+            ("a/up/a", Errno::ELOOP),
+            ("a/abs", Errno::ELOOP),
+            ("a/f", Errno::ENOTDIR),
+            ("a/missing", Errno::ENOENT),
+        ] {
+            assert_eq!(walk_dirs(root.as_fd(), Path::new(rel), true).unwrap_err(), errno, "{rel}");
+            assert_eq!(via_openat2(rel).unwrap_err(), errno, "{rel}");
+        }
+        // Leaving the directory: openat2 says EXDEV, and so does the walk
+        // (which also refuses a `..` that would stay inside).
+        for rel in ["..", "a/../..", "/etc"] {
+            assert_eq!(walk_dirs(root.as_fd(), Path::new(rel), true).unwrap_err(), Errno::EXDEV, "{rel}");
+            assert_eq!(via_openat2(rel).unwrap_err(), Errno::EXDEV, "{rel}");
+        }
+        // Without `beneath`: absolute paths and `..` are fine, links are not.
+        let w = walk_dirs(root.as_fd(), &t.path().join("a/b/../b/c"), false).unwrap();
+        assert_eq!(ino(&w), std::fs::metadata(t.path().join("a/b/c")).unwrap().ino());
+        assert_eq!(walk_dirs(root.as_fd(), &t.path().join("a/up/a"), false).unwrap_err(), Errno::ELOOP);
+    }
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let t = tree();
+        let dir = open_dir_strict(t.path()).unwrap();
+        for rename in [rename_noreplace, rename_if_free] {
+            std::fs::write(t.path().join("x.partial"), b"new").unwrap();
+            let taken = rename(dir.as_fd(), "x.partial".as_ref(), "a".as_ref());
+            assert_eq!(taken.unwrap_err(), Errno::EEXIST);
+            rename(dir.as_fd(), "x.partial".as_ref(), "x".as_ref()).unwrap();
+            assert_eq!(std::fs::read(t.path().join("x")).unwrap(), b"new");
+            std::fs::remove_file(t.path().join("x")).unwrap();
+        }
+    }
 }
