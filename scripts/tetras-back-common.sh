@@ -33,7 +33,7 @@ estimate() {
     shift 2
     out=$("$TB" snapshot --dry-run --json "${link[@]}" --dest "$dest" "$@") \
         || die "cannot estimate the size of $*"
-    bytes=$(printf '%s\n' "$out" | json_field copied_bytes)
+    bytes=$(printf '%s\n' "$out" | json_field needed_bytes)
     [ -n "$bytes" ] || die "cannot read the estimate: $out"
     NEED=$((NEED + bytes))
 }

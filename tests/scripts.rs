@@ -165,6 +165,24 @@ fn backup_nocloud_prunes_before_writing_and_refuses_what_cannot_fit() {
     assert_eq!(rig.backups(), before, "nothing deleted, nothing written");
 }
 
+/// A sparse file (a virtual machine's disk image) needs room for its data,
+/// not for its holes: they stay holes in the copy.
+#[test]
+fn backup_nocloud_makes_room_for_what_sparse_files_hold_not_their_holes() {
+    let rig = Rig::new(64);
+    let home = home(rig.env.root());
+    let image = home.join("alice/vm.img");
+    fs::write(&image, tree::text(7, 1 << 20)).unwrap();
+    sh("truncate", &["-s", "1G", s(&image)]);
+    let run = rig.run("backup_nocloud.sh", &["--data"], &[("NOCLOUD_DATA", &home)]);
+    assert_eq!(run.code, 0, "a 1 GiB sparse file holding 1 MiB fits on a 64 MiB disk: {run:?}");
+    let copy = rig.disk().join(&rig.backups()[0]).join("Donnees/alice/vm.img");
+    let meta = fs::metadata(&copy).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(meta.blocks() * 512 < 4 << 20, "the holes stayed holes: {} blocks", meta.blocks());
+    assert_same(&home, &rig.disk().join(&rig.backups()[0]).join("Donnees"), &Compare::snapshot());
+}
+
 #[test]
 fn backup_demo_tibox_snapshots_etc_and_home() {
     let rig = Rig::new(64);
