@@ -3,11 +3,14 @@
 //! and state; the loop cancels it when the disk is pulled out.
 //!
 //! ```text
-//!  check fs type ─ not mounted elsewhere ─ mount + verify ─ pre hook
-//!    ─ scripts, in order ─ syncfs ─ unmount ─ post hook ─ report
-//!                      │ cancelled (disk removed)
-//!                      └─ stop the scripts' group ─ detach ─ report "removed"
+//!  inhibit sleep/shutdown ─ check fs type ─ not mounted elsewhere ─ mount + verify
+//!    ─ pre hook ─ scripts, in order ─ syncfs ─ unmount ─ power off ─ post hook ─ report
+//!                               │ cancelled (disk removed)
+//!                               └─ stop the scripts' group ─ detach ─ report "removed"
 //! ```
+//!
+//! The logind inhibitor is held from the start to the report, whatever the
+//! outcome (it is a file descriptor: dropped, it is released).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +21,7 @@ use anyhow::{bail, Result};
 use chrono::{DateTime, Local};
 use serde::Serialize;
 
+use crate::bus::{Bus, PowerOff};
 use crate::config::Config;
 use crate::engine::{fsx, journal};
 use crate::mount;
@@ -88,6 +92,9 @@ pub struct Report {
     pub log: PathBuf,
     /// The disk was cleanly unmounted: it can be pulled out.
     pub safe_to_remove: bool,
+    /// Whether its drive was then powered off (`None`: not tried, as the
+    /// disk was not cleanly unmounted).
+    pub power_off: Option<PowerOff>,
     /// Why it failed, when something other than a script did.
     pub error: Option<String>,
     /// Each script that ran, in order.
@@ -100,7 +107,8 @@ pub struct Report {
 }
 
 /// Runs `job`; every step is reported through `progress`.
-pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Progress)) {
+pub fn run(job: Job, config: Config, bus: Bus, cancel: Arc<Cancel>, progress: impl Fn(Progress)) {
+    let _inhibitor = bus.inhibit(&format!("backing up this server onto disk {} ({})", job.name, job.uuid));
     let started = Local::now();
     let clock = Instant::now();
     let log_path = config.log_dir.join(format!("{}_{}.log", started.format("%Y-%m-%d_%H-%M-%S"), job.name));
@@ -115,6 +123,7 @@ pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Prog
                 duration: clock.elapsed(),
                 log: log_path,
                 safe_to_remove: mount::is_unmounted(job.devnum),
+                power_off: None,
                 error: Some(format!("{e:#}")),
                 scripts: Vec::new(),
                 free_before: None,
@@ -139,6 +148,18 @@ pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Prog
         free_after: None,
     };
     let (status, error, safe_to_remove) = b.run(&progress);
+    let power_off = safe_to_remove.then(|| {
+        let p = if config.power_off {
+            bus.power_off(&job.device)
+        } else {
+            PowerOff::Not("power_off = false in the configuration".into())
+        };
+        match p.reason() {
+            None => log.info(&format!("the drive of {} was powered off", job.device.display())),
+            Some(why) => log.info(&format!("the drive was left powered: {why}")),
+        }
+        p
+    });
     let totals = journal::totals(&journal);
     let _ = std::fs::remove_file(&journal);
     if let Some(e) = &error {
@@ -161,6 +182,7 @@ pub fn run(job: Job, config: Config, cancel: Arc<Cancel>, progress: impl Fn(Prog
         duration,
         log: log_path,
         safe_to_remove,
+        power_off,
         error,
         scripts: b.scripts,
         free_before: b.free_before,

@@ -27,6 +27,8 @@ pub struct Config {
     pub filesystems: Vec<String>,
     /// Listen to udev for plug events (false: only `plug`/`unplug` commands).
     pub udev_events: bool,
+    /// After a clean unmount, ask udisks to power the drive off.
+    pub power_off: bool,
     pub scripts: Vec<Script>,
     pub hooks: Hooks,
     pub mail: Mail,
@@ -147,6 +149,7 @@ struct RawConfig {
     scripts_dir: Option<PathBuf>,
     filesystems: Option<Vec<String>>,
     udev_events: Option<bool>,
+    power_off: Option<bool>,
     scripts: Option<Vec<RawScript>>,
     hooks: Option<RawHooks>,
     mail: Option<RawMail>,
@@ -246,12 +249,12 @@ impl Config {
 
     /// The control FIFO the daemon reads commands from.
     pub fn control_path(&self) -> PathBuf {
-        self.run_dir.join("control")
+        control_path(&self.run_dir)
     }
 
     /// Where CLI invocations create the FIFOs they read their reply from.
     pub fn replies_dir(&self) -> PathBuf {
-        self.run_dir.join("replies")
+        replies_dir(&self.run_dir)
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -262,6 +265,31 @@ impl Config {
         self.state_dir.join("history.sqlite")
     }
 }
+
+/// The control FIFO in `run_dir`.
+pub fn control_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("control")
+}
+
+/// Where CLI invocations create their reply FIFOs, in `run_dir`.
+pub fn replies_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("replies")
+}
+
+/// The `run_dir` that the file at `path` sets, read even when the rest of
+/// the file is invalid (the default when it cannot be told), so that
+/// `reload` reaches the daemon, which then says what is wrong with the file.
+pub fn run_dir_of(path: &Path) -> PathBuf {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("run_dir")?.as_str().map(PathBuf::from))
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+/// Where the control FIFO lives unless `run_dir` says otherwise.
+const DEFAULT_RUN_DIR: &str = "/run/tetras-back";
 
 fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError> {
     let file = source.map(Path::to_owned).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
@@ -276,7 +304,7 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         Ok(p)
     };
     let state_dir = dir("state_dir", raw.state_dir, "/var/lib/tetras-back")?;
-    let run_dir = dir("run_dir", raw.run_dir, "/run/tetras-back")?;
+    let run_dir = dir("run_dir", raw.run_dir, DEFAULT_RUN_DIR)?;
     let log_dir = dir("log_dir", raw.log_dir, "/var/log/tetras-back")?;
     let mount_dir = dir("mount_dir", raw.mount_dir, "/run/tetras-back/mnt")?;
     let scripts_dir = dir("scripts_dir", raw.scripts_dir, "/usr/local/lib/tetras-back")?;
@@ -420,6 +448,7 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         scripts_dir,
         filesystems,
         udev_events: raw.udev_events.unwrap_or(true),
+        power_off: raw.power_off.unwrap_or(true),
         scripts,
         hooks,
         mail,
@@ -546,6 +575,18 @@ mod tests {
         assert!(e.contains("mail.smtp"), "{e}");
         let c = parse("[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mx\"\ntls = \"tls\"\n").unwrap();
         assert_eq!(c.mail.smtp.unwrap().port, 465);
+    }
+
+    #[test]
+    fn run_dir_is_found_in_a_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "run_dir = \"/run/elsewhere\"\n[mail]\nwhen = \"sometimes\"\n").unwrap();
+        assert!(Config::load(&p, true).is_err());
+        assert_eq!(run_dir_of(&p), PathBuf::from("/run/elsewhere"));
+        std::fs::write(&p, "run_dir = [\n").unwrap();
+        assert_eq!(run_dir_of(&p), PathBuf::from(DEFAULT_RUN_DIR));
+        assert_eq!(run_dir_of(&dir.path().join("absent.toml")), PathBuf::from(DEFAULT_RUN_DIR));
     }
 
     #[test]

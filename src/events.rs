@@ -94,6 +94,11 @@ pub enum Event {
         uuid: String,
         name: String,
         device: PathBuf,
+        /// udisks powered its drive off.
+        powered_off: bool,
+        /// Why it was not (no udisks, not a drive that can be, refused, turned off).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        power_off_error: Option<String>,
     },
     DiskUnplugged {
         uuid: String,

@@ -2,6 +2,8 @@
 
 /// One backup of one disk, from mount to unmount, on a worker thread.
 mod backup;
+/// The system D-Bus: logind's sleep/shutdown inhibitor, UDisks2's power-off.
+mod bus;
 /// The command line: legacy flags and subcommands, turned into actions.
 mod cli;
 /// The administrator's TOML configuration, validated.

@@ -64,7 +64,7 @@ pub fn update(path: Option<&Path>, disks: &[Disk]) -> Result<()> {
 /// `udevadm control --reload`; without a running udevd (a container) there
 /// is nothing to reload, and the rule applies when udev starts.
 fn reload() {
-    match Command::new("udevadm").args(["control", "--reload"]).output() {
+    match Command::new("udevadm").args(["control", "--reload"]).env_remove("NOTIFY_SOCKET").output() {
         Ok(o) if o.status.success() => log::debug!("udev rules reloaded"),
         Ok(o) => log::info!(
             "udev rules not reloaded ({}): {}",

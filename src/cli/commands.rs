@@ -30,6 +30,12 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Prune(a) => return engines::prune(a),
         Action::Verify(a) => return engines::verify(a),
         Action::Generate(a) => return super::generate::run(a),
+        // The daemon reads the file, and says what is wrong with it: only
+        // where to reach the daemon is taken from it here.
+        Action::Reload => {
+            let run_dir = crate::config::run_dir_of(&config_path);
+            return print_reply(client::send_in(&run_dir, &Request::Reload)?);
+        }
         other => other,
     };
     let config = Config::load(&config_path, explicit)?;
@@ -39,7 +45,8 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         | Action::Archive(_)
         | Action::Prune(_)
         | Action::Verify(_)
-        | Action::Generate(_) => unreachable!("handled above"),
+        | Action::Generate(_)
+        | Action::Reload => unreachable!("handled above"),
         Action::Save { uuid, name } => {
             // Checked here too, so that a typo is reported the same way with or without a daemon.
             let uuid = state::check_uuid(&uuid)?;

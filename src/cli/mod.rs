@@ -146,6 +146,11 @@ enum Command {
     /// Stop the running daemon
     #[command(after_help = "Example:\n  tetras-back stop")]
     Stop,
+    /// Make the daemon re-read its configuration, and say whether that worked
+    #[command(after_help = "Example:\n  tetras-back reload\n\n\
+        What `systemctl reload tetras-back` runs. A broken configuration is refused with the \
+        file, the key and the problem (exit code 1); the daemon keeps the configuration it had.")]
+    Reload,
     /// List the known disks, whether they are connected, and their last backup
     #[command(after_help = "Example:\n  tetras-back disks --json")]
     Disks {
@@ -247,6 +252,7 @@ pub enum Action {
     Unplug { device: PathBuf },
     Backup { name: String },
     Stop,
+    Reload,
     Disks { json: bool },
     Status { json: bool },
     Watch { json: bool },
@@ -278,6 +284,7 @@ impl Cli {
                 Command::Unplug { device } => Action::Unplug { device },
                 Command::Backup { name } => Action::Backup { name },
                 Command::Stop => Action::Stop,
+                Command::Reload => Action::Reload,
                 Command::Disks { json } => Action::Disks { json },
                 Command::Status { json } => Action::Status { json },
                 Command::Watch { json } => Action::Watch { json },

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{Reply, Request};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::fifo::{self, Delivery};
 
 /// How long the CLI waits for the daemon's answer.
@@ -43,7 +43,12 @@ impl Drop for ReplyFifo {
 /// is returned as `Ok`: the caller prints it. A missing daemon is an error
 /// that downcasts to [`NotRunning`].
 pub fn send(config: &Config, request: &Request) -> Result<Reply> {
-    let control = config.control_path();
+    send_in(&config.run_dir, request)
+}
+
+/// `send` to the daemon whose control FIFO is in `run_dir`.
+pub fn send_in(run_dir: &Path, request: &Request) -> Result<Reply> {
+    let control = config::control_path(run_dir);
     let mut writer = match fifo::open_writer(&control) {
         Ok(w) => w,
         Err(Delivery::NoReader) => return Err(NotRunning { control }.into()),
@@ -63,7 +68,7 @@ pub fn send(config: &Config, request: &Request) -> Result<Reply> {
     };
 
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let reply_path = config.replies_dir().join(format!(
+    let reply_path = config::replies_dir(run_dir).join(format!(
         "{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)

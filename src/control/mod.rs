@@ -42,6 +42,8 @@ pub enum Request {
     Status,
     /// The known disks, with whether they are connected.
     Disks,
+    /// Re-read the configuration file; the reply says what is wrong with it.
+    Reload,
     /// Stop the daemon.
     Stop,
 }

@@ -196,11 +196,11 @@ impl Daemon {
                 return;
             }
         };
-        let config = self.config.clone();
+        let (config, bus) = (self.config.clone(), self.bus.clone());
         let (worker_job, worker_cancel) = (job.clone(), cancel.clone());
         let thread = std::thread::Builder::new()
             .name(format!("backup-{}", job.name))
-            .spawn(move || backup::run(worker_job, config, worker_cancel, |p| tx.send(p)));
+            .spawn(move || backup::run(worker_job, config, bus, worker_cancel, |p| tx.send(p)));
         match thread {
             Ok(thread) => {
                 notify_status(&format!("backing up {}", job.name));
@@ -287,10 +287,13 @@ impl Daemon {
                 });
                 if report.safe_to_remove {
                     log::info!("disk {name} is safe to remove");
+                    let power_off = report.power_off.as_ref();
                     self.broadcast(&Event::SafeToRemove {
                         uuid: uuid.clone(),
                         name: name.clone(),
                         device: r.job.device.clone(),
+                        powered_off: power_off.is_some_and(|p| p.done()),
+                        power_off_error: power_off.and_then(|p| p.reason()).map(str::to_owned),
                     });
                 }
                 self.broadcast(&self.disks_event());

@@ -38,6 +38,7 @@ mod disks;
 mod reminders;
 mod wake;
 
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::control::{self, Reply, Request};
 use crate::devices::{self, Monitor};
@@ -64,6 +65,8 @@ struct Daemon {
     pipeline: disks::Pipeline,
     /// `None` when history.sqlite cannot be used (said at start; backups go on).
     history: Option<History>,
+    /// The system bus, for the backup worker (logind, udisks).
+    bus: Bus,
     mailer: Mailer,
     /// Mails the mailer thread could not send.
     mail_failures: wake::WakeChannel<outbox::Failure>,
@@ -154,6 +157,7 @@ pub fn run(source: ConfigSource) -> Result<()> {
         subscribers: Subscribers::default(),
         pipeline: disks::Pipeline::new()?,
         history,
+        bus: Bus::connect(),
         mailer,
         mail_failures,
         next_reminders: Instant::now(),
@@ -237,7 +241,9 @@ pub fn run(source: ConfigSource) -> Result<()> {
         }
         if hup {
             drain(&mut hup_rx);
-            daemon.reload();
+            if let Err(e) = daemon.reload() {
+                log::error!("{e:#}");
+            }
         }
         if control_ready {
             // The daemon holds a write end itself, so this never reports EOF.
@@ -357,6 +363,7 @@ impl Daemon {
             Request::Backup { name } => Ok(Reply::ok(self.backup_by_name(&name)?)),
             Request::Status => Ok(Reply::data(self.status())),
             Request::Disks => Ok(Reply::data(json!({ "disks": self.disk_rows() }))),
+            Request::Reload => Ok(Reply::ok(self.reload()?)),
             Request::Stop => {
                 log::info!("stop requested");
                 self.stopping = true;
@@ -461,32 +468,34 @@ impl Daemon {
         })
     }
 
-    fn reload(&mut self) {
+    /// Re-reads the configuration (SIGHUP, `reload`); a broken file leaves
+    /// the running configuration as it was, and the error says why.
+    fn reload(&mut self) -> Result<String> {
         let started = Instant::now();
-        match Config::load(&self.source.path, self.source.explicit) {
-            Ok(mut new) => {
-                // The daemon's own files stay where they were opened; a new
-                // location takes effect at the next start.
-                for (key, old, new) in [
-                    ("state_dir", &self.config.state_dir, &mut new.state_dir),
-                    ("run_dir", &self.config.run_dir, &mut new.run_dir),
-                ] {
-                    if old != new {
-                        log::warn!("reload: `{key}` changed; it takes effect when the daemon restarts");
-                        *new = old.clone();
-                    }
-                }
-                self.mailer.send(Work::Config(new.mail.clone()));
-                self.config = new;
-                self.update_udev_rule();
-                log::info!(
-                    "configuration reloaded from {} in {:?}",
-                    self.source.path.display(),
-                    started.elapsed()
-                );
+        let mut new = Config::load(&self.source.path, self.source.explicit)
+            .context("reload failed, keeping the previous configuration")?;
+        // The daemon's own files stay where they were opened; a new
+        // location takes effect at the next start.
+        let mut notes = Vec::new();
+        for (key, old, new) in [
+            ("state_dir", &self.config.state_dir, &mut new.state_dir),
+            ("run_dir", &self.config.run_dir, &mut new.run_dir),
+        ] {
+            if old != new {
+                notes.push(format!("`{key}` changed; it takes effect when the daemon restarts"));
+                *new = old.clone();
             }
-            Err(e) => log::error!("reload failed, keeping the previous configuration: {e}"),
         }
+        self.mailer.send(Work::Config(new.mail.clone()));
+        self.config = new;
+        self.update_udev_rule();
+        let mut message = format!("configuration reloaded from {}", self.source.path.display());
+        for n in &notes {
+            message.push_str("; ");
+            message.push_str(n);
+        }
+        log::info!("{message} (in {:?})", started.elapsed());
+        Ok(message)
     }
 }
 

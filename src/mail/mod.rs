@@ -144,12 +144,15 @@ impl BackupMail {
             "\nLast lines of the log ({}, attached in full):\n{log_tail}\n",
             r.log.display()
         ));
-        out.push_str(match (r.safe_to_remove, r.status) {
-            (true, _) => "\nThe disk is safe to remove.\n",
+        out.push_str(&match (r.safe_to_remove, r.status) {
+            (true, _) => match r.power_off.as_ref().and_then(|p| p.reason()) {
+                None => "\nThe disk is safe to remove: it was unmounted and powered off.\n".to_owned(),
+                Some(why) => format!("\nThe disk is safe to remove (it was left powered: {why}).\n"),
+            },
             (false, Status::Removed) => {
-                "\nThe disk was removed during the backup: this backup is incomplete.\n"
+                "\nThe disk was removed during the backup: this backup is incomplete.\n".to_owned()
             }
-            (false, _) => "\nThe disk is NOT safe to remove: it could not be cleanly unmounted.\n",
+            (false, _) => "\nThe disk is NOT safe to remove: it could not be cleanly unmounted.\n".to_owned(),
         });
         out
     }
@@ -377,6 +380,7 @@ mod tests {
                 duration: Duration::from_secs(3),
                 log: "/var/log/x.log".into(),
                 safe_to_remove: false,
+                power_off: None,
                 error: Some("cannot mount /dev/sdb1 (ext4): EUCLEAN".into()),
                 scripts: Vec::new(),
                 free_before: None,
