@@ -5,6 +5,7 @@
 #   make uninstall       remove what install put there (config and state are kept)
 #   make test            install what the tests need, run every test (as root for the disk tests)
 #   make lint            cargo fmt --check, clippy (warnings as errors), shellcheck on the scripts
+#   make deb             build target/tetras-back_<version>_<arch>.deb (then: sudo dpkg -i ...)
 #   make bench           the engines against cp, rsync, tar+gzip and rm on a generated tree
 #   sudo make demo       a tour: a disk image is saved, plugged in and backed up, events shown live
 #
@@ -27,8 +28,11 @@ PROFILE     ?= release
 
 # Packages needed to build, and in addition to test (Debian names).
 BUILD_DEPS  := pkg-config libudev-dev gcc
-TEST_DEPS   := $(BUILD_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup \
-               python3-aiosmtpd python3-prometheus-client systemd make openssl
+DEB_DEPS    := $(BUILD_DEPS) dpkg-dev binutils gzip
+# The service tests boot a Debian with systemd as PID 1 (../shared/tools/systemd-box).
+TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup \
+               python3-aiosmtpd python3-prometheus-client systemd make openssl \
+               systemd-container mmdebstrap lintian
 LINT_DEPS   := $(BUILD_DEPS) shellcheck
 BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils
 
@@ -43,7 +47,11 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || \
 
 BIN := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/tetras-back
 
-.PHONY: all build deps test-deps install uninstall test lint bench demo check-cargo
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+DEB      := target/tetras-back_$(VERSION)_$(DEB_ARCH).deb
+
+.PHONY: all build deps test-deps install uninstall test lint bench demo deb check-cargo
 
 all: build
 
@@ -121,6 +129,17 @@ uninstall:
 	-rmdir $(DESTDIR)$(SCRIPTSDIR) 2>/dev/null
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "Kept $(SYSCONFDIR)/tetras-back (configuration) and the state directory."
+
+# The package is staged by `make install` with Debian's layout, then wrapped
+# by deb/build (conffiles, maintainer scripts, copyright, changelog).
+deb: check-cargo
+	$(call apt_install,$(DEB_DEPS))
+	rm -rf target/deb-root
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/target/deb-root PREFIX=/usr \
+	  UNITDIR=/lib/systemd/system UDEVDIR=/lib/udev PROFILE=$(PROFILE) >/dev/null
+	deb/build $(CURDIR)/target/deb-root $(DEB) $(VERSION)
+	rm -rf target/deb-root
+	@echo "Built $(DEB); install it with: sudo dpkg -i $(DEB)"
 
 test: test-deps check-cargo
 	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
