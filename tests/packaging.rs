@@ -17,17 +17,7 @@ const LAYOUT: &[&str] =
     &["PROFILE=dev", "PREFIX=/usr", "UNITDIR=/usr/lib/systemd/system", "UDEVDIR=/usr/lib/udev"];
 
 fn make(target: &str, destdir: &Path) -> String {
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(env!("CARGO_MANIFEST_DIR"))
-        .arg(target)
-        .arg(format!("DESTDIR={}", destdir.display()))
-        .args(LAYOUT)
-        .output()
-        .expect("make");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "make {target} failed:\n{text}");
-    text
+    common::make(target, &[&format!("DESTDIR={}", destdir.display())], LAYOUT)
 }
 
 /// Every file under `root`, as absolute paths of the installed system.

@@ -61,6 +61,27 @@ impl LoopDisk {
         dev
     }
 
+    /// Attaches the image to the first free device among /dev/loop0..7,
+    /// the ones a systemd box shares with the host.
+    pub fn attach_low(&mut self) -> String {
+        assert!(self.dev.is_none());
+        for n in 0..8 {
+            let dev = format!("/dev/loop{n}");
+            let free = Command::new("losetup").arg(&dev).output().is_ok_and(|o| !o.status.success());
+            if free
+                && Command::new("losetup")
+                    .args([&dev, self.image.to_str().unwrap()])
+                    .status()
+                    .unwrap()
+                    .success()
+            {
+                self.dev = Some(dev.clone());
+                return dev;
+            }
+        }
+        panic!("none of /dev/loop0..7 is free (see losetup -a)");
+    }
+
     pub fn dev(&self) -> &str {
         self.dev.as_deref().expect("attached")
     }

@@ -242,6 +242,22 @@ fn libc_kill(pid: i32, sig: i32) -> i32 {
     unsafe { nix::libc::kill(pid, sig) }
 }
 
+/// Runs `make TARGET VARS... LAYOUT...` in the checkout; returns what it said.
+#[track_caller]
+pub fn make(target: &str, vars: &[&str], layout: &[&str]) -> String {
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg(target)
+        .args(vars)
+        .args(layout)
+        .output()
+        .expect("make");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "make {target} failed:\n{text}");
+    text
+}
+
 /// Makes a FIFO at `path`.
 pub fn mkfifo(path: &Path) {
     let st = Command::new("mkfifo").arg("-m").arg("600").arg(path).status().unwrap();
@@ -346,5 +362,6 @@ pub fn names(events: &[serde_json::Value]) -> Vec<String> {
 
 pub mod disk;
 pub mod rig;
+pub mod sdbox;
 pub mod smtp;
 pub mod tree;

@@ -1,0 +1,396 @@
+//! The installed service under a real systemd PID 1 (a systemd-box): what
+//! production is. `make install` is staged and copied into a freshly booted
+//! Debian, the unit is enabled, and disks attached on the host (loop
+//! devices, real udev events) are backed up by it: with the unit's seccomp
+//! filters, its watchdog, its restart policy, logind and D-Bus.
+//!
+//! The scenarios share one box and run in order (systemd and the disks are
+//! one machine's); this is a test program of its own (`harness = false`) so
+//! that the box is powered off and removed however the scenarios end. The
+//! Debian package is tested last, in a second fresh box that has udisks.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::disk::*;
+use common::sdbox::SystemdBox;
+use common::tree::{self, Compare};
+use common::*;
+
+/// Where the tests keep their FIFO and scripts inside the box.
+const TEST_DIR: &str = "/srv/tetras-test";
+const SCRIPTS_DIR: &str = "/usr/local/lib/tetras-back";
+const CONFIG: &str = "/etc/tetras-back/tetras-back.toml";
+
+/// One box with the staged install in it, the service enabled, and a
+/// subscriber registered with the daemon.
+struct Ctx {
+    sub: Subscriber,
+    images: tempfile::TempDir,
+    /// The configuration `make install` put there (the shipped one).
+    shipped_config: String,
+    b: SystemdBox,
+}
+
+impl Ctx {
+    /// A new known disk named `name`, not yet attached.
+    fn disk(&self, name: &str) -> LoopDisk {
+        let uuid = random_uuid();
+        let disk = LoopDisk::create(self.images.path(), "ext4", &uuid, 64);
+        self.b.sh(&format!("tetras-back save {uuid} {name}")).ok();
+        disk
+    }
+
+    /// Writes the box's configuration (the shipped one, or test scripts)
+    /// and has the daemon reload it.
+    fn configure(&self, scripts_toml: Option<&str>) {
+        self.write_config(scripts_toml);
+        self.b.sh("systemctl reload tetras-back").ok();
+    }
+
+    fn write_config(&self, scripts_toml: Option<&str>) {
+        let text = match scripts_toml {
+            None => self.shipped_config.clone(),
+            Some(s) => format!("{s}\n[mail]\nwhen = \"never\"\n"),
+        };
+        fs::write(self.b.path(CONFIG), text).unwrap();
+    }
+
+    /// The service is running, idle and configured as shipped (a failed
+    /// scenario may have left it otherwise).
+    fn settle(&mut self) {
+        self.write_config(None);
+        self.b.sh("systemctl reset-failed tetras-back; systemctl start tetras-back").ok();
+        self.configure(None);
+        self.b.wait_until(60, "the daemon is idle", |b| {
+            b.sh("tetras-back status --json").stdout.contains("\"activity\": \"idle\"")
+        });
+    }
+
+    fn events_until(&mut self, event: &str, disk: &LoopDisk) -> Vec<serde_json::Value> {
+        self.sub.until_about(event, &disk.uuid)
+    }
+
+    fn script_processes(&self, name: &str) -> String {
+        // `[x]yz` matches the script's command line, not this shell's own.
+        let (first, rest) = name.split_at(1);
+        self.b.sh(&format!("pgrep -af '{SCRIPTS_DIR}/[{first}]{rest}' || true")).stdout
+    }
+
+    fn mounts_of(&self, dev: &str) -> String {
+        self.b.sh(&format!("findmnt -rn -S {dev} || true")).stdout
+    }
+}
+
+/// A script in the box's scripts_dir that sleeps for its first argument.
+fn install_slow_script(b: &SystemdBox) {
+    let p = b.path(&format!("{SCRIPTS_DIR}/slow.sh"));
+    fs::write(&p, "#!/bin/sh\necho \"sleeping $1 s on $TETRAS_BACK_MOUNT\"\nsleep \"$1\"\n").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn slow(seconds: u32) -> String {
+    format!("[[scripts]]\nname = \"slow.sh\"\nargs = [\"{seconds}\"]\n")
+}
+
+fn installed_unit_starts_and_answers(c: &mut Ctx) {
+    assert_eq!(c.b.sh("systemctl is-active tetras-back").stdout.trim(), "active");
+    assert_eq!(c.b.sh("systemctl is-enabled tetras-back").stdout.trim(), "enabled");
+    let status = c.b.sh("tetras-back status").ok();
+    assert!(status.stdout.contains("tetras-back daemon: running"), "{status:?}");
+    assert_eq!(c.b.unit_property("Type"), "notify");
+}
+
+/// The production path end to end: the shipped config and script, with
+/// the unit's sandbox, on a /home that holds what a backup must keep.
+fn shipped_script_keeps_setuid_xattrs_and_owners(c: &mut Ctx) {
+    let home = c.b.path("home");
+    let _ = fs::remove_dir_all(&home);
+    fs::create_dir_all(home.join("alice")).unwrap();
+    let alice = home.join("alice");
+    fs::write(alice.join("setuid-tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(alice.join("setuid-tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(alice.join("noted"), b"with an extended attribute").unwrap();
+    xattr::set(alice.join("noted"), "user.note", b"kept").unwrap();
+    fs::write(alice.join("bobs"), b"owned by someone else").unwrap();
+    std::os::unix::fs::chown(alice.join("bobs"), Some(1234), Some(5678)).unwrap();
+    // And every other kind of entry (links, a device node, a FIFO, a sparse file).
+    tree::torture(&home.join("torture"));
+
+    let mut disk = c.disk("shipped");
+    let dev = disk.attach_low();
+    let events = c.events_until("backup_finished", &disk);
+    let finished = events.last().unwrap();
+    assert_eq!(
+        finished["status"],
+        "success",
+        "{finished}\n{}",
+        fs::read_to_string(c.b.path(finished["log"].as_str().unwrap())).unwrap_or_default()
+    );
+    let safe = c.events_until("safe_to_remove", &disk).pop().unwrap();
+    assert_eq!(safe["powered_off"], false, "{safe}");
+    assert!(safe["power_off_error"].as_str().unwrap().contains("udisks is not on the system bus"), "{safe}");
+    assert_eq!(c.mounts_of(&dev), "", "nothing is left mounted");
+
+    disk.inspect(c.images.path(), |mnt| {
+        let dated: Vec<_> = fs::read_dir(mnt)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().contains("_Sauvegarde_"))
+            .collect();
+        assert_eq!(dated.len(), 1, "{dated:?}");
+        tree::assert_same(&home, &dated[0].join("Donnees"), &Compare::snapshot());
+        let suid = fs::symlink_metadata(dated[0].join("Donnees/alice/setuid-tool")).unwrap();
+        assert_eq!(suid.permissions().mode() & 0o7777, 0o4755);
+        assert!(dated[0].join("serveur.tar.gz").exists(), "the shipped script archives /etc too");
+    });
+}
+
+fn reload_says_whether_the_configuration_is_good(c: &mut Ctx) {
+    c.configure(Some(&slow(1)));
+    let status = c.b.sh("tetras-back status").ok();
+    assert!(status.stdout.contains("slow.sh"), "the good configuration is in force: {status:?}");
+
+    let good = fs::read_to_string(c.b.path(CONFIG)).unwrap();
+    fs::write(c.b.path(&format!("{TEST_DIR}/good.toml")), &good).unwrap();
+    fs::write(c.b.path(CONFIG), format!("{good}\n[hooks]\ntimeout = \"soon\"\n")).unwrap();
+    let reload = c.b.sh("systemctl reload tetras-back");
+    assert_ne!(reload.code, 0, "systemctl reload must fail on a broken configuration: {reload:?}");
+    let journal = c.b.journal();
+    assert!(
+        journal.contains(&format!("{CONFIG}: key `hooks.timeout`")),
+        "the journal names the file and the key:\n{journal}"
+    );
+    assert_eq!(c.b.sh("systemctl is-active tetras-back").stdout.trim(), "active");
+    // The CLI refuses the broken file too; the daemon, asked with the good
+    // copy (same run_dir), still runs the previous configuration.
+    c.b.sh("tetras-back status").fails_with(&["hooks.timeout"]);
+    let status = c.b.sh(&format!("tetras-back --config {TEST_DIR}/good.toml status")).ok();
+    assert!(status.stdout.contains("slow.sh"), "the previous configuration stays: {status:?}");
+}
+
+fn sleep_and_shutdown_wait_for_a_backup(c: &mut Ctx) {
+    install_slow_script(&c.b);
+    c.configure(Some(&slow(4)));
+    let mut disk = c.disk("inhibit");
+    disk.attach_low();
+    c.events_until("script_started", &disk);
+    let during = c.b.sh("systemd-inhibit --list --no-pager").ok().stdout;
+    let line = during
+        .lines()
+        .find(|l| l.contains("tetras-back"))
+        .unwrap_or_else(|| panic!("no inhibitor:\n{during}"));
+    assert!(line.contains("shutdown:sleep") && line.contains("block") && line.contains("inhibit"), "{line}");
+    assert_eq!(c.events_until("backup_finished", &disk).last().unwrap()["status"], "success");
+    let after = c.b.sh("systemd-inhibit --list --no-pager").ok().stdout;
+    assert!(!after.contains("tetras-back"), "the inhibitor is released after the backup:\n{after}");
+}
+
+fn the_watchdog_keeps_a_long_backup_alive(c: &mut Ctx) {
+    let dropin = c.b.path("/etc/systemd/system/tetras-back.service.d/watchdog.conf");
+    fs::create_dir_all(dropin.parent().unwrap()).unwrap();
+    fs::write(&dropin, "[Service]\nWatchdogSec=2s\n").unwrap();
+    c.b.sh("systemctl daemon-reload && systemctl restart tetras-back").ok();
+    assert_eq!(c.b.unit_property("WatchdogUSec"), "2s");
+    install_slow_script(&c.b);
+    c.configure(Some(&slow(7)));
+    let pid = c.b.unit_property("MainPID");
+    let restarts = c.b.unit_property("NRestarts");
+
+    let mut disk = c.disk("watchdog");
+    disk.attach_low();
+    let finished = c.events_until("backup_finished", &disk).pop().unwrap();
+    assert_eq!(finished["status"], "success", "{finished}");
+    assert!(finished["duration_secs"].as_f64().unwrap() > 6.0, "{finished}");
+    assert_eq!(c.b.unit_property("MainPID"), pid, "the daemon was not restarted:\n{}", c.b.journal());
+    assert_eq!(c.b.unit_property("NRestarts"), restarts);
+
+    fs::remove_file(&dropin).unwrap();
+    c.b.sh("systemctl daemon-reload && systemctl restart tetras-back").ok();
+}
+
+fn a_killed_daemon_is_restarted_and_backs_up(c: &mut Ctx) {
+    let pid = c.b.unit_property("MainPID");
+    let restarts: u32 = c.b.unit_property("NRestarts").parse().unwrap();
+    c.b.sh(&format!("kill -9 {pid}")).ok();
+    c.b.wait_until(30, "systemd restarts the service", |b| {
+        let now = b.unit_property("MainPID");
+        now != "0" && now != pid && b.sh("systemctl is-active tetras-back").stdout.trim() == "active"
+    });
+    assert_eq!(c.b.unit_property("NRestarts").parse::<u32>().unwrap(), restarts + 1);
+    let mut disk = c.disk("restarted");
+    disk.attach_low();
+    assert_eq!(c.events_until("backup_finished", &disk).last().unwrap()["status"], "success");
+}
+
+fn systemctl_stop_during_a_backup_leaves_a_clean_system(c: &mut Ctx) {
+    install_slow_script(&c.b);
+    c.configure(Some(&slow(120)));
+    let mut disk = c.disk("stopped");
+    let dev = disk.attach_low();
+    c.events_until("script_started", &disk);
+    assert_ne!(c.script_processes("slow.sh"), "");
+    let stop = Instant::now();
+    c.b.sh("systemctl stop tetras-back").ok();
+    assert!(stop.elapsed() < Duration::from_secs(60), "stop took {:?}", stop.elapsed());
+    assert_eq!(c.b.sh("systemctl is-active tetras-back").stdout.trim(), "inactive");
+    assert_eq!(c.script_processes("slow.sh"), "", "the script was stopped");
+    assert_eq!(c.mounts_of(&dev), "", "nothing is left mounted");
+    let history = c.b.sh("tetras-back history --json --disk stopped --limit 1").ok().stdout;
+    let rows: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let status = rows[0]["status"].as_str().unwrap();
+    assert!(status == "failed" || status == "interrupted", "{history}");
+
+    // A later start is clean: nothing to recover, idle once the disk is gone.
+    disk.detach();
+    let before = c.b.journal().len();
+    c.b.sh("systemctl start tetras-back").ok();
+    let since = c.b.journal()[before..].to_owned();
+    assert!(!since.contains("interrupted backup"), "the next start finds nothing to clean up:\n{since}");
+    assert!(c.b.sh("tetras-back status").ok().stdout.contains("activity:    idle"));
+}
+
+fn a_disk_plugged_before_the_service_starts_is_backed_up(c: &mut Ctx) {
+    c.configure(Some(&slow(0)));
+    c.b.sh("systemctl stop tetras-back").ok();
+    let mut disk = c.disk("early");
+    disk.attach_low();
+    sh("udevadm", &["settle", "--timeout=10"]);
+    c.b.sh("systemctl start tetras-back").ok();
+    let finished = c.events_until("backup_finished", &disk).pop().unwrap();
+    assert_eq!(finished["status"], "success", "{finished}");
+}
+
+/// `make deb`, lintian, then the package's life in a fresh box that has
+/// udisks: installed and running, a backup whose disk udisks cannot power
+/// off (a loop device has no drive), removed (config and state kept),
+/// purged (gone).
+fn debian_package(images: &Path) {
+    let said = make("deb", &["PROFILE=dev"], &[]);
+    let deb = said
+        .lines()
+        .find_map(|l| l.strip_prefix("Built ").and_then(|r| r.split(';').next()))
+        .unwrap_or_else(|| panic!("make deb did not say what it built:\n{said}"));
+    let deb = Path::new(env!("CARGO_MANIFEST_DIR")).join(deb);
+    let lintian = std::process::Command::new("lintian").arg("--allow-root").arg(&deb).output().unwrap();
+    let lintian = Run::from(lintian);
+    assert!(
+        lintian.code == 0 && !lintian.stdout.lines().any(|l| l.starts_with("E:")),
+        "lintian: {lintian:?}"
+    );
+
+    let b = SystemdBox::boot("udisks", "udisks2");
+    b.put(&deb, "/root/tetras-back.deb");
+    b.sh("dpkg -i /root/tetras-back.deb").ok();
+    assert_eq!(b.sh("systemctl is-active tetras-back").stdout.trim(), "active");
+    assert_eq!(b.sh("systemctl is-enabled tetras-back").stdout.trim(), "enabled");
+    assert!(b.sh("dpkg-query -W -f '${Conffiles}' tetras-back").ok().stdout.contains(CONFIG));
+
+    fs::create_dir_all(b.path(TEST_DIR)).unwrap();
+    let mut sub = Subscriber::new(b.path(&format!("{TEST_DIR}/events.fifo")));
+    b.sh(&format!("tetras-back register {TEST_DIR}/events.fifo")).ok();
+    let uuid = random_uuid();
+    let mut disk = LoopDisk::create(images, "ext4", &uuid, 64);
+    b.sh(&format!("tetras-back save {uuid} packaged")).ok();
+    disk.attach_low();
+    let finished = sub.until_about("backup_finished", &uuid).pop().unwrap();
+    assert_eq!(finished["status"], "success", "{finished}");
+    let safe = sub.until_about("safe_to_remove", &uuid).pop().unwrap();
+    assert_eq!(safe["powered_off"], false, "{safe}");
+    let why = safe["power_off_error"].as_str().unwrap();
+    assert!(
+        why.contains("not on a drive that can be powered off"),
+        "udisks answered, for a loop device: {safe}"
+    );
+    disk.detach();
+
+    b.sh("dpkg -r tetras-back").ok();
+    assert_ne!(b.sh("systemctl is-active tetras-back").stdout.trim(), "active");
+    assert!(!b.path("/usr/sbin/tetras-back").exists());
+    assert!(b.path(CONFIG).exists(), "dpkg -r keeps the configuration");
+    assert!(b.path("/var/lib/tetras-back/state.json").exists(), "dpkg -r keeps the state");
+    b.sh("dpkg --purge tetras-back").ok();
+    assert!(!b.path("/etc/tetras-back").exists(), "dpkg --purge removes the configuration");
+    assert!(!b.path("/var/lib/tetras-back").exists(), "dpkg --purge removes the state");
+    assert!(!b.path("/var/log/tetras-back").exists(), "dpkg --purge removes the logs");
+}
+
+type Scenario = (&'static str, fn(&mut Ctx));
+
+const SCENARIOS: &[Scenario] = &[
+    ("installed_unit_starts_and_answers", installed_unit_starts_and_answers),
+    ("shipped_script_keeps_setuid_xattrs_and_owners", shipped_script_keeps_setuid_xattrs_and_owners),
+    ("reload_says_whether_the_configuration_is_good", reload_says_whether_the_configuration_is_good),
+    ("sleep_and_shutdown_wait_for_a_backup", sleep_and_shutdown_wait_for_a_backup),
+    ("the_watchdog_keeps_a_long_backup_alive", the_watchdog_keeps_a_long_backup_alive),
+    ("a_killed_daemon_is_restarted_and_backs_up", a_killed_daemon_is_restarted_and_backs_up),
+    (
+        "systemctl_stop_during_a_backup_leaves_a_clean_system",
+        systemctl_stop_during_a_backup_leaves_a_clean_system,
+    ),
+    (
+        "a_disk_plugged_before_the_service_starts_is_backed_up",
+        a_disk_plugged_before_the_service_starts_is_backed_up,
+    ),
+];
+
+/// Runs `f`, printing its outcome as libtest does; returns whether it passed.
+fn run_one(name: &str, f: impl FnOnce()) -> bool {
+    let started = Instant::now();
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
+    println!(
+        "test {name} ... {} ({:.1}s)",
+        if ok { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    ok
+}
+
+fn main() -> std::process::ExitCode {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    require_root_and_udevd();
+    let images = tempfile::Builder::new().prefix("tetras-service-").tempdir().unwrap();
+    let (mut passed, mut failed) = (0, 0);
+
+    if SCENARIOS.iter().any(|(n, _)| wanted(n)) {
+        let stage = images.path().join("stage");
+        make("install", &[&format!("DESTDIR={}", stage.display()), "PREFIX=/usr/local", "PROFILE=dev"], &[]);
+        let b = SystemdBox::boot("plain", "");
+        b.install(&stage);
+        b.sh("systemctl daemon-reload && systemctl enable --now tetras-back").ok();
+        fs::create_dir_all(b.path(TEST_DIR)).unwrap();
+        let sub = Subscriber::new(b.path(&format!("{TEST_DIR}/events.fifo")));
+        b.sh(&format!("tetras-back register {TEST_DIR}/events.fifo")).ok();
+        let shipped_config = fs::read_to_string(b.path(CONFIG)).unwrap();
+        let mut c = Ctx { sub, images: tempfile::tempdir_in(images.path()).unwrap(), shipped_config, b };
+        for (name, f) in SCENARIOS.iter().filter(|(n, _)| wanted(n)) {
+            if run_one(name, || {
+                c.settle();
+                f(&mut c)
+            }) {
+                passed += 1;
+            } else {
+                failed += 1;
+                println!("--- the service's journal:\n{}", c.b.journal());
+            }
+        }
+    }
+    if wanted("debian_package") {
+        if run_one("debian_package", || debian_package(images.path())) {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("\nservice: {passed} passed, {failed} failed");
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
