@@ -382,6 +382,28 @@ fn sighup_reloads_and_a_broken_config_keeps_the_old_one() {
     assert!(out.stdout.contains("second.sh") && !out.stdout.contains("third.sh"), "{out:?}");
 }
 
+/// `reload` (what the unit's ExecReload runs) reaches the daemon even with a
+/// broken file, and fails with the daemon's word on it.
+#[test]
+fn reload_command_says_whether_the_config_is_good() {
+    let env = TestEnv::new();
+    env.write_config("[[scripts]]\nname = \"first.sh\"\n");
+    let _d = env.start_daemon();
+    env.write_config("[[scripts]]\nname = \"second.sh\"\n");
+    let out = env.cli(&["reload"]).ok();
+    assert!(out.stdout.contains("configuration reloaded from"), "{out:?}");
+    assert!(env.cli(&["status"]).ok().stdout.contains("second.sh"));
+
+    let good = fs::read_to_string(env.config_path()).unwrap();
+    fs::write(env.config_path(), format!("{good}[mail]\nwhen = \"sometimes\"\n")).unwrap();
+    env.cli(&["reload"]).fails_with(&["keeping the previous configuration", "tetras-back.toml", "sometimes"]);
+    fs::write(env.config_path(), &good).unwrap();
+    assert!(env.cli(&["status"]).ok().stdout.contains("second.sh"), "the daemon kept what it had");
+    fs::write(env.config_path(), good.replace("/state\"", "/state-elsewhere\"")).unwrap();
+    let out = env.cli(&["reload"]).ok();
+    assert!(out.stdout.contains("`state_dir` changed; it takes effect when the daemon restarts"), "{out:?}");
+}
+
 #[test]
 fn watch_prints_events_and_cleans_up_on_ctrl_c() {
     let env = TestEnv::new();

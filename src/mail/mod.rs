@@ -346,6 +346,7 @@ fn whole_seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::PowerOff;
 
     #[test]
     fn bare_user_is_local_and_bad_addresses_are_named() {
@@ -395,6 +396,15 @@ mod tests {
         {
             assert!(body.contains(needle), "{needle:?} missing from:\n{body}");
         }
+        let safe =
+            |power_off| Report { safe_to_remove: true, power_off: Some(power_off), ..m.report.clone() };
+        let powered = BackupMail { report: safe(PowerOff::Done), ..m.clone() };
+        assert!(powered.body("").contains("safe to remove: it was unmounted and powered off"));
+        let left =
+            BackupMail { report: safe(PowerOff::Not("udisks is not on the system bus".into())), ..m.clone() };
+        assert!(left
+            .body("")
+            .contains("safe to remove (it was left powered: udisks is not on the system bus)"));
         let removed = BackupMail { report: Report { status: Status::Removed, ..m.report.clone() }, ..m };
         assert!(removed.subject().ends_with("backup on 'office' disk removed during backup"));
         assert!(removed.body("").contains("removed during the backup: this backup is incomplete"));
