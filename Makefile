@@ -143,7 +143,7 @@ deb: check-cargo
 
 test: test-deps check-cargo
 	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
-	tests/with-udevd $(CARGO) test --locked
+	tests/with-udevd $(CARGO) test --locked --no-fail-fast
 
 lint: check-cargo
 	$(call apt_install,$(LINT_DEPS))

@@ -60,9 +60,10 @@ fn make_install_and_uninstall_with_destdir() {
     // staged binary (DESTDIR is only the staging prefix).
     let unit = fs::read_to_string(root.join("usr/lib/systemd/system/tetras-back.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/sbin/tetras-back daemon"), "{unit}");
+    assert!(unit.contains("ExecReload=/usr/sbin/tetras-back reload"), "{unit}");
     let check = root.join("check");
     fs::create_dir(&check).unwrap();
-    let staged = unit.replace("ExecStart=/usr/sbin/", &format!("ExecStart={}/usr/sbin/", root.display()));
+    let staged = unit.replace("=/usr/sbin/", &format!("={}/usr/sbin/", root.display()));
     fs::write(check.join("tetras-back.service"), staged).unwrap();
     let v = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])

@@ -85,7 +85,8 @@ fn a_backup_mails_one_report_with_the_log_attached() {
         "backup.sh".into(),
         "exit 0".into(),
         "all done".into(),
-        "The disk is safe to remove.".into(),
+        // Loop devices cannot be powered off, whatever D-Bus the machine has.
+        "The disk is safe to remove (it was left powered: ".into(),
     ] {
         assert!(m.body.contains(&needle), "the body lacks {needle:?}:\n{}", m.body);
     }
