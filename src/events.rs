@@ -2,10 +2,21 @@
 //!
 //! Each line has `event`, `seq` (increasing within one daemon run) and
 //! `time`, plus the event's own fields, and is at most [`fifo::MAX_LINE`]
-//! bytes so that each write is atomic. Delivery never blocks: a subscriber
-//! with no reader, or whose pipe is full, misses the event (logged), and one
-//! whose FIFO has disappeared is dropped from the list.
+//! bytes so that each write is atomic.
+//!
+//! A subscriber is a stream: once a reader has it open, the daemon keeps
+//! its write end open and writes every event to it, so a reader that stays
+//! open (even `cat FIFO`) sees every event, in `seq` order, with no
+//! end-of-file in between. Delivery never blocks: with no reader the event
+//! is missed (logged at debug) and the FIFO opened again at the next event;
+//! a reader that went away (EPIPE) is let go and the FIFO opened again at
+//! once, for a reader that took its place; a full pipe drops the event
+//! (warned); a FIFO that disappeared, or whose path now names something
+//! else, is dropped from the list.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local, SecondsFormat};
@@ -198,49 +209,101 @@ fn encode(event: &Event, seq: u64, time: DateTime<Local>) -> Vec<u8> {
     out
 }
 
-/// The registered subscriber FIFOs and the event sequence counter.
+/// How many subscribers may be registered: each one holds a descriptor.
+pub const MAX_SUBSCRIBERS: usize = 64;
+
+/// The write ends held open, and the event sequence counter.
 #[derive(Debug, Default)]
 pub struct Subscribers {
     seq: u64,
+    streams: HashMap<PathBuf, Stream>,
+}
+
+/// A subscriber's FIFO opened for writing, and which inode it is.
+#[derive(Debug)]
+struct Stream {
+    file: File,
+    id: (u64, u64),
+}
+
+impl Stream {
+    fn new(file: File) -> Option<Stream> {
+        let m = file.metadata().ok()?;
+        Some(Stream { file, id: (m.dev(), m.ino()) })
+    }
+
+    /// Whether `path` still names this FIFO (not deleted, not replaced).
+    fn still_at(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_fifo() && (m.dev(), m.ino()) == self.id)
+    }
 }
 
 impl Subscribers {
-    /// Sends `event` to every path in `paths`; returns the paths that are gone
-    /// (deleted, or no longer a FIFO), which the caller unregisters.
+    /// Sends `event` to every path in `paths` (the registered subscribers);
+    /// returns the paths that are gone (deleted, or no longer a FIFO), which
+    /// the caller unregisters.
     pub fn broadcast(&mut self, paths: &[PathBuf], event: &Event) -> Vec<PathBuf> {
         self.seq += 1;
         let line = encode(event, self.seq, Local::now());
-        let mut gone = Vec::new();
-        for path in paths {
-            if let Some(p) = deliver(path, &line) {
-                gone.push(p);
-            }
-        }
-        gone
+        // Streams of subscribers no longer registered are closed.
+        self.streams.retain(|p, _| paths.contains(p));
+        paths.iter().filter_map(|path| self.deliver(path, &line)).collect()
     }
 
     /// Sends `event` to one subscriber only (the table a new subscriber gets).
     pub fn send_to(&mut self, path: &Path, event: &Event) -> Option<PathBuf> {
         self.seq += 1;
-        deliver(path, &encode(event, self.seq, Local::now()))
+        let line = encode(event, self.seq, Local::now());
+        self.deliver(path, &line)
     }
-}
 
-fn deliver(path: &Path, line: &[u8]) -> Option<PathBuf> {
-    match fifo::send_line(path, line) {
-        Delivery::Written => None,
-        Delivery::NoReader => {
-            log::debug!("subscriber {} has no reader; event not delivered", path.display());
-            None
+    /// Lets go of an unregistered subscriber's stream (its reader sees EOF).
+    pub fn close(&mut self, path: &Path) {
+        self.streams.remove(path);
+    }
+
+    fn deliver(&mut self, path: &Path, line: &[u8]) -> Option<PathBuf> {
+        if let Some(s) = self.streams.get_mut(path) {
+            if s.still_at(path) {
+                match fifo::write_line(&mut s.file, line) {
+                    Delivery::Written => return None,
+                    Delivery::Full => {
+                        log::warn!("subscriber {} is not reading (pipe full); event dropped", path.display());
+                        return None;
+                    }
+                    // EPIPE: the reader went away; another may have the FIFO open now.
+                    Delivery::NoReader => log::debug!("the reader of {} went away", path.display()),
+                    Delivery::Gone(why) => log::debug!("cannot write to {}: {why}", path.display()),
+                }
+            }
+            self.streams.remove(path);
         }
-        Delivery::Full => {
-            log::warn!("subscriber {} is not reading (pipe full); event dropped", path.display());
-            None
+        let mut file = match fifo::open_writer(path) {
+            Ok(f) => f,
+            Err(Delivery::Gone(why)) => {
+                log::warn!("subscriber {} is gone ({why}); unregistering it", path.display());
+                return Some(path.to_owned());
+            }
+            Err(_) => {
+                log::debug!("subscriber {} has no reader; event missed", path.display());
+                return None;
+            }
+        };
+        match fifo::write_line(&mut file, line) {
+            Delivery::Written => {}
+            Delivery::Full => {
+                log::warn!("subscriber {} is not reading (pipe full); event dropped", path.display())
+            }
+            other => {
+                log::debug!("subscriber {}: {other:?}; event missed", path.display());
+                return None;
+            }
         }
-        Delivery::Gone(why) => {
-            log::warn!("subscriber {} is gone ({why}); unregistering it", path.display());
-            Some(path.to_owned())
+        if let Some(s) = Stream::new(file) {
+            self.streams.insert(path.to_owned(), s);
         }
+        None
     }
 }
 

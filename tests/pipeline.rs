@@ -422,3 +422,97 @@ fn the_shipped_script_backs_up_a_plugged_disk_twice_with_hard_links() {
         assert_eq!(fs::read_to_string(backups[1].join("Donnees/alice/thesis.txt")).unwrap(), "chapter one\n");
     });
 }
+
+/// The simplest reader a client author writes, `while true; do cat FIFO >>
+/// file; done`, started in its own process group and stopped (that group
+/// only) when dropped.
+struct CatLoop {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl CatLoop {
+    fn start(fifo: &std::path::Path, out: std::path::PathBuf) -> CatLoop {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("bash")
+            .args(["-c", "while true; do cat \"$0\" >> \"$1\"; done"])
+            .arg(fifo)
+            .arg(&out)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        CatLoop { child, out }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits until `n` events named `event` about `uuid` have been read.
+    #[track_caller]
+    fn wait_for(&self, n: usize, event: &str, uuid: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = self.events().iter().filter(|e| e["event"] == event && e["uuid"] == uuid).count();
+            if seen >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{seen} of {n} {event} events read");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CatLoop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// A subscriber is a stream: a reader that reopens the FIFO after each
+/// end-of-file (as the original's clients did) must not lose events that
+/// come within a millisecond of each other.
+#[test]
+fn a_cat_loop_reader_gets_every_event_of_twenty_backups_in_order() {
+    let rig = Rig::new("ext4", "[[scripts]]\nname = \"noop.sh\"\n");
+    script(&rig.scripts_dir(), "noop.sh", "exit 0", 0o755);
+    let _d = rig.env.start_daemon();
+    let fifo = rig.env.path("cat.fifo");
+    mkfifo(&fifo);
+    let reader = CatLoop::start(&fifo, rig.env.path("events.jsonl"));
+    rig.env.cli(&["register", fifo.to_str().unwrap()]).ok();
+    let mut disk = rig.disk;
+    disk.attach();
+    reader.wait_for(1, "safe_to_remove", &disk.uuid);
+    for n in 2..=20 {
+        rig.env.cli(&["backup", "office"]).ok();
+        reader.wait_for(n, "safe_to_remove", &disk.uuid);
+    }
+    let events = reader.events();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let gaps: Vec<(u64, u64)> = seqs.windows(2).filter(|w| w[1] != w[0] + 1).map(|w| (w[0], w[1])).collect();
+    assert!(gaps.is_empty(), "events missing or out of order between these seq: {gaps:?}");
+    let mine: Vec<String> =
+        names(&events.iter().filter(|e| e["uuid"] == disk.uuid.as_str()).cloned().collect::<Vec<_>>());
+    let one = ["backup_started", "script_started", "script_finished", "backup_finished", "safe_to_remove"];
+    let mut expected = vec!["disk_plugged".to_owned()];
+    for _ in 0..20 {
+        expected.extend(one.iter().map(|s| s.to_string()));
+    }
+    assert_eq!(mine, expected);
+    println!(
+        "cat loop reader: {} events, seq {}..={}, none missing",
+        seqs.len(),
+        seqs[0],
+        seqs[seqs.len() - 1]
+    );
+    disk.detach();
+}

@@ -62,6 +62,7 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode> {
     }
 
     let mut lines = LineReader::default();
+    let mut gaps = SeqGaps::default();
     let stdout = std::io::stdout();
     loop {
         let mut fds =
@@ -76,13 +77,17 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode> {
         }
         for line in lines.read_from(&mut reader)?.unwrap_or_default() {
             let Line::Complete(bytes) = line else { continue };
+            let event = serde_json::from_slice::<Value>(&bytes).ok();
+            if let Some(missed) = gaps.missed(event.as_ref().and_then(|v| v["seq"].as_u64())) {
+                eprintln!("tetras-back: missed {missed} event(s) (the pipe was full or nobody was reading)");
+            }
             let mut out = stdout.lock();
             let printed = if json {
                 out.write_all(&bytes).and_then(|_| out.write_all(b"\n"))
             } else {
-                match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(v) => writeln!(out, "{}", describe(&v)),
-                    Err(_) => writeln!(out, "(unreadable event) {}", String::from_utf8_lossy(&bytes)),
+                match &event {
+                    Some(v) => writeln!(out, "{}", describe(v)),
+                    None => writeln!(out, "(unreadable event) {}", String::from_utf8_lossy(&bytes)),
                 }
             };
             // A closed stdout (`watch | head`) ends the watch.
@@ -94,6 +99,23 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode> {
     }
     drop(registration);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Notices events that never arrived: `seq` grows by one within a daemon's
+/// run (and starts again at 1 when the daemon restarts).
+#[derive(Debug, Default)]
+struct SeqGaps {
+    last: Option<u64>,
+}
+
+impl SeqGaps {
+    /// How many events were missed before the one numbered `seq`, if any.
+    fn missed(&mut self, seq: Option<u64>) -> Option<u64> {
+        let seq = seq?;
+        let missed = self.last.filter(|&last| seq > last + 1).map(|last| seq - last - 1);
+        self.last = Some(seq);
+        missed
+    }
 }
 
 /// One human-readable line for an event.
@@ -166,4 +188,19 @@ fn describe(v: &Value) -> String {
         }
     };
     format!("{time}  {event:<16} {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_gaps_are_counted_and_a_restart_is_not_one() {
+        let mut g = SeqGaps::default();
+        assert_eq!([3, 4, 5].map(|s| g.missed(Some(s))), [None, None, None]);
+        assert_eq!(g.missed(Some(9)), Some(3));
+        assert_eq!(g.missed(None), None, "an unreadable line says nothing");
+        assert_eq!(g.missed(Some(1)), None, "the daemon restarted");
+        assert_eq!(g.missed(Some(3)), Some(1));
+    }
 }

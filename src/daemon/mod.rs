@@ -42,7 +42,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::control::{self, Reply, Request};
 use crate::devices::{self, Monitor};
-use crate::events::{DiskRow, Event, Subscribers};
+use crate::events::{DiskRow, Event, Subscribers, MAX_SUBSCRIBERS};
 use crate::fifo::{self, Line, LineReader};
 use crate::history::History;
 use crate::mail::outbox::{self, Mailer, Work};
@@ -329,6 +329,13 @@ impl Daemon {
             Request::Register { path } => {
                 fifo::check_is_fifo(&path)?;
                 if !self.state.subscribers.contains(&path) {
+                    if self.state.subscribers.len() >= MAX_SUBSCRIBERS {
+                        bail!(
+                            "{} subscribers are registered already, the most there can be; \
+                             unregister one first",
+                            MAX_SUBSCRIBERS
+                        );
+                    }
                     self.edit_state(|s| {
                         s.subscribers.push(path.clone());
                         Ok(())
@@ -349,6 +356,7 @@ impl Daemon {
                     s.subscribers.retain(|p| p != &path);
                     Ok(())
                 })?;
+                self.subscribers.close(&path);
                 log::info!("unregistered subscriber {}", path.display());
                 Ok(Reply::ok(format!("unregistered {}", path.display())))
             }
