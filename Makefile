@@ -45,7 +45,12 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || \
 	for h in "$$HOME" "$$(getent passwd "$${SUDO_USER:-root}" | cut -d: -f6)"; do \
 	  [ -x "$$h/.cargo/bin/cargo" ] && echo "$$h/.cargo/bin/cargo" && break; done)
 
-BIN := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/tetras-back
+# Where cargo builds. The tests stage installs from a target directory of
+# their own, so that a build without the test feature never replaces the
+# binary under test.
+CARGO_TARGET_DIR ?= target
+export CARGO_TARGET_DIR
+BIN := $(CARGO_TARGET_DIR)/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/tetras-back
 
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
@@ -143,12 +148,14 @@ deb: check-cargo
 
 test: test-deps check-cargo
 	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
-	tests/with-udevd $(CARGO) test --locked --no-fail-fast
+	@# --features failpoints compiles in the fault-injection points (tests/faults.rs).
+	tests/with-udevd $(CARGO) test --locked --no-fail-fast --features failpoints
 
 lint: check-cargo
 	$(call apt_install,$(LINT_DEPS))
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features failpoints -- -D warnings
 	cd scripts && shellcheck -x *.sh
 
 bench: build

@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::bus::{Bus, PowerOff};
 use crate::config::Config;
 use crate::engine::{fsx, journal};
+use crate::fault;
 use crate::mount;
 use crate::scripts::{self, BackupLog, Outcome};
 
@@ -106,48 +107,106 @@ pub struct Report {
     pub totals: journal::Totals,
 }
 
-/// Runs `job`; every step is reported through `progress`.
+impl Report {
+    /// A backup that failed before it could report anything else.
+    fn failed(
+        started: DateTime<Local>,
+        clock: Instant,
+        log: PathBuf,
+        safe_to_remove: bool,
+        error: String,
+    ) -> Report {
+        Report {
+            status: Status::Failed,
+            started,
+            finished: Local::now(),
+            duration: clock.elapsed(),
+            log,
+            safe_to_remove,
+            power_off: None,
+            error: Some(error),
+            scripts: Vec::new(),
+            free_before: None,
+            free_after: None,
+            totals: journal::Totals::default(),
+        }
+    }
+}
+
+/// Runs `job`; every step is reported through `progress`, and the last
+/// report is always `Finished`: a panic in the backup is caught, its mount
+/// released on the way out (see [`mount::Mounted`]), and reported as an
+/// internal error, so that the daemon goes on with the next disk.
 pub fn run(job: Job, config: Config, bus: Bus, cancel: Arc<Cancel>, progress: impl Fn(Progress)) {
-    let _inhibitor = bus.inhibit(&format!("backing up this server onto disk {} ({})", job.name, job.uuid));
     let started = Local::now();
     let clock = Instant::now();
     let log_path = config.log_dir.join(format!("{}_{}.log", started.format("%Y-%m-%d_%H-%M-%S"), job.name));
-    let log = match BackupLog::create(log_path.clone()) {
+    let finished = AtomicBool::new(false);
+    let report = |p: Progress| {
+        finished.fetch_or(matches!(p, Progress::Finished(_)), Ordering::SeqCst);
+        progress(p)
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        backup(&job, &config, &bus, &cancel, started, clock, &log_path, &report)
+    }));
+    if let Err(panic) = outcome {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        log::error!("the backup of {} stopped on an internal error: {why}", job.name);
+        if !finished.load(Ordering::SeqCst) {
+            // Its mount was released while unwinding; whether everything
+            // reached the disk is not known, so it is not said to be safe.
+            let error = format!("internal error: {why}");
+            progress(Progress::Finished(Report::failed(started, clock, log_path, false, error)));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backup(
+    job: &Job,
+    config: &Config,
+    bus: &Bus,
+    cancel: &Cancel,
+    started: DateTime<Local>,
+    clock: Instant,
+    log_path: &Path,
+    progress: &impl Fn(Progress),
+) {
+    let _inhibitor = bus.inhibit(&format!("backing up this server onto disk {} ({})", job.name, job.uuid));
+    let log = match BackupLog::create(log_path.to_owned()) {
         Ok(l) => l,
         Err(e) => {
             log::error!("{e:#}");
-            progress(Progress::Finished(Report {
-                status: Status::Failed,
+            let safe = mount::is_unmounted(job.devnum);
+            progress(Progress::Finished(Report::failed(
                 started,
-                finished: Local::now(),
-                duration: clock.elapsed(),
-                log: log_path,
-                safe_to_remove: mount::is_unmounted(job.devnum),
-                power_off: None,
-                error: Some(format!("{e:#}")),
-                scripts: Vec::new(),
-                free_before: None,
-                free_after: None,
-                totals: journal::Totals::default(),
-            }));
+                clock,
+                log_path.to_owned(),
+                safe,
+                format!("{e:#}"),
+            )));
             return;
         }
     };
-    progress(Progress::Started { log: log_path.clone(), started });
+    progress(Progress::Started { log: log_path.to_owned(), started });
     log.info(&format!("backup of {} ({}) on {} started", job.name, job.uuid, job.device.display()));
     let journal = config.run_dir.join(format!("journal-{}.jsonl", job.uuid));
     let _ = std::fs::remove_file(&journal);
     let mut b = Backup {
-        job: &job,
-        config: &config,
+        job,
+        config,
         log: &log,
-        cancel: &cancel,
+        cancel,
         journal: &journal,
         scripts: Vec::new(),
         free_before: None,
         free_after: None,
     };
-    let (status, error, safe_to_remove) = b.run(&progress);
+    let (status, error, safe_to_remove) = b.run(progress);
     let power_off = safe_to_remove.then(|| {
         let p = if config.power_off {
             bus.power_off(&job.device)
@@ -180,7 +239,7 @@ pub fn run(job: Job, config: Config, bus: Bus, cancel: Arc<Cancel>, progress: im
         started,
         finished: Local::now(),
         duration,
-        log: log_path,
+        log: log_path.to_owned(),
         safe_to_remove,
         power_off,
         error,
@@ -207,9 +266,11 @@ impl Backup<'_> {
     /// disk was left unmounted.
     fn run(&mut self, progress: &impl Fn(Progress)) -> (Status, Option<String>, bool) {
         let target = self.config.mount_dir.join(&self.job.uuid);
-        if let Err(e) = self.mount(&target) {
-            return (Status::Failed, Some(format!("{e:#}")), mount::is_unmounted(self.job.devnum));
-        }
+        let mounted = match self.mount(&target) {
+            Ok(m) => m,
+            Err(e) => return (Status::Failed, Some(format!("{e:#}")), mount::is_unmounted(self.job.devnum)),
+        };
+        fault::point("backup::after_mount");
         self.free_before = free_space(&target);
         let mut failed = false;
         if let Err(e) = self.pre_hook(&target) {
@@ -221,7 +282,7 @@ impl Backup<'_> {
 
         if self.cancel.disk_removed.load(Ordering::SeqCst) {
             self.log.info("the disk was removed during the backup; detaching its mount");
-            if let Err(e) = mount::detach(&target) {
+            if let Err(e) = mounted.detach() {
                 self.log.line("tetras-back", &format!("ERROR: {e:#}"));
             }
             return (Status::Removed, None, false);
@@ -235,7 +296,8 @@ impl Backup<'_> {
             failed = true;
         }
         self.free_after = free_space(&target);
-        let safe = match mount::unmount(&target, 15) {
+        fault::point("backup::before_unmount");
+        let safe = match mounted.unmount(15) {
             Ok(mount::Unmounted::Clean) => true,
             Ok(mount::Unmounted::Detached) => {
                 self.log.info("the disk stayed busy; it was detached and may still be written to");
@@ -246,7 +308,7 @@ impl Backup<'_> {
         (if failed { Status::Failed } else { Status::Success }, None, safe)
     }
 
-    fn mount(&self, target: &Path) -> Result<()> {
+    fn mount(&self, target: &Path) -> Result<mount::Mounted> {
         let job = self.job;
         if !self.config.filesystems.iter().any(|f| f == &job.fstype) {
             bail!(
@@ -266,9 +328,9 @@ impl Backup<'_> {
                 job.name
             );
         }
-        mount::mount_disk(&job.device, &job.fstype, target)?;
+        let mounted = mount::mount_disk(&job.device, &job.fstype, target)?;
         self.log.info(&format!("mounted {} ({}) at {}", job.device.display(), job.fstype, target.display()));
-        Ok(())
+        Ok(mounted)
     }
 
     fn env(&self, target: &Path) -> Vec<(String, String)> {
@@ -312,8 +374,10 @@ impl Backup<'_> {
                 timeout: s.timeout,
                 tag: &s.name,
             };
+            fault::point("backup::before_script");
             let outcome = scripts::check_trusted(&self.config.scripts_dir, &program)
                 .and_then(|_| scripts::run(&run, self.log, &self.cancel.stop));
+            fault::point("backup::after_script");
             let (exit_code, text) = match &outcome {
                 Ok(o) => (o.code(), o.describe()),
                 Err(e) => (None, format!("{e:#}")),

@@ -18,6 +18,8 @@ mod devices;
 mod engine;
 /// Events written to subscribers' FIFOs.
 mod events;
+/// Fault-injection points for the tests (the `failpoints` feature).
+mod fault;
 /// Safe, non-blocking named-pipe I/O.
 mod fifo;
 /// The backup history and mail outbox in SQLite.
@@ -38,5 +40,6 @@ mod state;
 mod udev_rule;
 
 fn main() -> std::process::ExitCode {
+    fault::setup();
     cli::run()
 }

@@ -58,9 +58,46 @@ pub fn is_mount_point(path: &Path) -> Result<bool> {
     Ok(here.dev() != parent.dev() || here.ino() == parent.ino())
 }
 
+/// A disk mounted for a backup. It is unmounted by [`Mounted::unmount`] or
+/// [`Mounted::detach`]; dropped without either (the backup's thread
+/// panicked), it is synced and unmounted, or detached when busy, so that
+/// no mount outlives the backup.
+#[derive(Debug)]
+pub struct Mounted {
+    target: PathBuf,
+    released: bool,
+}
+
+impl Mounted {
+    /// Unmounts, retrying while busy, then detaching (see [`unmount`]).
+    pub fn unmount(mut self, attempts: u32) -> Result<Unmounted> {
+        self.released = true;
+        unmount(&self.target, attempts)
+    }
+
+    /// Detaches at once: the disk is gone.
+    pub fn detach(mut self) -> Result<()> {
+        self.released = true;
+        detach(&self.target)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        log::warn!("{} is still mounted at the end of its backup; unmounting it", self.target.display());
+        let _ = sync(&self.target);
+        if let Err(e) = unmount(&self.target, 5) {
+            log::error!("{e:#}");
+        }
+    }
+}
+
 /// Mounts `device` (of type `fstype`) at `target`, creating the directory,
 /// and checks that the mount really happened.
-pub fn mount_disk(device: &Path, fstype: &str, target: &Path) -> Result<()> {
+pub fn mount_disk(device: &Path, fstype: &str, target: &Path) -> Result<Mounted> {
     fs::create_dir_all(target).with_context(|| format!("cannot create mount point {}", target.display()))?;
     if is_mount_point(target)? {
         bail!("{} is already a mount point; refusing to mount over it", target.display());
@@ -76,7 +113,7 @@ pub fn mount_disk(device: &Path, fstype: &str, target: &Path) -> Result<()> {
             target.display()
         );
     }
-    Ok(())
+    Ok(Mounted { target: target.to_owned(), released: false })
 }
 
 /// Flushes the filesystem mounted at `target` to the disk.

@@ -22,6 +22,7 @@ use super::Daemon;
 use crate::backup::{self, Cancel, Job, Progress};
 use crate::devices::{BlockEvent, Filesystem};
 use crate::events::Event;
+use crate::fault;
 use crate::mail::outbox::Work;
 use crate::mail::BackupMail;
 use crate::mount;
@@ -264,6 +265,7 @@ impl Daemon {
                     started: report.started,
                     finished: Some(report.finished),
                 };
+                fault::point("daemon::before_state_write");
                 if let Err(e) = self.edit_state(|s| {
                     if let Some(d) = s.disk_mut(&uuid) {
                         d.last_backup = Some(last);
@@ -272,6 +274,7 @@ impl Daemon {
                 }) {
                     log::error!("{e:#}");
                 }
+                fault::point("daemon::before_history_write");
                 if let Some(h) = &self.history {
                     if let Err(e) = h.backup_finished(r.history_id, &r.job, &report) {
                         log::error!("history: {e:#}");

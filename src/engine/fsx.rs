@@ -306,6 +306,7 @@ impl Partial {
     /// syncs the folder holding it. The caller has synced the content.
     pub fn rename_into_place(self) -> anyhow::Result<()> {
         use anyhow::Context;
+        crate::fault::point("engine::before_rename");
         let (p, from, to) = (self.parent.as_fd(), self.partial.as_os_str(), self.name.as_os_str());
         rename_noreplace(p, from, to).map_err(|e| {
             anyhow::anyhow!("cannot rename {} into place: {}", self.partial_path.display(), e.desc())

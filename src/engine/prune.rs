@@ -144,6 +144,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         } else {
             fsx::remove_tree(dir.as_fd(), &b.name)
                 .with_context(|| format!("cannot delete {}", opts.dir.join(&b.name).display()))?;
+            crate::fault::point("prune::after_deletion");
             let (now, _) = fsx::free_space(dir.as_fd()).context("statvfs")?;
             now.saturating_sub(done.free)
         };

@@ -534,6 +534,7 @@ impl Ctx<'_> {
         };
         self.set_meta(&src, &out, st, &path).map_err(|e| dest_err(&path, "set metadata of", e))?;
         self.copied(copied, st);
+        crate::fault::point("snapshot::file_copied");
         Ok(Some(entry(path, Kind::File, st, copied, Some(hash))))
     }
 

@@ -125,7 +125,10 @@ impl LoopDisk {
         struct Unmount<'a>(&'a Path);
         impl Drop for Unmount<'_> {
             fn drop(&mut self) {
-                let _ = Command::new("umount").arg(self.0).status();
+                // Lazily if something still holds it: never leave it mounted.
+                if !Command::new("umount").arg(self.0).status().is_ok_and(|s| s.success()) {
+                    let _ = Command::new("umount").arg("-l").arg(self.0).status();
+                }
             }
         }
         let _guard = Unmount(&mnt);

@@ -242,13 +242,16 @@ fn libc_kill(pid: i32, sig: i32) -> i32 {
     unsafe { nix::libc::kill(pid, sig) }
 }
 
-/// Runs `make TARGET VARS... LAYOUT...` in the checkout; returns what it said.
+/// Runs `make TARGET VARS... LAYOUT...` in the checkout; returns what it
+/// said. It builds in `target/install`, not where the binary under test
+/// (built with the test feature) is.
 #[track_caller]
 pub fn make(target: &str, vars: &[&str], layout: &[&str]) -> String {
     let out = Command::new("make")
         .arg("-C")
         .arg(env!("CARGO_MANIFEST_DIR"))
         .arg(target)
+        .arg(concat!("CARGO_TARGET_DIR=", env!("CARGO_MANIFEST_DIR"), "/target/install"))
         .args(vars)
         .args(layout)
         .output()
