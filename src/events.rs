@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Local, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::backup::Status;
+use crate::backup::report::Status;
 use crate::fifo::{self, Delivery};
 use crate::history::{DiskSummary, History};
 use crate::state::{Disk, State};
@@ -141,7 +141,7 @@ pub struct DiskRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<DateTime<Local>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_backup: Option<String>,
+    pub last_backup: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_backup_finished: Option<DateTime<Local>>,
     /// When the last successful backup finished (from the history).
@@ -159,8 +159,8 @@ impl DiskRow {
             Some(DiskSummary { last: Some(b), last_success }) => (Some(b.status), b.finished, last_success),
             _ => {
                 let b = disk.last_backup.as_ref();
-                let success = b.filter(|b| b.status == "success").and_then(|b| b.finished);
-                (b.map(|b| b.status.clone()), b.and_then(|b| b.finished), success)
+                let success = b.filter(|b| b.status == Status::Success).and_then(|b| b.finished);
+                (b.map(|b| b.status), b.and_then(|b| b.finished), success)
             }
         };
         DiskRow {
@@ -317,7 +317,7 @@ mod tests {
             name: format!("disk-{i}-{}", "x".repeat(50)),
             connected: false,
             last_seen: Some(Local::now()),
-            last_backup: Some("success".into()),
+            last_backup: Some(Status::Success),
             last_backup_finished: Some(Local::now()),
             last_success: Some(Local::now()),
         }

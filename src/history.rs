@@ -18,7 +18,7 @@ use chrono::{DateTime, Local, TimeZone};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::backup::{Job, Report, ScriptReport};
+use crate::backup::report::{Job, Report, ScriptReport, Status};
 
 /// Schema migrations, in order: entry `i` brings version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -92,7 +92,7 @@ pub struct BackupRow {
     pub device: String,
     pub started: DateTime<Local>,
     pub finished: Option<DateTime<Local>>,
-    pub status: String,
+    pub status: Status,
     pub duration_secs: Option<f64>,
     pub bytes_written: Option<u64>,
     pub files: Option<u64>,
@@ -305,7 +305,9 @@ impl History {
                 device: r.get(3)?,
                 started: time(r.get(4)?),
                 finished: r.get::<_, Option<i64>>(5)?.map(time),
-                status: r.get(6)?,
+                status: r.get::<_, String>(6)?.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, e.into())
+                })?,
                 duration_secs: r.get(7)?,
                 bytes_written: count(r.get(8)?),
                 files: count(r.get(9)?),

@@ -1,6 +1,7 @@
 //! tetras-back: plug in a known USB disk, and this server is backed up onto it.
 
-/// One backup of one disk, from mount to unmount, on a worker thread.
+/// One backup of one disk, from mount to unmount, on a worker thread; the
+/// scripts it runs; the words it shares (`backup::report`).
 mod backup;
 /// The system D-Bus: logind's sleep/shutdown inhibitor, UDisks2's power-off.
 mod bus;
@@ -32,8 +33,6 @@ mod mail;
 mod metrics;
 /// Mounting backup disks safely and unmounting them.
 mod mount;
-/// Running backup scripts: trust checks, process groups, logs, timeouts.
-mod scripts;
 /// The persistent state: known disks and subscribers.
 mod state;
 /// The udev rule keeping desktop automounters off the known disks.

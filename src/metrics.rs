@@ -8,10 +8,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::backup::report::Status;
 use crate::history::DiskSummary;
 
 /// The statuses `tetras_back_last_backup_status` has a series for.
-const STATUSES: &[&str] = &["success", "failed", "removed", "interrupted"];
+const STATUSES: [Status; 4] = [Status::Success, Status::Failed, Status::Removed, Status::Interrupted];
 
 /// One known disk and what the history says of it.
 pub struct DiskMetrics<'a> {
@@ -50,7 +51,7 @@ pub fn render(up: bool, disks: &[DiskMetrics], mails_pending: u64) -> String {
     );
     let status: Vec<(String, f64)> = disks
         .iter()
-        .filter_map(|d| d.summary.last.as_ref().map(|b| (d, b.status.as_str())))
+        .filter_map(|d| d.summary.last.as_ref().map(|b| (d, b.status)))
         .flat_map(|(d, st)| {
             STATUSES
                 .iter()
@@ -98,7 +99,7 @@ mod tests {
 
     #[test]
     fn one_status_series_is_one_and_labels_are_escaped() {
-        let last = BackupRow { status: "failed".into(), ..Default::default() };
+        let last = BackupRow { status: Status::Failed, ..Default::default() };
         let summary = DiskSummary { last: Some(last), last_success: None };
         let text = render(true, &[DiskMetrics { name: "a\"b", uuid: "u", summary }], 2);
         assert!(text.contains("tetras_back_up 1\n"), "{text}");

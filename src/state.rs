@@ -21,6 +21,8 @@ use chrono::{DateTime, Local};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::backup::report::Status;
+
 /// The schema version this build writes.
 pub const VERSION: u32 = 1;
 
@@ -50,7 +52,7 @@ pub struct Disk {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LastBackup {
-    pub status: String,
+    pub status: Status,
     pub started: DateTime<Local>,
     #[serde(default)]
     pub finished: Option<DateTime<Local>>,

@@ -516,3 +516,171 @@ fn a_cat_loop_reader_gets_every_event_of_twenty_backups_in_order() {
     );
     disk.detach();
 }
+
+/// A small random number generator (xorshift), seeded and printed so that
+/// a failing storm can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A delay from 0 to 2 s, most of them short (u⁶), so that 300
+    /// cycles take a few minutes while some pauses outlast a backup.
+    fn delay(&mut self) -> Duration {
+        Duration::from_secs_f64(2.0 * self.unit().powi(6))
+    }
+}
+
+/// What /proc says of a process.
+fn proc_counts(pid: i32) -> (usize, usize, u64) {
+    let count = |what: &str| fs::read_dir(format!("/proc/{pid}/{what}")).unwrap().count();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (count("fd"), count("task"), rss_kb)
+}
+
+/// Processes (pid, state, command line) whose parent is `ppid` or whose
+/// command line mentions `needle`.
+fn processes_of(ppid: i32, needle: &str) -> Vec<(i32, char, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let mut f = after.split(' ');
+        let state = f.next().unwrap().chars().next().unwrap();
+        let parent: i32 = f.next().unwrap().parse().unwrap();
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if parent == ppid || cmdline.contains(needle) {
+            out.push((pid, state, cmdline));
+        }
+    }
+    out
+}
+
+/// Plug and unplug a known disk 300 times, at random moments, during its
+/// backups, with `plug`/`unplug`, synthetic change events and save/forget
+/// mixed in: the daemon must end as it began.
+#[test]
+fn a_plug_unplug_storm_leaves_the_daemon_as_it_began() {
+    let rig = Rig::new("ext4", "[[scripts]]\nname = \"jitter.sh\"\n[mail]\nwhen = \"never\"\n");
+    // Backups of 0 to 0.4 s, so that unplugs land before, during and after them.
+    script(
+        &rig.scripts_dir(),
+        "jitter.sh",
+        "echo hi > \"$TETRAS_BACK_MOUNT/proof\"; sleep \"0.$(( $(od -An -N1 -tu1 /dev/urandom) % 5 ))\"",
+        0o755,
+    );
+    let d = rig.env.start_daemon();
+    let fifo = rig.env.path("storm.fifo");
+    mkfifo(&fifo);
+    let reader = CatLoop::start(&fifo, rig.env.path("storm-events.jsonl"));
+    rig.env.cli(&["register", fifo.to_str().unwrap()]).ok();
+    let image = rig.disk.image.to_str().unwrap().to_owned();
+    let uuid = rig.disk.uuid.clone();
+    let other = random_uuid();
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut rng = Rng(seed);
+    println!("storm seed {seed:#x}");
+
+    let started = Instant::now();
+    let mut first = None;
+    let mut loops = Vec::new();
+    const CYCLES: usize = 300;
+    for cycle in 0..CYCLES {
+        let dev = sh("losetup", &["-f", "--show", &image]);
+        loops.push(dev.clone());
+        std::thread::sleep(rng.delay());
+        match rng.next() % 6 {
+            0 => drop(rig.env.cli(&["plug", &dev])),
+            1 => drop(
+                std::process::Command::new("udevadm").args(["trigger", "--action=change", &dev]).status(),
+            ),
+            2 => drop(rig.env.cli(&["save", &other, "other"])),
+            3 => drop(rig.env.cli(&["forget", &other])),
+            4 => {
+                // Forgotten mid-backup, and known again.
+                drop(rig.env.cli(&["forget", &uuid]));
+                drop(rig.env.cli(&["save", &uuid, "office"]));
+            }
+            _ => {}
+        }
+        std::thread::sleep(rng.delay());
+        if rng.next().is_multiple_of(4) {
+            drop(rig.env.cli(&["unplug", &dev]));
+        }
+        let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
+        if cycle == 0 {
+            std::thread::sleep(Duration::from_secs(1));
+            first = Some(proc_counts(d.pid()));
+        }
+    }
+    // Quiet again: idle, and every loop device let go.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let idle = rig.env.cli(&["status", "--json"]).stdout.contains("\"activity\": \"idle\"");
+        let held = sh("losetup", &["-j", &image]);
+        if idle && held.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not idle, or loop devices still held: {held}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let storm = started.elapsed();
+    let (fds0, threads0, rss0) = first.unwrap();
+    let (fds, threads, rss) = proc_counts(d.pid());
+
+    let events = reader.events();
+    let mine: Vec<&serde_json::Value> = events.iter().filter(|e| e["uuid"] == uuid.as_str()).collect();
+    let backups_started = mine.iter().filter(|e| e["event"] == "backup_started").count();
+    let backups_finished = mine.iter().filter(|e| e["event"] == "backup_finished").count();
+    let mut statuses = std::collections::BTreeMap::new();
+    for e in mine.iter().filter(|e| e["event"] == "backup_finished") {
+        *statuses.entry(e["status"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&rig.env.cli(&["history", "--json", "--limit", "100000"]).ok().stdout).unwrap();
+    let rows = history.iter().filter(|h| h["uuid"] == uuid.as_str()).count();
+    println!(
+        "storm: {CYCLES} cycles in {:.0} s; {backups_started} backups started, {backups_finished} finished {statuses:?}, \
+         {rows} history rows; fds {fds0} -> {fds}, threads {threads0} -> {threads}, RSS {rss0} kB -> {rss} kB",
+        storm.as_secs_f64()
+    );
+
+    let mut open = false;
+    for e in mine.iter().filter(|e| e["event"] == "backup_started" || e["event"] == "backup_finished") {
+        let starting = e["event"] == "backup_started";
+        assert_ne!(starting, open, "a backup_started without its backup_finished (or the reverse) at {e}");
+        open = starting;
+    }
+    assert_eq!(backups_started, backups_finished);
+    assert!(backups_started > 10, "the storm started too few backups to mean anything");
+    assert_eq!(rows, backups_started, "one history row per backup");
+    assert!(rig.disk.mounts().is_empty() && loops.iter().all(|l| mounts_of(l).is_empty()), "a mount is left");
+    let left: Vec<_> = fs::read_dir(rig.env.path("mnt"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "mount points left: {left:?}");
+    let strays = processes_of(d.pid(), rig.scripts_dir().to_str().unwrap());
+    assert!(strays.is_empty(), "zombies or scripts left: {strays:?}");
+    assert_eq!((fds, threads), (fds0, threads0), "descriptors and threads are back to their count");
+    assert!(rss as f64 <= rss0 as f64 * 1.10, "RSS grew from {rss0} kB to {rss} kB");
+}

@@ -15,7 +15,8 @@ use std::time::Duration;
 use zbus::blocking::Connection;
 
 pub use logind::Inhibitor;
-pub use udisks::PowerOff;
+
+use crate::backup::report::PowerOff;
 
 /// How long a call may take: a hung service must not hold a backup's end.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -14,6 +14,8 @@ use std::path::Path;
 use zbus::blocking::Connection;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
+use crate::backup::report::PowerOff;
+
 #[zbus::proxy(
     interface = "org.freedesktop.UDisks2.Manager",
     default_service = "org.freedesktop.UDisks2",
@@ -50,28 +52,6 @@ trait Drive {
     #[zbus(property)]
     fn can_power_off(&self) -> zbus::Result<bool>;
     fn power_off(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
-}
-
-/// What became of the drive after the unmount.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PowerOff {
-    Done,
-    /// Left powered, and why.
-    Not(String),
-}
-
-impl PowerOff {
-    pub fn done(&self) -> bool {
-        *self == PowerOff::Done
-    }
-
-    /// Why the drive was left powered, when it was.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            PowerOff::Done => None,
-            PowerOff::Not(why) => Some(why),
-        }
-    }
 }
 
 pub fn power_off(conn: &Connection, device: &Path) -> PowerOff {

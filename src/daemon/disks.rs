@@ -19,7 +19,8 @@ use serde_json::json;
 
 use super::wake::WakeChannel;
 use super::Daemon;
-use crate::backup::{self, Cancel, Job, Progress};
+use crate::backup::report::Job;
+use crate::backup::{self, Cancel, Progress};
 use crate::devices::{BlockEvent, Filesystem};
 use crate::events::Event;
 use crate::fault;
@@ -261,7 +262,7 @@ impl Daemon {
                     log::error!("the backup thread of {name} panicked");
                 }
                 let last = LastBackup {
-                    status: report.status.as_str().to_owned(),
+                    status: report.status,
                     started: report.started,
                     finished: Some(report.finished),
                 };

@@ -18,7 +18,7 @@ use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SendmailTransport, SmtpTransport, Transport};
 
-use crate::backup::{Report, Status};
+use crate::backup::report::{Report, Status};
 use crate::config::{self, MailTransport, MailWhen, SmtpTls};
 use crate::engine::human;
 
@@ -82,6 +82,7 @@ impl BackupMail {
             Status::Success => "succeeded",
             Status::Failed => "FAILED",
             Status::Removed => "disk removed during backup",
+            Status::Running | Status::Interrupted => "interrupted",
         };
         format!("[tetras-back] {}: backup on '{}' {what}", self.host, self.disk)
     }
@@ -346,7 +347,7 @@ fn whole_seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::PowerOff;
+    use crate::backup::report::PowerOff;
 
     #[test]
     fn bare_user_is_local_and_bad_addresses_are_named() {

@@ -1,4 +1,4 @@
-//! One backup of one disk, from mount to unmount. It runs on a worker thread
+//! The worker: one backup of one disk, from mount to unmount. It runs on a thread
 //! and reports its progress to the daemon's loop, which turns it into events
 //! and state; the loop cancels it when the disk is pulled out.
 //!
@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use chrono::{DateTime, Local};
-use serde::Serialize;
 
-use crate::bus::{Bus, PowerOff};
+use super::report::{Job, PowerOff, Report, ScriptReport, Status};
+use super::scripts::{self, BackupLog, Outcome};
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::engine::{fsx, journal};
 use crate::fault;
 use crate::mount;
-use crate::scripts::{self, BackupLog, Outcome};
 
 /// How the daemon's loop stops a running backup.
 #[derive(Debug, Default)]
@@ -37,43 +37,6 @@ pub struct Cancel {
     pub disk_removed: AtomicBool,
 }
 
-/// A known disk to back up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    pub uuid: String,
-    pub name: String,
-    pub device: PathBuf,
-    pub devnum: u64,
-    pub fstype: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Success,
-    Failed,
-    Removed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Success => "success",
-            Status::Failed => "failed",
-            Status::Removed => "removed",
-        }
-    }
-}
-
-/// One script's part in a backup.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScriptReport {
-    pub script: String,
-    pub exit_code: Option<i32>,
-    pub outcome: String,
-    pub duration_secs: f64,
-}
-
 /// What the worker tells the daemon's loop.
 #[derive(Debug)]
 pub enum Progress {
@@ -81,56 +44,6 @@ pub enum Progress {
     ScriptStarted { script: String },
     ScriptFinished(ScriptReport),
     Finished(Report),
-}
-
-/// The end of a backup.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub status: Status,
-    pub started: DateTime<Local>,
-    pub finished: DateTime<Local>,
-    pub duration: Duration,
-    pub log: PathBuf,
-    /// The disk was cleanly unmounted: it can be pulled out.
-    pub safe_to_remove: bool,
-    /// Whether its drive was then powered off (`None`: not tried, as the
-    /// disk was not cleanly unmounted).
-    pub power_off: Option<PowerOff>,
-    /// Why it failed, when something other than a script did.
-    pub error: Option<String>,
-    /// Each script that ran, in order.
-    pub scripts: Vec<ScriptReport>,
-    /// Free bytes on the disk after it was mounted, and before it was unmounted.
-    pub free_before: Option<u64>,
-    pub free_after: Option<u64>,
-    /// What the engines wrote and pruned (see `engine::journal`).
-    pub totals: journal::Totals,
-}
-
-impl Report {
-    /// A backup that failed before it could report anything else.
-    fn failed(
-        started: DateTime<Local>,
-        clock: Instant,
-        log: PathBuf,
-        safe_to_remove: bool,
-        error: String,
-    ) -> Report {
-        Report {
-            status: Status::Failed,
-            started,
-            finished: Local::now(),
-            duration: clock.elapsed(),
-            log,
-            safe_to_remove,
-            power_off: None,
-            error: Some(error),
-            scripts: Vec::new(),
-            free_before: None,
-            free_after: None,
-            totals: journal::Totals::default(),
-        }
-    }
 }
 
 /// Runs `job`; every step is reported through `progress`, and the last

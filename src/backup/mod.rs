@@ -1,0 +1,9 @@
+//! Backing up one disk: the worker that runs a backup from mount to unmount
+//! on its own thread, the scripts it runs, and the words it shares with the
+//! history, the mail reports and the events ([`report`]).
+
+pub mod report;
+pub mod scripts;
+mod worker;
+
+pub use worker::{hostname, run, Cancel, Progress};

@@ -1,0 +1,152 @@
+//! The words the backup worker, the history, the mail reports and the
+//! events share: which disk is backed up ([`Job`]), how a backup ended
+//! ([`Status`], [`Report`], [`ScriptReport`]), what became of its drive
+//! ([`PowerOff`]). A leaf: it imports nothing of the daemon's.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Local};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::journal;
+
+/// A known disk to back up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub uuid: String,
+    pub name: String,
+    pub device: PathBuf,
+    pub devnum: u64,
+    pub fstype: String,
+}
+
+/// Where a backup is, or how it ended: in the history, the state file,
+/// the events and the mails alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Started, not finished (a row of the history).
+    #[default]
+    Running,
+    Success,
+    Failed,
+    /// The disk was pulled out during the backup.
+    Removed,
+    /// The daemon stopped (or was killed) during the backup: found
+    /// `running` at the next start.
+    Interrupted,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] =
+        [Status::Running, Status::Success, Status::Failed, Status::Removed, Status::Interrupted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Success => "success",
+            Status::Failed => "failed",
+            Status::Removed => "removed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Status, String> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown backup status {s:?}"))
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One script's part in a backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScriptReport {
+    pub script: String,
+    pub exit_code: Option<i32>,
+    pub outcome: String,
+    pub duration_secs: f64,
+}
+
+/// The end of a backup.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub status: Status,
+    pub started: DateTime<Local>,
+    pub finished: DateTime<Local>,
+    pub duration: Duration,
+    pub log: PathBuf,
+    /// The disk was cleanly unmounted: it can be pulled out.
+    pub safe_to_remove: bool,
+    /// Whether its drive was then powered off (`None`: not tried, as the
+    /// disk was not cleanly unmounted).
+    pub power_off: Option<PowerOff>,
+    /// Why it failed, when something other than a script did.
+    pub error: Option<String>,
+    /// Each script that ran, in order.
+    pub scripts: Vec<ScriptReport>,
+    /// Free bytes on the disk after it was mounted, and before it was unmounted.
+    pub free_before: Option<u64>,
+    pub free_after: Option<u64>,
+    /// What the engines wrote and pruned (see `engine::journal`).
+    pub totals: journal::Totals,
+}
+
+impl Report {
+    /// A backup that failed before it could report anything else.
+    pub fn failed(
+        started: DateTime<Local>,
+        clock: Instant,
+        log: PathBuf,
+        safe_to_remove: bool,
+        error: String,
+    ) -> Report {
+        Report {
+            status: Status::Failed,
+            started,
+            finished: Local::now(),
+            duration: clock.elapsed(),
+            log,
+            safe_to_remove,
+            power_off: None,
+            error: Some(error),
+            scripts: Vec::new(),
+            free_before: None,
+            free_after: None,
+            totals: journal::Totals::default(),
+        }
+    }
+}
+
+/// What became of the drive after the unmount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowerOff {
+    Done,
+    /// Left powered, and why.
+    Not(String),
+}
+
+impl PowerOff {
+    pub fn done(&self) -> bool {
+        *self == PowerOff::Done
+    }
+
+    /// Why the drive was left powered, when it was.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            PowerOff::Done => None,
+            PowerOff::Not(why) => Some(why),
+        }
+    }
+}
