@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lettre::message::Mailbox;
 use serde::Deserialize;
 
 /// Where the configuration lives unless `--config` or `TETRAS_BACK_CONFIG` say otherwise.
@@ -63,12 +64,11 @@ pub struct Script {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mail {
-    pub to: String,
-    pub from: String,
+    /// `mail.to`, parsed (a bare user name is `name@localhost`).
+    pub to: Vec<Mailbox>,
+    pub from: Mailbox,
     pub when: MailWhen,
-    pub transport: MailTransport,
-    pub sendmail_path: PathBuf,
-    pub smtp: Option<Smtp>,
+    pub transport: Transport,
     /// A known disk with no successful backup for this many days gets a
     /// reminder a day (0: never).
     pub remind_after_days: u32,
@@ -87,11 +87,32 @@ pub enum MailWhen {
     Never,
 }
 
+/// `mail.transport` as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum MailTransport {
+enum MailTransport {
     Sendmail,
     Smtp,
+}
+
+/// How mail leaves the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// The local MTA's sendmail-compatible program.
+    Sendmail {
+        path: PathBuf,
+    },
+    Smtp(Smtp),
+}
+
+impl std::fmt::Display for Transport {
+    /// "smtp mail.example.org:587 (starttls)" or "/usr/sbin/sendmail".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transport::Sendmail { path } => write!(f, "{}", path.display()),
+            Transport::Smtp(s) => write!(f, "smtp {}:{} ({})", s.host, s.port, s.tls.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,8 +120,15 @@ pub struct Smtp {
     pub host: String,
     pub port: u16,
     pub tls: SmtpTls,
-    pub user: Option<String>,
-    pub password_file: Option<PathBuf>,
+    /// AUTH: a user and the file holding its password, or neither.
+    pub login: Option<Login>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Login {
+    pub user: String,
+    /// Read when a mail is sent; refused when group or others can read it.
+    pub password_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -358,7 +386,6 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
     };
 
     let raw_mail = raw.mail.unwrap_or_default();
-    let transport = raw_mail.transport.unwrap_or(MailTransport::Sendmail);
     let sendmail_path = raw_mail.sendmail_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/sendmail"));
     if !sendmail_path.is_absolute() {
         return Err(err(
@@ -367,38 +394,57 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         ));
     }
     let smtp = match raw_mail.smtp {
-        None if transport == MailTransport::Smtp => {
-            return Err(err(
-                "mail.smtp",
-                "transport = \"smtp\" needs a [mail.smtp] table with at least `host`".into(),
-            ))
-        }
         None => None,
         Some(s) => {
             if s.host.trim().is_empty() {
                 return Err(err("mail.smtp.host", "expected a host name, got an empty string".into()));
             }
-            if let Some(p) = &s.password_file {
-                if !p.is_absolute() {
+            let login = match (s.user, s.password_file) {
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(err(
+                        "mail.smtp.password_file",
+                        "`user` is set: give the file holding its password".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        "mail.smtp.user",
+                        "`password_file` is set: give the user it is for".into(),
+                    ))
+                }
+                (Some(_), Some(p)) if !p.is_absolute() => {
                     return Err(err(
                         "mail.smtp.password_file",
                         format!("expected an absolute path, got {:?}", p.display().to_string()),
-                    ));
+                    ))
                 }
-            }
+                (Some(user), Some(password_file)) => Some(Login { user, password_file }),
+            };
             let tls = s.tls.unwrap_or(SmtpTls::Starttls);
             let port = s.port.unwrap_or(match tls {
                 SmtpTls::None => 25,
                 SmtpTls::Starttls => 587,
                 SmtpTls::Tls => 465,
             });
-            Some(Smtp { host: s.host, port, tls, user: s.user, password_file: s.password_file })
+            Some(Smtp { host: s.host, port, tls, login })
         }
     };
-    let to = raw_mail.to.unwrap_or_else(|| "root".into());
-    crate::mail::recipients(&to).map_err(|m| err("mail.to", m))?;
-    let from = raw_mail.from.unwrap_or_else(|| "tetras-back <root@localhost>".into());
-    crate::mail::sender(&from).map_err(|m| err("mail.from", m))?;
+    let transport = match (raw_mail.transport.unwrap_or(MailTransport::Sendmail), smtp) {
+        (MailTransport::Sendmail, _) => Transport::Sendmail { path: sendmail_path },
+        (MailTransport::Smtp, Some(s)) => Transport::Smtp(s),
+        (MailTransport::Smtp, None) => {
+            return Err(err(
+                "mail.smtp",
+                "transport = \"smtp\" needs a [mail.smtp] table with at least `host`".into(),
+            ))
+        }
+    };
+    let to = recipients(raw_mail.to.as_deref().unwrap_or("root")).map_err(|m| err("mail.to", m))?;
+    let from = raw_mail.from.as_deref().unwrap_or("tetras-back <root@localhost>");
+    let from = from
+        .parse::<Mailbox>()
+        .map_err(|e| err("mail.from", format!("{from:?} is not a mail address ({e})")))?;
     let retry_after = match raw_mail.retry_after {
         None => Duration::from_secs(300),
         Some(t) => parse_duration(&t).map_err(|m| err("mail.retry_after", m))?,
@@ -412,8 +458,6 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         from,
         when: raw_mail.when.unwrap_or(MailWhen::Always),
         transport,
-        sendmail_path,
-        smtp,
         remind_after_days: raw_mail.remind_after_days.unwrap_or(7),
         retry_after,
         max_attempts,
@@ -457,6 +501,20 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
     })
 }
 
+/// Parses `mail.to`: addresses separated by commas; a bare name such as
+/// "root" is a local user, `root@localhost`.
+fn recipients(to: &str) -> Result<Vec<Mailbox>, String> {
+    to.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let full = if t.contains('@') { t.to_owned() } else { format!("{t}@localhost") };
+            full.parse::<Mailbox>().map_err(|e| format!("{t:?} is not a mail address ({e})"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| if v.is_empty() { Err("expected at least one address".into()) } else { Ok(v) })
+}
+
 /// A script or hook is a file in scripts_dir: a path would escape the
 /// directory whose ownership and permissions are checked.
 fn check_script_name(name: &str) -> Result<(), String> {
@@ -495,7 +553,8 @@ mod tests {
         assert_eq!(c.scripts[0].name, "backup_nocloud.sh");
         assert_eq!(c.scripts[0].timeout, Duration::from_secs(12 * 3600));
         assert_eq!(c.mail.when, MailWhen::Always);
-        assert_eq!(c.mail.to, "root");
+        assert_eq!(c.mail.to, vec!["root@localhost".parse::<Mailbox>().unwrap()]);
+        assert_eq!(c.mail.transport, Transport::Sendmail { path: "/usr/sbin/sendmail".into() });
     }
 
     #[test]
@@ -574,7 +633,32 @@ mod tests {
         let e = parse("[mail]\ntransport = \"smtp\"\n").unwrap_err();
         assert!(e.contains("mail.smtp"), "{e}");
         let c = parse("[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mx\"\ntls = \"tls\"\n").unwrap();
-        assert_eq!(c.mail.smtp.unwrap().port, 465);
+        let Transport::Smtp(s) = &c.mail.transport else { panic!("{:?}", c.mail.transport) };
+        assert_eq!((s.port, c.mail.transport.to_string()), (465, "smtp mx:465 (tls)".to_owned()));
+    }
+
+    #[test]
+    fn bare_user_is_local_and_bad_addresses_are_named() {
+        let r = recipients("root, ops@example.org").unwrap();
+        assert_eq!(r[0].to_string(), "root@localhost");
+        assert_eq!(r[1].to_string(), "ops@example.org");
+        let e = recipients("a@b, not an address@").unwrap_err();
+        assert!(e.contains("not an address@"), "{e}");
+        assert!(recipients(" , ").is_err());
+    }
+
+    #[test]
+    fn an_smtp_user_needs_its_password_file_and_the_reverse() {
+        let smtp = "[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mx\"\n";
+        let e = parse(&format!("{smtp}user = \"u\"\n")).unwrap_err();
+        assert!(e.contains("key `mail.smtp.password_file`"), "{e}");
+        let e = parse(&format!("{smtp}password_file = \"/etc/p\"\n")).unwrap_err();
+        assert!(e.contains("key `mail.smtp.user`"), "{e}");
+        let e = parse(&format!("{smtp}user = \"u\"\npassword_file = \"p\"\n")).unwrap_err();
+        assert!(e.contains("mail.smtp.password_file") && e.contains("absolute"), "{e}");
+        let c = parse(&format!("{smtp}user = \"u\"\npassword_file = \"/etc/p\"\n")).unwrap();
+        let Transport::Smtp(s) = c.mail.transport else { panic!() };
+        assert_eq!(s.login, Some(Login { user: "u".into(), password_file: "/etc/p".into() }));
     }
 
     #[test]

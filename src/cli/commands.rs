@@ -253,7 +253,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
 /// `mail-test`: one mail, sent now with the configured transport.
 fn mail_test(config: &Config) -> Result<ExitCode> {
     let m = mail::test_message(&config.mail, &crate::backup::hostname())?;
-    let via = mail::transport_name(&config.mail);
+    let via = &config.mail.transport;
     match mail::deliver(&config.mail, &m.sender, &m.recipients, &m.message) {
         Ok(()) => {
             println!("test mail sent to {} through {via}", m.recipients.join(", "));

@@ -14,12 +14,12 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Local};
 use lettre::address::Envelope;
 use lettre::message::header::ContentType;
-use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::{Message, SendmailTransport, SmtpTransport, Transport};
+use lettre::{Message, SendmailTransport, SmtpTransport, Transport as _};
 
 use crate::backup::report::{Report, Status};
-use crate::config::{self, MailTransport, MailWhen, SmtpTls};
+use crate::config::{self, MailWhen, SmtpTls, Transport};
 use crate::engine::human;
 
 /// A log larger than this is attached cut to its end (the end says how it finished).
@@ -36,25 +36,6 @@ pub struct Composed {
     pub sender: String,
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
-}
-
-/// Parses `mail.to`: addresses separated by commas; a bare name such as
-/// "root" is a local user, `root@localhost`.
-pub fn recipients(to: &str) -> Result<Vec<Mailbox>, String> {
-    to.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            let full = if t.contains('@') { t.to_owned() } else { format!("{t}@localhost") };
-            full.parse::<Mailbox>().map_err(|e| format!("{t:?} is not a mail address ({e})"))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(|v| if v.is_empty() { Err("expected at least one address".into()) } else { Ok(v) })
-}
-
-/// Parses `mail.from`.
-pub fn sender(from: &str) -> Result<Mailbox, String> {
-    from.parse::<Mailbox>().map_err(|e| format!("{from:?} is not a mail address ({e})"))
 }
 
 /// Whether the report of a backup that ended with `status` is to be sent.
@@ -215,7 +196,7 @@ pub fn test_message(cfg: &config::Mail, host: &str) -> Result<Composed> {
     let body = format!(
         "This is a test mail from tetras-back on {host}, sent by `tetras-back mail-test` through {}.\n\
          Backup reports will reach this address.\n",
-        transport_name(cfg)
+        cfg.transport
     );
     build(cfg, format!("[tetras-back] {host}: test mail"), |b| b.header(ContentType::TEXT_PLAIN).body(body))
 }
@@ -225,10 +206,9 @@ fn build(
     subject: String,
     content: impl FnOnce(lettre::message::MessageBuilder) -> Result<Message, lettre::error::Error>,
 ) -> Result<Composed> {
-    let from = sender(&cfg.from).map_err(anyhow::Error::msg).context("mail.from")?;
-    let mut b = Message::builder().from(from).subject(subject.clone()).date_now();
-    for to in recipients(&cfg.to).map_err(anyhow::Error::msg).context("mail.to")? {
-        b = b.to(to);
+    let mut b = Message::builder().from(cfg.from.clone()).subject(subject.clone()).date_now();
+    for to in &cfg.to {
+        b = b.to(to.clone());
     }
     let msg = content(b).context("cannot compose the mail")?;
     let env = msg.envelope();
@@ -240,14 +220,6 @@ fn build(
     })
 }
 
-/// "smtp mail.example.org:587 (starttls)" or "/usr/sbin/sendmail".
-pub fn transport_name(cfg: &config::Mail) -> String {
-    match (&cfg.transport, &cfg.smtp) {
-        (MailTransport::Smtp, Some(s)) => format!("smtp {}:{} ({})", s.host, s.port, s.tls.as_str()),
-        _ => cfg.sendmail_path.display().to_string(),
-    }
-}
-
 /// Hands a formatted mail to the configured transport. The error carries the
 /// transport's own words (the server's reply, sendmail's stderr).
 pub fn deliver(cfg: &config::Mail, sender: &str, recipients: &[String], message: &[u8]) -> Result<()> {
@@ -257,28 +229,27 @@ pub fn deliver(cfg: &config::Mail, sender: &str, recipients: &[String], message:
         .map(|r| r.parse().with_context(|| format!("bad recipient {r:?}")))
         .collect::<Result<Vec<_>>>()?;
     let envelope = Envelope::new(Some(from), to)?;
-    match cfg.transport {
-        MailTransport::Sendmail => {
-            SendmailTransport::new_with_command(&cfg.sendmail_path)
+    match &cfg.transport {
+        Transport::Sendmail { path } => {
+            SendmailTransport::new_with_command(path)
                 .send_raw(&envelope, message)
-                .with_context(|| format!("sendmail ({}) failed", cfg.sendmail_path.display()))?;
+                .with_context(|| format!("sendmail ({}) failed", path.display()))?;
         }
-        MailTransport::Smtp => {
-            let s = cfg.smtp.as_ref().context("transport = \"smtp\" without a [mail.smtp] table")?;
+        Transport::Smtp(s) => {
             let builder = match s.tls {
                 SmtpTls::None => SmtpTransport::builder_dangerous(&s.host),
                 SmtpTls::Starttls => SmtpTransport::starttls_relay(&s.host)?,
                 SmtpTls::Tls => SmtpTransport::relay(&s.host)?,
             };
             let mut builder = builder.port(s.port).timeout(Some(SMTP_TIMEOUT));
-            if let Some(user) = &s.user {
+            if let Some(login) = &s.login {
                 builder = builder
-                    .credentials(Credentials::new(user.clone(), password(s.password_file.as_deref())?));
+                    .credentials(Credentials::new(login.user.clone(), password(&login.password_file)?));
             }
             builder
                 .build()
                 .send_raw(&envelope, message)
-                .with_context(|| format!("{} refused the mail", transport_name(cfg)))?;
+                .with_context(|| format!("{} refused the mail", cfg.transport))?;
         }
     }
     Ok(())
@@ -301,9 +272,8 @@ pub fn describe(e: &anyhow::Error) -> String {
 }
 
 /// Reads the SMTP password, refusing a file others can read.
-fn password(file: Option<&Path>) -> Result<String> {
+fn password(file: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
-    let Some(file) = file else { bail!("mail.smtp.user is set but mail.smtp.password_file is not") };
     let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
     if meta.mode() & 0o077 != 0 {
         bail!(
@@ -348,16 +318,6 @@ fn whole_seconds(d: Duration) -> String {
 mod tests {
     use super::*;
     use crate::backup::report::PowerOff;
-
-    #[test]
-    fn bare_user_is_local_and_bad_addresses_are_named() {
-        let r = recipients("root, ops@example.org").unwrap();
-        assert_eq!(r[0].to_string(), "root@localhost");
-        assert_eq!(r[1].to_string(), "ops@example.org");
-        let e = recipients("a@b, not an address@").unwrap_err();
-        assert!(e.contains("not an address@"), "{e}");
-        assert!(recipients(" , ").is_err());
-    }
 
     #[test]
     fn causes_are_said_once() {
@@ -418,11 +378,10 @@ mod tests {
         let f = dir.path().join("pw");
         std::fs::write(&f, "s3cret\n").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = password(Some(&f)).unwrap_err().to_string();
+        let e = password(&f).unwrap_err().to_string();
         assert!(e.contains(&f.display().to_string()) && e.contains("0644") && e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(password(Some(&f)).unwrap(), "s3cret");
-        assert!(password(None).unwrap_err().to_string().contains("password_file"));
+        assert_eq!(password(&f).unwrap(), "s3cret");
     }
 
     #[test]
