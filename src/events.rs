@@ -14,6 +14,7 @@
 //! (warned); a FIFO that disappeared, or whose path now names something
 //! else, is dropped from the list.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -27,15 +28,15 @@ use crate::fifo::{self, Delivery};
 use crate::history::{DiskSummary, History};
 use crate::state::{Disk, State};
 
-/// Something the daemon tells its subscribers.
-#[derive(Debug, Clone, Serialize)]
+/// Something the daemon tells its subscribers (and what `watch` reads back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The whole disk table: sent on registration and after every change.
     Disks {
         disks: Vec<DiskRow>,
         /// Set when the table was cut to fit in one line.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
     },
     DiskSaved {
@@ -133,7 +134,7 @@ pub enum Event {
 }
 
 /// One disk in the `disks` table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskRow {
     pub uuid: String,
     pub name: String,
@@ -180,19 +181,22 @@ impl DiskRow {
     }
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
+/// One line on a subscriber's FIFO: the event's name and fields, its
+/// number and its time (RFC 3339, local, to the second).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventLine<'a> {
     #[serde(flatten)]
-    event: &'a Event,
-    seq: u64,
-    time: String,
+    pub event: Cow<'a, Event>,
+    pub seq: u64,
+    pub time: String,
 }
 
 /// Serialises an event as one line that fits in a pipe's atomic write.
 fn encode(event: &Event, seq: u64, time: DateTime<Local>) -> Vec<u8> {
     let time = time.to_rfc3339_opts(SecondsFormat::Secs, false);
     let bytes = |e: &Event| {
-        serde_json::to_vec(&Line { event: e, seq, time: time.clone() }).expect("events serialise")
+        serde_json::to_vec(&EventLine { event: Cow::Borrowed(e), seq, time: time.clone() })
+            .expect("events serialise")
     };
     let mut out = bytes(event);
     if out.len() < fifo::MAX_LINE {
@@ -308,10 +312,98 @@ impl Subscribers {
 }
 
 #[cfg(test)]
+/// One event of each kind (the match makes a new kind fail to compile here).
+pub(crate) fn one_of_each() -> Vec<Event> {
+    let (u, n, dev) =
+        ("0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f".to_owned(), "office".to_owned(), PathBuf::from("/dev/sdb1"));
+    let all = vec![
+        Event::Disks { disks: vec![tests::row(1), tests::row(2)], truncated: true },
+        Event::DiskSaved { uuid: u.clone(), name: n.clone(), renamed_from: Some("old".into()) },
+        Event::DiskForgotten { uuid: u.clone(), name: n.clone() },
+        Event::DiskPlugged { uuid: u.clone(), name: n.clone(), device: dev.clone(), fstype: "ext4".into() },
+        Event::UnknownDisk {
+            uuid: u.clone(),
+            label: Some("L".into()),
+            fstype: "xfs".into(),
+            size: Some(1 << 30),
+            device: dev.clone(),
+        },
+        Event::BackupQueued { uuid: u.clone(), name: n.clone(), position: 2 },
+        Event::BackupStarted {
+            uuid: u.clone(),
+            name: n.clone(),
+            device: dev.clone(),
+            log: "/var/log/x.log".into(),
+        },
+        Event::ScriptStarted { uuid: u.clone(), name: n.clone(), script: "a.sh".into() },
+        Event::ScriptFinished {
+            uuid: u.clone(),
+            name: n.clone(),
+            script: "a.sh".into(),
+            exit_code: Some(3),
+            outcome: "failed with exit code 3".into(),
+            duration_secs: 1.5,
+        },
+        Event::BackupFinished {
+            uuid: u.clone(),
+            name: n.clone(),
+            status: Status::Removed,
+            duration_secs: 2.25,
+            log: "/var/log/x.log".into(),
+            error: Some("e".into()),
+        },
+        Event::SafeToRemove {
+            uuid: u.clone(),
+            name: n.clone(),
+            device: dev.clone(),
+            powered_off: false,
+            power_off_error: Some("no udisks".into()),
+        },
+        Event::DiskUnplugged { uuid: u.clone(), name: None, device: dev.clone() },
+        Event::MailFailed {
+            subject: "s".into(),
+            to: vec!["root@localhost".into()],
+            error: "refused".into(),
+            attempts: 3,
+            retry_at: Some(Local::now()),
+        },
+        Event::DaemonStopping,
+    ];
+    for e in &all {
+        match e {
+            Event::Disks { .. }
+            | Event::DiskSaved { .. }
+            | Event::DiskForgotten { .. }
+            | Event::DiskPlugged { .. }
+            | Event::UnknownDisk { .. }
+            | Event::BackupQueued { .. }
+            | Event::BackupStarted { .. }
+            | Event::ScriptStarted { .. }
+            | Event::ScriptFinished { .. }
+            | Event::BackupFinished { .. }
+            | Event::SafeToRemove { .. }
+            | Event::DiskUnplugged { .. }
+            | Event::MailFailed { .. }
+            | Event::DaemonStopping => {}
+        }
+    }
+    all
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(i: usize) -> DiskRow {
+    #[test]
+    fn every_event_reads_back_as_it_was_written() {
+        for e in super::one_of_each() {
+            let line = encode(&e, 42, Local::now());
+            let back: EventLine = serde_json::from_slice(&line).unwrap_or_else(|err| panic!("{e:?}: {err}"));
+            assert_eq!((back.event.as_ref(), back.seq), (&e, 42), "{}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    pub(crate) fn row(i: usize) -> DiskRow {
         DiskRow {
             uuid: format!("{i:08}-0000-0000-0000-000000000000"),
             name: format!("disk-{i}-{}", "x".repeat(50)),

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::{engines, Action, EXIT_NOT_RUNNING};
 use crate::config::Config;
 use crate::control::client::{self, NotRunning};
-use crate::control::{Reply, Request};
+use crate::control::{Data, Reply, Request};
 use crate::daemon::{self, ConfigSource};
 use crate::events::DiskRow;
 use crate::history::History;
@@ -121,14 +121,8 @@ fn disks(config: &Config, json: bool) -> Result<ExitCode> {
     // The daemon knows which disks are connected; without it the state file
     // still tells what is known.
     let (rows, live): (Vec<DiskRow>, bool) = match client::send(config, &Request::Disks) {
-        Ok(reply) if reply.ok => {
-            let data = reply.data.context("the daemon's disks reply has no data")?;
-            (
-                serde_json::from_value(data["disks"].clone())
-                    .context("the daemon's disks reply is not valid")?,
-                true,
-            )
-        }
+        Ok(Reply { ok: true, data: Some(Data::Disks { disks }), .. }) => (disks, true),
+        Ok(reply) if reply.ok => bail!("the daemon's disks reply has no disk table"),
         Ok(reply) => bail!("{}", reply.error.unwrap_or_default()),
         Err(e) if e.is::<NotRunning>() => {
             let state = State::load(&config.state_path())?;
@@ -196,51 +190,47 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
-    if !reply.ok {
-        bail!("{}", reply.error.unwrap_or_default());
-    }
-    let mut data = reply.data.unwrap_or_default();
+    let s = match reply {
+        Reply { ok: true, data: Some(Data::Status(s)), .. } => s,
+        Reply { ok: true, .. } => bail!("the daemon's status reply has no status"),
+        Reply { error, .. } => bail!("{}", error.unwrap_or_default()),
+    };
     if json {
+        let mut data = serde_json::to_value(&s)?;
         data["running"] = true.into();
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let s = |k: &str| match &data[k] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        v => v.to_string(),
-    };
-    let uptime = Duration::from_secs(data["uptime_secs"].as_u64().unwrap_or(0));
-    println!("tetras-back daemon: running (pid {}, up {})", s("pid"), humantime::format_duration(uptime));
-    let activity = match &data["backup"] {
-        serde_json::Value::Object(r) => format!(
+    let uptime = Duration::from_secs(s.uptime_secs.max(0) as u64);
+    println!("tetras-back daemon: running (pid {}, up {})", s.pid, humantime::format_duration(uptime));
+    let activity = match &s.backup {
+        Some(r) => format!(
             "backing up {} on {} for {}s{}",
-            r["disk"].as_str().unwrap_or("?"),
-            r["device"].as_str().unwrap_or("?"),
-            r["elapsed_secs"],
-            r["script"].as_str().map(|s| format!(", running {s}")).unwrap_or_default()
+            r.disk,
+            r.device.display(),
+            r.elapsed_secs,
+            r.script.as_ref().map(|s| format!(", running {s}")).unwrap_or_default()
         ),
-        _ => s("activity"),
+        None => s.activity.clone(),
     };
     println!("activity:    {activity}");
-    let queue: Vec<&str> =
-        data["queue"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-    if !queue.is_empty() {
-        println!("queued:      {}", queue.join(", "));
+    if !s.queue.is_empty() {
+        println!("queued:      {}", s.queue.join(", "));
     }
-    println!("config:      {}", s("config"));
-    println!("state:       {}", s("state_dir"));
-    println!("scripts:     {}", s("scripts"));
-    println!("known disks: {}   subscribers: {}", s("known_disks"), s("subscribers"));
-    if let serde_json::Value::Object(b) = &data["last_backup"] {
+    let config = s.config.as_ref().map_or("built-in defaults".into(), |p| p.display().to_string());
+    println!("config:      {config}");
+    println!("state:       {}", s.state_dir.display());
+    println!("scripts:     {}", s.scripts.join(", "));
+    println!("known disks: {}   subscribers: {}", s.known_disks, s.subscribers);
+    if let Some(b) = &s.last_backup {
         println!(
             "last backup: {} on {}, started {}",
-            b["status"].as_str().unwrap_or("?"),
-            b["disk"].as_str().unwrap_or("?"),
-            b["started"].as_str().unwrap_or("?")
+            b.status,
+            b.disk,
+            b.started.format("%Y-%m-%d %H:%M:%S")
         );
     }
-    match (data["mail_pending"].as_u64(), data["mail_abandoned"].as_u64()) {
+    match (s.mail_pending, s.mail_abandoned) {
         (Some(0), Some(0)) | (None, _) => {}
         (Some(p), a) => println!(
             "mail:        {p} waiting to be sent again, {} abandoned (see the daemon's log)",

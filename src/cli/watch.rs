@@ -10,12 +10,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::Deserialize;
 use serde_json::Value;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::control::client;
 use crate::control::Request;
+use crate::events::{Event, EventLine};
 use crate::fifo::{self, Line, LineReader};
 
 /// The watch FIFO: unregistered and removed on the way out, however we leave.
@@ -118,81 +120,90 @@ impl SeqGaps {
     }
 }
 
-/// One human-readable line for an event.
+/// One human-readable line for an event; events this build does not know
+/// (a newer daemon's) are shown with their fields.
 fn describe(v: &Value) -> String {
-    let s = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
-    let time = v["time"].as_str().and_then(|t| t.get(11..19)).unwrap_or("--:--:--");
-    let event = s("event");
-    let text = match event.as_str() {
-        "disks" => {
-            let disks = v["disks"].as_array().cloned().unwrap_or_default();
+    let Ok(line) = EventLine::deserialize(v) else { return unknown(v) };
+    let time = line.time.get(11..19).unwrap_or("--:--:--");
+    let name = v["event"].as_str().unwrap_or_default();
+    let text = match line.event.as_ref() {
+        Event::Disks { disks, .. } => {
             let names: Vec<String> = disks
                 .iter()
-                .map(|d| {
-                    let mark = if d["connected"].as_bool() == Some(true) { " (connected)" } else { "" };
-                    format!("{}{mark}", d["name"].as_str().unwrap_or("?"))
-                })
+                .map(|d| format!("{}{}", d.name, if d.connected { " (connected)" } else { "" }))
                 .collect();
             format!("{} known disk(s): {}", disks.len(), names.join(", "))
         }
-        "disk_saved" => match v["renamed_from"].as_str() {
-            Some(from) => format!("disk {} renamed {} (was {from})", s("uuid"), s("name")),
-            None => format!("disk {} saved as {}", s("uuid"), s("name")),
-        },
-        "disk_forgotten" => format!("disk {} ({}) forgotten", s("name"), s("uuid")),
-        "daemon_stopping" => "the daemon is stopping".into(),
-        "disk_plugged" => format!("{} ({}) plugged in on {}", s("name"), s("fstype"), s("device")),
-        "unknown_disk" => format!(
-            "{} on {} is not a known disk (save it with: tetras-back save {} NAME)",
-            s("uuid"),
-            s("device"),
-            s("uuid")
+        Event::DiskSaved { uuid, name, renamed_from: Some(from) } => {
+            format!("disk {uuid} renamed {name} (was {from})")
+        }
+        Event::DiskSaved { uuid, name, renamed_from: None } => format!("disk {uuid} saved as {name}"),
+        Event::DiskForgotten { uuid, name } => format!("disk {name} ({uuid}) forgotten"),
+        Event::DaemonStopping => "the daemon is stopping".into(),
+        Event::DiskPlugged { name, fstype, device, .. } => {
+            format!("{name} ({fstype}) plugged in on {}", device.display())
+        }
+        Event::UnknownDisk { uuid, device, .. } => format!(
+            "{uuid} on {} is not a known disk (save it with: tetras-back save {uuid} NAME)",
+            device.display()
         ),
-        "backup_queued" => format!("backup of {} waits (position {})", s("name"), v["position"]),
-        "backup_started" => format!("backup of {} started, log {}", s("name"), s("log")),
-        "script_started" => format!("{}: running {}", s("name"), s("script")),
-        "script_finished" => {
-            format!(
-                "{}: {} {} ({:.1}s)",
-                s("name"),
-                s("script"),
-                s("outcome"),
-                v["duration_secs"].as_f64().unwrap_or(0.0)
-            )
+        Event::BackupQueued { name, position, .. } => format!("backup of {name} waits (position {position})"),
+        Event::BackupStarted { name, log, .. } => format!("backup of {name} started, log {}", log.display()),
+        Event::ScriptStarted { name, script, .. } => format!("{name}: running {script}"),
+        Event::ScriptFinished { name, script, outcome, duration_secs, .. } => {
+            format!("{name}: {script} {outcome} ({duration_secs:.1}s)")
         }
-        "backup_finished" => {
-            let error = v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
-            format!(
-                "backup of {}: {} in {:.1}s{error}",
-                s("name"),
-                s("status"),
-                v["duration_secs"].as_f64().unwrap_or(0.0)
-            )
+        Event::BackupFinished { name, status, duration_secs, error, .. } => {
+            let error = error.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
+            format!("backup of {name}: {status} in {duration_secs:.1}s{error}")
         }
-        "safe_to_remove" => format!("{} ({}) is unmounted: SAFE TO REMOVE", s("name"), s("device")),
-        "disk_unplugged" => match v["name"].as_str() {
-            Some(name) => format!("{name} ({}) unplugged", s("device")),
-            None => format!("{} ({}) unplugged", s("uuid"), s("device")),
-        },
-        _ => {
-            // Events this build does not know yet: show their fields.
-            let mut fields: Vec<String> = v
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(k, _)| !matches!(k.as_str(), "event" | "seq" | "time"))
-                .map(|(k, val)| format!("{k}={}", val.as_str().map_or(val.to_string(), str::to_owned)))
-                .collect();
-            fields.sort();
-            fields.join(" ")
+        Event::SafeToRemove { name, device, powered_off, .. } => format!(
+            "{name} ({}) is unmounted{}: SAFE TO REMOVE",
+            device.display(),
+            if *powered_off { " and powered off" } else { "" }
+        ),
+        Event::DiskUnplugged { name: Some(name), device, .. } => {
+            format!("{name} ({}) unplugged", device.display())
         }
+        Event::DiskUnplugged { uuid, name: None, device } => {
+            format!("{uuid} ({}) unplugged", device.display())
+        }
+        Event::MailFailed { subject, error, .. } => format!("mail {subject:?} not sent: {error}"),
     };
-    format!("{time}  {event:<16} {text}")
+    format!("{time}  {name:<16} {text}")
+}
+
+/// An event this build cannot read: its name and fields as they are.
+fn unknown(v: &Value) -> String {
+    let time = v["time"].as_str().and_then(|t| t.get(11..19)).unwrap_or("--:--:--");
+    let mut fields: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !matches!(k.as_str(), "event" | "seq" | "time"))
+        .map(|(k, val)| format!("{k}={}", val.as_str().map_or(val.to_string(), str::to_owned)))
+        .collect();
+    fields.sort();
+    format!("{time}  {:<16} {}", v["event"].as_str().unwrap_or("?"), fields.join(" "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_reads_as_a_line_of_text() {
+        use std::borrow::Cow;
+        for e in crate::events::one_of_each() {
+            let line =
+                EventLine { event: Cow::Borrowed(&e), seq: 1, time: "2026-11-24T10:11:12+01:00".into() };
+            let text = describe(&serde_json::to_value(&line).unwrap());
+            assert!(text.starts_with("10:11:12  "), "{text}");
+            assert!(!text.contains('=') && !text.contains('?'), "read as an unknown event: {text}");
+        }
+        let newer = serde_json::json!({"event": "disk_exploded", "seq": 2, "time": "2026-11-24T10:11:13+01:00", "uuid": "u"});
+        assert_eq!(describe(&newer), "10:11:13  disk_exploded    uuid=u");
+    }
 
     #[test]
     fn seq_gaps_are_counted_and_a_restart_is_not_one() {

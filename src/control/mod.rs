@@ -18,7 +18,11 @@ pub mod client;
 
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
+
+use crate::backup::report::Status;
+use crate::events::DiskRow;
 
 /// A command sent to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +61,62 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
+    pub data: Option<Data>,
+}
+
+/// What `status` and `disks` answer with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Data {
+    Status(Box<StatusInfo>),
+    Disks { disks: Vec<DiskRow> },
+}
+
+/// The daemon's `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusInfo {
+    pub pid: u32,
+    pub started: DateTime<Local>,
+    pub uptime_secs: i64,
+    /// "idle" or "backing up".
+    pub activity: String,
+    /// The backup running now.
+    pub backup: Option<RunningBackup>,
+    /// The names of the disks waiting for their backup, in order.
+    pub queue: Vec<String>,
+    /// The configuration file (`None`: built-in defaults).
+    pub config: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// The enabled scripts.
+    pub scripts: Vec<String>,
+    pub known_disks: usize,
+    pub subscribers: usize,
+    pub last_backup: Option<LastBackupInfo>,
+    /// Mails waiting to be sent again, and abandoned (`None`: no history).
+    pub mail_pending: Option<u64>,
+    pub mail_abandoned: Option<u64>,
+    /// history.sqlite, when the daemon could open it.
+    pub history: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunningBackup {
+    pub disk: String,
+    pub uuid: String,
+    pub device: PathBuf,
+    pub script: Option<String>,
+    pub elapsed_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastBackupInfo {
+    pub disk: String,
+    pub status: Status,
+    pub started: DateTime<Local>,
+    pub finished: Option<DateTime<Local>>,
 }
 
 impl Reply {
@@ -65,7 +124,7 @@ impl Reply {
         Reply { ok: true, message: Some(message.into()), error: None, data: None }
     }
 
-    pub fn data(data: serde_json::Value) -> Reply {
+    pub fn data(data: Data) -> Reply {
         Reply { ok: true, message: None, error: None, data: Some(data) }
     }
 
@@ -159,6 +218,78 @@ mod tests {
         assert!(matches!(r, Err(ProtocolError::BadCommand(ref m)) if m.contains("force")), "{r:?}");
         let (r, _) = parse(r#"{"cmd":"save","uuid":"u"}"#);
         assert!(matches!(r, Err(ProtocolError::BadCommand(ref m)) if m.contains("name")), "{r:?}");
+    }
+
+    /// Every request and every kind of reply reads back as it was written
+    /// (the CLI and the daemon use these same types on each side).
+    #[test]
+    fn requests_and_replies_read_back_as_written() {
+        let requests = [
+            Request::Save { uuid: "u".into(), name: "n".into() },
+            Request::Forget { uuid: "u".into() },
+            Request::Register { path: "/run/f".into() },
+            Request::Unregister { path: "/run/f".into() },
+            Request::Plug { device: "/dev/sdb1".into() },
+            Request::Unplug { device: "/dev/sdb1".into() },
+            Request::Backup { name: "n".into() },
+            Request::Status,
+            Request::Disks,
+            Request::Reload,
+            Request::Stop,
+        ];
+        for r in requests {
+            let line = serde_json::to_vec(&r).unwrap();
+            let back = parse_line(&line, Path::new("/run/t/replies")).request.unwrap();
+            assert_eq!(back, r, "{}", String::from_utf8_lossy(&line));
+        }
+        let now = Local::now();
+        let status = StatusInfo {
+            pid: 812,
+            started: now,
+            uptime_secs: 3600,
+            activity: "backing up".into(),
+            backup: Some(RunningBackup {
+                disk: "office".into(),
+                uuid: "u".into(),
+                device: "/dev/sdb1".into(),
+                script: Some("backup_nocloud.sh".into()),
+                elapsed_secs: 42,
+            }),
+            queue: vec!["home".into()],
+            config: Some("/etc/tetras-back/tetras-back.toml".into()),
+            state_dir: "/var/lib/tetras-back".into(),
+            scripts: vec!["backup_nocloud.sh".into()],
+            known_disks: 2,
+            subscribers: 1,
+            last_backup: Some(LastBackupInfo {
+                disk: "office".into(),
+                status: Status::Success,
+                started: now,
+                finished: Some(now),
+            }),
+            mail_pending: Some(0),
+            mail_abandoned: None,
+            history: Some("/var/lib/tetras-back/history.sqlite".into()),
+        };
+        let row = DiskRow {
+            uuid: "u".into(),
+            name: "office".into(),
+            connected: true,
+            last_seen: Some(now),
+            last_backup: Some(Status::Failed),
+            last_backup_finished: None,
+            last_success: None,
+        };
+        for reply in [
+            Reply::ok("saved"),
+            Reply::error("no such disk"),
+            Reply::data(Data::Status(Box::new(status))),
+            Reply::data(Data::Disks { disks: vec![row] }),
+            Reply::data(Data::Disks { disks: vec![] }),
+        ] {
+            let line = serde_json::to_string(&reply).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), reply, "{line}");
+        }
     }
 
     #[test]

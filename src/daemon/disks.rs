@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use chrono::Local;
-use serde_json::json;
 
 use super::wake::WakeChannel;
 use super::Daemon;
 use crate::backup::report::Job;
 use crate::backup::{self, Cancel, Progress};
+use crate::control::RunningBackup;
 use crate::devices::{BlockEvent, Filesystem};
 use crate::events::Event;
 use crate::fault;
@@ -328,19 +328,17 @@ impl Daemon {
         Ok(self.enqueue(job))
     }
 
-    /// What the pipeline is doing, for `status`.
-    pub(super) fn activity(&self) -> serde_json::Value {
-        let queue: Vec<&str> = self.pipeline.queue.iter().map(|j| j.name.as_str()).collect();
-        let running = self.pipeline.running.as_ref().map(|r| {
-            json!({
-                "disk": r.job.name,
-                "uuid": r.job.uuid,
-                "device": r.job.device,
-                "script": r.script,
-                "elapsed_secs": r.since.elapsed().as_secs(),
-            })
+    /// What the pipeline is doing, for `status`: the running backup and the queue.
+    pub(super) fn activity(&self) -> (Option<RunningBackup>, Vec<String>) {
+        let queue = self.pipeline.queue.iter().map(|j| j.name.clone()).collect();
+        let running = self.pipeline.running.as_ref().map(|r| RunningBackup {
+            disk: r.job.name.clone(),
+            uuid: r.job.uuid.clone(),
+            device: r.job.device.clone(),
+            script: r.script.clone(),
+            elapsed_secs: r.since.elapsed().as_secs(),
         });
-        json!({ "running": running, "queue": queue })
+        (running, queue)
     }
 
     /// At shutdown: stops the running backup and waits for it to record its end.

@@ -31,7 +31,6 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Local};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use serde_json::json;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 mod disks;
@@ -40,7 +39,7 @@ mod wake;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::control::{self, Reply, Request};
+use crate::control::{self, Data, LastBackupInfo, Reply, Request, StatusInfo};
 use crate::devices::{self, Monitor};
 use crate::events::{DiskRow, Event, Subscribers, MAX_SUBSCRIBERS};
 use crate::fifo::{self, Line, LineReader};
@@ -369,8 +368,8 @@ impl Daemon {
                 Ok(Reply::ok(self.on_block_event(ev)))
             }
             Request::Backup { name } => Ok(Reply::ok(self.backup_by_name(&name)?)),
-            Request::Status => Ok(Reply::data(self.status())),
-            Request::Disks => Ok(Reply::data(json!({ "disks": self.disk_rows() }))),
+            Request::Status => Ok(Reply::data(Data::Status(Box::new(self.status())))),
+            Request::Disks => Ok(Reply::data(Data::Disks { disks: self.disk_rows() })),
             Request::Reload => Ok(Reply::ok(self.reload()?)),
             Request::Stop => {
                 log::info!("stop requested");
@@ -450,30 +449,33 @@ impl Daemon {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
-        let activity = self.activity();
+    fn status(&self) -> StatusInfo {
+        let (backup, queue) = self.activity();
         let last_backup =
             self.history.as_ref().and_then(|h| h.backups(None, 1).ok()).and_then(|mut v| v.pop());
         let outbox = self.history.as_ref().and_then(|h| h.outbox_counts().ok());
-        json!({
-            "last_backup": last_backup.map(|b| json!({
-                "disk": b.disk, "status": b.status, "started": b.started, "finished": b.finished,
-            })),
-            "mail_pending": outbox.map(|o| o.0),
-            "mail_abandoned": outbox.map(|o| o.1),
-            "history": self.history.as_ref().map(|_| self.config.history_path()),
-            "pid": std::process::id(),
-            "started": self.started,
-            "uptime_secs": (Local::now() - self.started).num_seconds(),
-            "activity": if self.pipeline.busy() { "backing up" } else { "idle" },
-            "backup": activity["running"],
-            "queue": activity["queue"],
-            "config": self.config.source,
-            "state_dir": self.config.state_dir,
-            "scripts": self.config.scripts.iter().filter(|s| s.enabled).map(|s| &s.name).collect::<Vec<_>>(),
-            "known_disks": self.state.disks.len(),
-            "subscribers": self.state.subscribers.len(),
-        })
+        StatusInfo {
+            pid: std::process::id(),
+            started: self.started,
+            uptime_secs: (Local::now() - self.started).num_seconds(),
+            activity: if self.pipeline.busy() { "backing up" } else { "idle" }.into(),
+            backup,
+            queue,
+            config: self.config.source.clone(),
+            state_dir: self.config.state_dir.clone(),
+            scripts: self.config.scripts.iter().filter(|s| s.enabled).map(|s| s.name.clone()).collect(),
+            known_disks: self.state.disks.len(),
+            subscribers: self.state.subscribers.len(),
+            last_backup: last_backup.map(|b| LastBackupInfo {
+                disk: b.disk,
+                status: b.status,
+                started: b.started,
+                finished: b.finished,
+            }),
+            mail_pending: outbox.map(|o| o.0),
+            mail_abandoned: outbox.map(|o| o.1),
+            history: self.history.as_ref().map(|_| self.config.history_path()),
+        }
     }
 
     /// Re-reads the configuration (SIGHUP, `reload`); a broken file leaves
