@@ -79,10 +79,14 @@ impl Case {
         Case { env, disk, src }
     }
 
-    /// Plugs the disk by hand (udev_events = false) and waits for its backup's status.
+    /// Plugs the disk by hand (udev_events = false) and waits for its
+    /// backup's status in the history (written once the daemon has it).
     fn backup(&self, d: &Daemon, first: bool) -> String {
-        let done = |d: &Daemon| d.log_text().matches("finished: ").count();
-        let before = done(d);
+        let before = self.history().len();
+        let done = |c: &Case| {
+            let h = c.history();
+            h.len() > before && h[0]["status"] != "running"
+        };
         if first {
             self.plug();
         } else {
@@ -90,9 +94,9 @@ impl Case {
             self.env.cli(&["backup", "office"]).ok();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while done(d) == before {
+        while !done(self) {
             assert!(Instant::now() < deadline, "no end of backup:\n{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
         self.history()[0]["status"].as_str().unwrap().to_owned()
     }

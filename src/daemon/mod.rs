@@ -4,20 +4,22 @@
 //! worker thread (see `backup`), so the loop keeps answering commands and
 //! sees the disk being pulled out.
 //!
-//! Life cycle:
+//! Its life is three functions around [`Phase`]:
 //!
 //! ```text
-//!  Starting --(config ok, state lock taken, state read, FIFO made)--> Running
-//!  Running  --(SIGHUP)--> reload config (a bad one is logged and ignored) --> Running
-//!  Running  --(SIGTERM, SIGINT, `stop` command)--> Stopping
-//!  Stopping --(running backup's scripts stopped, disk unmounted, result recorded)--> exit, FIFO removed
+//!  start:    config ok, state lock taken, state read, FIFO made, disks found  ──> Running
+//!  serve:    Running ──(SIGHUP, `reload`)──> config re-read (a bad one is refused) ──> Running
+//!            Running ──(SIGTERM, SIGINT, `stop`)──> Stopping
+//!  shutdown: Stopping: no new backup; the running one's scripts stopped, its disk
+//!            unmounted, its end recorded; `daemon_stopping`; FIFO removed
 //! ```
 //!
 //! While Running, each known disk goes through: plugged → queued → backing
-//! up → finished (safe to remove) → unplugged; see `disks`.
+//! up → finished (safe to remove) → unplugged; the rules are `pipeline`'s,
+//! carried out by `disks`.
 //!
-//! Starting refuses (and exits non-zero) when the configuration or the state
-//! file is invalid, or when another daemon holds the state lock.
+//! `start` refuses (and the daemon exits non-zero) when the configuration or
+//! the state file is invalid, or when another daemon holds the state lock.
 
 use std::fs::{self, DirBuilder, File};
 use std::io::Read;
@@ -34,6 +36,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 mod disks;
+mod pipeline;
 mod reminders;
 mod wake;
 
@@ -55,13 +58,23 @@ pub struct ConfigSource {
     pub explicit: bool,
 }
 
+/// Where the daemon is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Answering commands, following disks, backing up.
+    Running,
+    /// Told to stop: the loop ends, `shutdown` follows.
+    Stopping,
+}
+
 struct Daemon {
+    phase: Phase,
     source: ConfigSource,
     config: Config,
     state: State,
     _lock: StateLock,
     subscribers: Subscribers,
-    pipeline: disks::Pipeline,
+    disks: disks::Disks,
     /// `None` when history.sqlite cannot be used (said at start; backups go on).
     history: Option<History>,
     /// The system bus, for the backup worker (logind, udisks).
@@ -72,7 +85,18 @@ struct Daemon {
     /// When reminders are next looked for.
     next_reminders: Instant,
     started: DateTime<Local>,
-    stopping: bool,
+}
+
+/// What the loop listens to, besides the daemon's own channels.
+struct Inputs {
+    control: ControlFifo,
+    lines: LineReader,
+    term: UnixStream,
+    hup: UnixStream,
+    /// `None` with `udev_events = false`, or when udev cannot be listened to.
+    monitor: Option<Monitor>,
+    /// Half of `WatchdogSec=`, when systemd watches.
+    watchdog: Option<Duration>,
 }
 
 /// Removes the control FIFO when the daemon exits, however it exits.
@@ -91,6 +115,16 @@ impl Drop for ControlFifo {
 
 /// Runs the daemon until it is told to stop.
 pub fn run(source: ConfigSource) -> Result<()> {
+    let (mut daemon, mut inputs) = start(source)?;
+    daemon.serve(&mut inputs)?;
+    daemon.shutdown();
+    Ok(())
+}
+
+/// Takes the state lock, reads the state, opens the control FIFO, the
+/// signals, udev, the history and the mailer; handles the disks already
+/// plugged in; tells systemd it is ready.
+fn start(source: ConfigSource) -> Result<(Daemon, Inputs)> {
     let config = Config::load(&source.path, source.explicit)?;
     private_dir(&config.state_dir)?;
     let Some(mut lock) = StateLock::try_acquire(&config.state_dir)? else {
@@ -106,9 +140,9 @@ pub fn run(source: ConfigSource) -> Result<()> {
     fifo::create(&control_path, 0o600)?;
     let control = ControlFifo { file: fifo::open_reader(&control_path)?, path: control_path };
 
-    let (mut term_rx, term_tx) = UnixStream::pair()?;
-    let (mut hup_rx, hup_tx) = UnixStream::pair()?;
-    for s in [term_rx.try_clone()?, hup_rx.try_clone()?] {
+    let (term, term_tx) = UnixStream::pair()?;
+    let (hup, hup_tx) = UnixStream::pair()?;
+    for s in [&term, &hup] {
         s.set_nonblocking(true)?;
     }
     signal_hook::low_level::pipe::register(SIGTERM, term_tx.try_clone()?)?;
@@ -116,7 +150,7 @@ pub fn run(source: ConfigSource) -> Result<()> {
     signal_hook::low_level::pipe::register(SIGHUP, hup_tx)?;
 
     disks::recover_stale_mounts(&config.mount_dir);
-    let mut monitor = if config.udev_events {
+    let monitor = if config.udev_events {
         match Monitor::open() {
             Ok(m) => Some(m),
             Err(e) => {
@@ -149,19 +183,19 @@ pub fn run(source: ConfigSource) -> Result<()> {
     let failures = mail_failures.sender()?;
     let mailer = Mailer::start(config.history_path(), config.mail.clone(), move |f| failures.send(f))?;
     let mut daemon = Daemon {
+        phase: Phase::Running,
         source,
         config,
         state,
         _lock: lock,
         subscribers: Subscribers::default(),
-        pipeline: disks::Pipeline::new()?,
+        disks: disks::Disks::new()?,
         history,
         bus: Bus::connect(),
         mailer,
         mail_failures,
         next_reminders: Instant::now(),
         started: Local::now(),
-        stopping: false,
     };
     daemon.update_udev_rule();
     daemon.write_metrics(true);
@@ -189,78 +223,87 @@ pub fn run(source: ConfigSource) -> Result<()> {
     if let Some(w) = watchdog {
         log::debug!("watchdog: pinging systemd every {w:?}");
     }
+    Ok((daemon, Inputs { control, lines: LineReader::default(), term, hup, monitor, watchdog }))
+}
 
-    let mut lines = LineReader::default();
-    let mut control_file = &control.file;
-    while !daemon.stopping {
-        if watchdog.is_some() {
-            notify(&[sd_notify::NotifyState::Watchdog]);
-        }
-        daemon.remind_if_due();
-        let mut fds = vec![
-            PollFd::new(control.file.as_fd(), PollFlags::POLLIN),
-            PollFd::new(term_rx.as_fd(), PollFlags::POLLIN),
-            PollFd::new(hup_rx.as_fd(), PollFlags::POLLIN),
-            PollFd::new(daemon.pipeline.progress.wake_rx.as_fd(), PollFlags::POLLIN),
-            PollFd::new(daemon.mail_failures.wake_rx.as_fd(), PollFlags::POLLIN),
-        ];
-        if let Some(m) = &monitor {
-            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
-        }
-        // Asleep until something happens, the watchdog is due or reminders are.
-        let wake_in = daemon.next_reminders.saturating_duration_since(Instant::now());
-        let wake_in = watchdog.map_or(wake_in, |w| w.min(wake_in));
-        // Rounded up, so that the loop does not spin for the last partial millisecond.
-        let timeout = PollTimeout::try_from(wake_in + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("poll failed"),
-        }
-        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        let (control_ready, term, hup) = (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
-        let (progress, mail, udev) = (ready(&fds[3]), ready(&fds[4]), fds.get(5).is_some_and(ready));
-        drop(fds);
-        if progress {
-            daemon.on_progress();
-        }
-        if mail {
-            daemon.on_mail_failures();
-        }
-        if udev {
-            for ev in monitor.as_mut().map(Monitor::drain).unwrap_or_default() {
-                log::debug!("udev: {ev:?}");
-                daemon.on_block_event(ev);
+impl Daemon {
+    /// The loop, until the daemon is told to stop.
+    fn serve(&mut self, io: &mut Inputs) -> Result<()> {
+        while self.phase == Phase::Running {
+            if io.watchdog.is_some() {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            self.remind_if_due();
+            let mut fds = vec![
+                PollFd::new(io.control.file.as_fd(), PollFlags::POLLIN),
+                PollFd::new(io.term.as_fd(), PollFlags::POLLIN),
+                PollFd::new(io.hup.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.disks.progress.wake_rx.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.mail_failures.wake_rx.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Some(m) = &io.monitor {
+                fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+            }
+            // Asleep until something happens, the watchdog is due or reminders are.
+            let wake_in = self.next_reminders.saturating_duration_since(Instant::now());
+            let wake_in = io.watchdog.map_or(wake_in, |w| w.min(wake_in));
+            // Rounded up, so that the loop does not spin for the last partial millisecond.
+            let timeout =
+                PollTimeout::try_from(wake_in + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("poll failed"),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let (control_ready, term, hup) = (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
+            let (progress, mail, udev) = (ready(&fds[3]), ready(&fds[4]), fds.get(5).is_some_and(ready));
+            drop(fds);
+            if progress {
+                self.on_progress();
+            }
+            if mail {
+                self.on_mail_failures();
+            }
+            if udev {
+                for ev in io.monitor.as_mut().map(Monitor::drain).unwrap_or_default() {
+                    log::debug!("udev: {ev:?}");
+                    self.on_block_event(ev);
+                }
+            }
+            if term {
+                drain(&mut io.term);
+                log::info!("signal received; stopping");
+                self.phase = Phase::Stopping;
+            }
+            if hup {
+                drain(&mut io.hup);
+                if let Err(e) = self.reload() {
+                    log::error!("{e:#}");
+                }
+            }
+            if control_ready {
+                // The daemon holds a write end itself, so this never reports EOF.
+                let mut file = &io.control.file;
+                for line in
+                    io.lines.read_from(&mut file).context("cannot read the control FIFO")?.unwrap_or_default()
+                {
+                    self.handle_line(line);
+                }
             }
         }
-        if term {
-            drain(&mut term_rx);
-            log::info!("signal received; stopping");
-            daemon.stopping = true;
-        }
-        if hup {
-            drain(&mut hup_rx);
-            if let Err(e) = daemon.reload() {
-                log::error!("{e:#}");
-            }
-        }
-        if control_ready {
-            // The daemon holds a write end itself, so this never reports EOF.
-            for line in lines
-                .read_from(&mut control_file)
-                .context("cannot read the control FIFO")?
-                .unwrap_or_default()
-            {
-                daemon.handle_line(line);
-            }
-        }
+        Ok(())
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
-    daemon.finish_running_backup();
-    daemon.write_metrics(false);
-    daemon.broadcast(&Event::DaemonStopping);
-    log::info!("stopped");
-    Ok(())
+
+    /// Stopping: the running backup ends cleanly and is recorded; the
+    /// subscribers are told; the control FIFO goes with `Inputs`.
+    fn shutdown(mut self) {
+        notify(&[sd_notify::NotifyState::Stopping]);
+        self.finish_running_backup();
+        self.write_metrics(false);
+        self.broadcast(&Event::DaemonStopping);
+        log::info!("stopped");
+    }
 }
 
 impl Daemon {
@@ -373,7 +416,7 @@ impl Daemon {
             Request::Reload => Ok(Reply::ok(self.reload()?)),
             Request::Stop => {
                 log::info!("stop requested");
-                self.stopping = true;
+                self.phase = Phase::Stopping;
                 Ok(Reply::ok("the daemon is stopping"))
             }
         }
@@ -390,7 +433,7 @@ impl Daemon {
     }
 
     fn disk_rows(&self) -> Vec<DiskRow> {
-        DiskRow::table(&self.state, self.history.as_ref(), |uuid| self.pipeline.is_connected(uuid))
+        DiskRow::table(&self.state, self.history.as_ref(), |uuid| self.disks.pipeline.is_connected(uuid))
     }
 
     fn update_udev_rule(&self) {
@@ -450,7 +493,7 @@ impl Daemon {
     }
 
     fn status(&self) -> StatusInfo {
-        let (backup, queue) = self.activity();
+        let (backup, queue) = self.disks.pipeline.activity();
         let last_backup =
             self.history.as_ref().and_then(|h| h.backups(None, 1).ok()).and_then(|mut v| v.pop());
         let outbox = self.history.as_ref().and_then(|h| h.outbox_counts().ok());
@@ -458,7 +501,7 @@ impl Daemon {
             pid: std::process::id(),
             started: self.started,
             uptime_secs: (Local::now() - self.started).num_seconds(),
-            activity: if self.pipeline.busy() { "backing up" } else { "idle" }.into(),
+            activity: if self.disks.pipeline.busy() { "backing up" } else { "idle" }.into(),
             backup,
             queue,
             config: self.config.source.clone(),

@@ -36,7 +36,7 @@ impl Daemon {
                     continue;
                 }
             };
-            if now - last_success.unwrap_or(d.added) < overdue || self.pipeline.is_connected(&d.uuid) {
+            if now - last_success.unwrap_or(d.added) < overdue || self.disks.pipeline.is_connected(&d.uuid) {
                 continue;
             }
             let reminded = h.last_reminder(&d.uuid).ok().flatten();
