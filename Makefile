@@ -148,8 +148,9 @@ deb: check-cargo
 
 test: test-deps check-cargo
 	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
-	@# --features failpoints compiles in the fault-injection points (tests/faults.rs).
-	tests/with-udevd $(CARGO) test --locked --no-fail-fast --features failpoints
+	@# --features failpoints compiles in the fault-injection points (tests/faults.rs);
+	@# --show-output prints what passing tests measured (delays, the storm, the fault matrix).
+	tests/with-udevd $(CARGO) test --locked --no-fail-fast --features failpoints -- --show-output
 
 lint: check-cargo
 	$(call apt_install,$(LINT_DEPS))
