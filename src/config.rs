@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, Local, NaiveTime};
 use lettre::message::Mailbox;
 use serde::Deserialize;
 
@@ -35,9 +36,57 @@ pub struct Config {
     pub mail: Mail,
     /// Prometheus text file rewritten after each backup (`None`: not written).
     pub metrics_file: Option<PathBuf>,
+    /// Backing up again a disk that stays plugged in.
+    pub schedule: Schedule,
     /// The udev rule keeping desktop automounters off the known disks,
     /// regenerated when a disk is saved or forgotten (`None`: not written).
     pub udev_rule: Option<PathBuf>,
+}
+
+/// `[schedule]`: when a known disk that stays plugged in is backed up again
+/// (a disk plugged in is backed up at once, whatever this says).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// Again this long after its last backup ended.
+    pub every: Option<Duration>,
+    /// Again at these local times of day.
+    pub at: Vec<NaiveTime>,
+    /// Never sooner than this after a successful backup.
+    pub min_interval: Duration,
+}
+
+impl Schedule {
+    /// Whether anything is scheduled at all.
+    pub fn is_set(&self) -> bool {
+        self.every.is_some() || !self.at.is_empty()
+    }
+
+    /// When a disk still plugged in is due again, its last backup having
+    /// ended at `last_end` (`successful` or not); `None` when nothing is
+    /// scheduled.
+    pub fn next_due(&self, last_end: DateTime<Local>, successful: bool) -> Option<DateTime<Local>> {
+        let every = self.every.and_then(|e| chrono::Duration::from_std(e).ok()).map(|e| last_end + e);
+        let at = self.at.iter().filter_map(|&t| next_time_of_day(last_end, t)).min();
+        let due = [every, at].into_iter().flatten().min()?;
+        let earliest = successful
+            .then(|| chrono::Duration::from_std(self.min_interval).ok().map(|m| last_end + m))
+            .flatten();
+        Some(earliest.map_or(due, |e| due.max(e)))
+    }
+}
+
+/// The first local `time` of day strictly after `after` (a time that a
+/// clock change skips that day is taken an hour later).
+fn next_time_of_day(after: DateTime<Local>, time: NaiveTime) -> Option<DateTime<Local>> {
+    use chrono::TimeZone;
+    (0..=2).find_map(|days| {
+        let naive = after.date_naive().checked_add_days(chrono::Days::new(days))?.and_time(time);
+        let local = Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .or_else(|| Local.from_local_datetime(&(naive + chrono::Duration::hours(1))).earliest())?;
+        (local > after).then_some(local)
+    })
 }
 
 /// Optional programs run around the scripts (as BUSY had).
@@ -183,6 +232,15 @@ struct RawConfig {
     mail: Option<RawMail>,
     metrics_file: Option<PathBuf>,
     udev_rule: Option<PathBuf>,
+    schedule: Option<RawSchedule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    every: Option<String>,
+    at: Option<Vec<String>>,
+    min_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -481,6 +539,25 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         Ok(Some(p))
     };
     let metrics_file = optional_file("metrics_file", raw.metrics_file, None)?;
+    let raw_schedule = raw.schedule.unwrap_or_default();
+    let mut at = Vec::new();
+    for (i, t) in raw_schedule.at.unwrap_or_default().iter().enumerate() {
+        let time = NaiveTime::parse_from_str(t, "%H:%M").map_err(|_| {
+            err(&format!("schedule.at[{i}]"), format!("expected a local time such as \"02:30\", got {t:?}"))
+        })?;
+        at.push(time);
+    }
+    let schedule = Schedule {
+        every: match raw_schedule.every {
+            None => None,
+            Some(t) => Some(parse_duration(&t).map_err(|m| err("schedule.every", m))?),
+        },
+        at,
+        min_interval: match raw_schedule.min_interval {
+            None => Duration::from_secs(3600),
+            Some(t) => parse_duration(&t).map_err(|m| err("schedule.min_interval", m))?,
+        },
+    };
     let udev_rule = optional_file("udev_rule", raw.udev_rule, Some(DEFAULT_UDEV_RULE))?;
 
     Ok(Config {
@@ -498,6 +575,7 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         mail,
         metrics_file,
         udev_rule,
+        schedule,
     })
 }
 
@@ -635,6 +713,27 @@ mod tests {
         let c = parse("[mail]\ntransport = \"smtp\"\n[mail.smtp]\nhost = \"mx\"\ntls = \"tls\"\n").unwrap();
         let Transport::Smtp(s) = &c.mail.transport else { panic!("{:?}", c.mail.transport) };
         assert_eq!((s.port, c.mail.transport.to_string()), (465, "smtp mx:465 (tls)".to_owned()));
+    }
+
+    #[test]
+    fn a_schedule_says_when_a_plugged_disk_is_due_again() {
+        use chrono::TimeZone;
+        let c = parse("[schedule]\nevery = \"6h\"\nat = [\"02:30\", \"14:00\"]\nmin_interval = \"2h\"\n")
+            .unwrap();
+        let s = &c.schedule;
+        let t = |d: u32, h: u32, m: u32| Local.with_ymd_and_hms(2026, 3, d, h, m, 0).unwrap();
+        // 01:00 + 6h = 07:00, but 02:30 comes first; min_interval pushes it to 03:00 after a success.
+        assert_eq!(s.next_due(t(10, 1, 0), false), Some(t(10, 2, 30)));
+        assert_eq!(s.next_due(t(10, 1, 0), true), Some(t(10, 3, 0)));
+        // After 14:00 the next is 20:00 (every), before tomorrow's 02:30.
+        assert_eq!(s.next_due(t(10, 14, 0), true), Some(t(10, 20, 0)));
+        assert_eq!(s.next_due(t(10, 23, 0), false), Some(t(11, 2, 30)));
+        let none = parse("").unwrap().schedule;
+        assert!(!none.is_set() && none.next_due(t(10, 1, 0), true).is_none());
+        let e = parse("[schedule]\nat = [\"25:00\"]\n").unwrap_err();
+        assert!(e.contains("schedule.at[0]") && e.contains("25:00"), "{e}");
+        let e = parse("[schedule]\nevery = \"daily\"\n").unwrap_err();
+        assert!(e.contains("schedule.every"), "{e}");
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub struct DiskRow {
     /// When the last successful backup finished (from the history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success: Option<DateTime<Local>>,
+    /// When it is backed up again, if it stays plugged in (`[schedule]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<DateTime<Local>>,
 }
 
 impl DiskRow {
@@ -172,6 +175,7 @@ impl DiskRow {
             last_backup,
             last_backup_finished,
             last_success,
+            next_due: None,
         }
     }
 
@@ -412,6 +416,7 @@ mod tests {
             last_backup: Some(Status::Success),
             last_backup_finished: Some(Local::now()),
             last_success: Some(Local::now()),
+            next_due: None,
         }
     }
 

@@ -142,6 +142,10 @@ impl State {
             .with_context(|| format!("cannot write state file {}", path.display()))
     }
 
+    pub fn disk(&self, uuid: &str) -> Option<&Disk> {
+        self.disks.iter().find(|d| d.uuid == uuid)
+    }
+
     pub fn disk_mut(&mut self, uuid: &str) -> Option<&mut Disk> {
         self.disks.iter_mut().find(|d| d.uuid == uuid)
     }

@@ -684,3 +684,54 @@ fn a_plug_unplug_storm_leaves_the_daemon_as_it_began() {
     assert_eq!((fds, threads), (fds0, threads0), "descriptors and threads are back to their count");
     assert!(rss as f64 <= rss0 as f64 * 1.10, "RSS grew from {rss0} kB to {rss} kB");
 }
+
+/// `[schedule]`: a disk left plugged in is backed up again when due, not
+/// once unplugged, and a reload changes the schedule.
+#[test]
+fn a_disk_that_stays_plugged_in_is_backed_up_again_when_due() {
+    let scripts = "[[scripts]]\nname = \"noop.sh\"\n[mail]\nwhen = \"never\"\n";
+    let schedule = |every: &str| format!("{scripts}[schedule]\nevery = \"{every}\"\nmin_interval = \"1s\"\n");
+    let mut rig = Rig::new("ext4", &schedule("3s"));
+    script(&rig.scripts_dir(), "noop.sh", "exit 0", 0o755);
+    let d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    let mut ends = Vec::new();
+    for _ in 0..3 {
+        let finished = rig.until("backup_finished").pop().unwrap();
+        assert_eq!(finished["status"], "success", "{finished}");
+        ends.push(Instant::now());
+        if ends.len() == 1 {
+            let rows = rig.env.cli(&["disks", "--json"]).ok().stdout;
+            assert!(rows.contains("\"next_due\""), "disks shows when: {rows}");
+            let status = rig.env.cli(&["status"]).ok().stdout;
+            assert!(status.contains("next backup: office at "), "{status}");
+        }
+    }
+    let gaps: Vec<f64> = ends.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    println!("scheduled backups every 3 s: gaps {gaps:.2?} s");
+    assert!(gaps.iter().all(|g| (2.5..6.0).contains(g)), "{gaps:?}");
+    assert_eq!(rig.logs().len(), 3, "one log per backup");
+    let history = rig.env.cli(&["history", "--json", "--disk", "office"]).ok().stdout;
+    assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&history).unwrap().len(), 3);
+
+    // Unplugged: nothing is due.
+    rig.disk.detach();
+    rig.until("disk_unplugged");
+    let quiet = rig.sub().during(Duration::from_millis(4500));
+    assert!(flow_of(&quiet, &rig.disk.uuid).is_empty(), "{quiet:#?}");
+
+    // A reload to once an hour: one backup at the plug, none after.
+    rig.env.write_config(&schedule("1h"));
+    d.signal(nix::libc::SIGHUP);
+    d.wait_log("configuration reloaded");
+    rig.disk.attach();
+    assert_eq!(rig.until("backup_finished").pop().unwrap()["status"], "success");
+    let quiet = rig.sub().during(Duration::from_millis(4000));
+    assert!(!flow_of(&quiet, &rig.disk.uuid).contains(&"backup_started".to_owned()), "{quiet:#?}");
+    // And back to every 2 s: due again at once.
+    rig.env.write_config(&schedule("2s"));
+    d.signal(nix::libc::SIGHUP);
+    assert_eq!(rig.until("backup_finished").pop().unwrap()["status"], "success");
+    rig.disk.detach();
+}

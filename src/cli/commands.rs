@@ -149,14 +149,14 @@ fn disks(config: &Config, json: bool) -> Result<ExitCode> {
         "{:<16} {:<36} {:<9} {:<19} {:<19} LAST BACKUP",
         "NAME", "UUID", "CONNECTED", "LAST SEEN", "LAST SUCCESS"
     );
+    let when = |t: Option<chrono::DateTime<chrono::Local>>| {
+        t.map_or("never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    };
     for r in &rows {
         let connected = match (live, r.connected) {
             (false, _) => "?",
             (true, true) => "yes",
             (true, false) => "no",
-        };
-        let when = |t: Option<chrono::DateTime<chrono::Local>>| {
-            t.map_or("never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         };
         let backup = match &r.last_backup {
             None => "never".to_owned(),
@@ -170,6 +170,9 @@ fn disks(config: &Config, json: bool) -> Result<ExitCode> {
             when(r.last_seen),
             when(r.last_success)
         );
+    }
+    for r in rows.iter().filter(|r| r.next_due.is_some()) {
+        println!("{} stays plugged in: next backup at {} (schedule)", r.name, when(r.next_due));
     }
     if !live {
         println!("(the daemon is not running: connection state unknown)");
@@ -222,6 +225,9 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
     println!("state:       {}", s.state_dir.display());
     println!("scripts:     {}", s.scripts.join(", "));
     println!("known disks: {}   subscribers: {}", s.known_disks, s.subscribers);
+    if let Some(n) = &s.next_due {
+        println!("next backup: {} at {} (schedule)", n.disk, n.at.format("%Y-%m-%d %H:%M:%S"));
+    }
     if let Some(b) = &s.last_backup {
         println!(
             "last backup: {} on {}, started {}",

@@ -98,6 +98,15 @@ pub struct StatusInfo {
     pub mail_abandoned: Option<u64>,
     /// history.sqlite, when the daemon could open it.
     pub history: Option<PathBuf>,
+    /// The plugged-in disk backed up next by `[schedule]`, and when.
+    pub next_due: Option<NextDue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextDue {
+    pub disk: String,
+    pub at: DateTime<Local>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,6 +279,7 @@ mod tests {
             mail_pending: Some(0),
             mail_abandoned: None,
             history: Some("/var/lib/tetras-back/history.sqlite".into()),
+            next_due: Some(NextDue { disk: "office".into(), at: now }),
         };
         let row = DiskRow {
             uuid: "u".into(),
@@ -279,6 +289,7 @@ mod tests {
             last_backup: Some(Status::Failed),
             last_backup_finished: None,
             last_success: None,
+            next_due: Some(now),
         };
         for reply in [
             Reply::ok("saved"),

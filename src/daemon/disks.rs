@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Result};
-use chrono::Local;
+use chrono::{DateTime, Local};
 
 use super::pipeline::{Do, Pipeline};
 use super::wake::WakeChannel;
 use super::Daemon;
-use crate::backup::report::{Job, Report};
+use crate::backup::report::{Job, Report, Status};
 use crate::backup::{self, Cancel, Progress};
 use crate::devices::BlockEvent;
 use crate::events::Event;
@@ -21,7 +21,7 @@ use crate::fault;
 use crate::mail::outbox::Work;
 use crate::mail::BackupMail;
 use crate::mount;
-use crate::state::LastBackup;
+use crate::state::{Disk, LastBackup};
 
 /// The thread running a backup, and how to stop it.
 pub struct Worker {
@@ -57,6 +57,43 @@ impl Daemon {
         }
         self.carry_out(outcome.actions);
         outcome.message
+    }
+
+    /// When the known plugged-in `disk` is to be backed up again by the
+    /// schedule (`None`: not scheduled; now when it has no backup yet).
+    pub(super) fn due_at(&self, disk: &Disk) -> Option<DateTime<Local>> {
+        let schedule = &self.config.schedule;
+        if !schedule.is_set() {
+            return None;
+        }
+        match &disk.last_backup {
+            None => Some(Local::now()),
+            Some(b) => schedule.next_due(b.finished.unwrap_or(b.started), b.status == Status::Success),
+        }
+    }
+
+    /// Starts the scheduled backups that are due; returns when the next is.
+    pub(super) fn back_up_due_disks(&mut self) -> Option<DateTime<Local>> {
+        if !self.config.schedule.is_set() || self.disks.pipeline.closed {
+            return None;
+        }
+        let now = Local::now();
+        let mut next: Option<DateTime<Local>> = None;
+        for uuid in self.disks.pipeline.idle_plugged() {
+            let Some(disk) = self.state.disk(&uuid) else { continue };
+            let Some(due) = self.due_at(disk) else { continue };
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            let name = disk.name.clone();
+            log::info!("disk {name} stayed plugged in and is due for a backup (schedule)");
+            match self.disks.pipeline.backup_again(&uuid, &name) {
+                Ok(outcome) => self.carry_out(outcome.actions),
+                Err(e) => log::error!("{e:#}"),
+            }
+        }
+        next
     }
 
     /// `backup NAME`: back up a plugged-in known disk again, by hand.

@@ -42,7 +42,7 @@ mod wake;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::control::{self, Data, LastBackupInfo, Reply, Request, StatusInfo};
+use crate::control::{self, Data, LastBackupInfo, NextDue, Reply, Request, StatusInfo};
 use crate::devices::{self, Monitor};
 use crate::events::{DiskRow, Event, Subscribers, MAX_SUBSCRIBERS};
 use crate::fifo::{self, Line, LineReader};
@@ -234,6 +234,7 @@ impl Daemon {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
             self.remind_if_due();
+            let next_due = self.back_up_due_disks();
             let mut fds = vec![
                 PollFd::new(io.control.file.as_fd(), PollFlags::POLLIN),
                 PollFd::new(io.term.as_fd(), PollFlags::POLLIN),
@@ -244,9 +245,12 @@ impl Daemon {
             if let Some(m) = &io.monitor {
                 fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
             }
-            // Asleep until something happens, the watchdog is due or reminders are.
+            // Asleep until something happens, the watchdog is due, reminders
+            // are, or a plugged-in disk's next backup is.
             let wake_in = self.next_reminders.saturating_duration_since(Instant::now());
             let wake_in = io.watchdog.map_or(wake_in, |w| w.min(wake_in));
+            let wake_in =
+                next_due.map_or(wake_in, |d| (d - Local::now()).to_std().unwrap_or_default().min(wake_in));
             // Rounded up, so that the loop does not spin for the last partial millisecond.
             let timeout =
                 PollTimeout::try_from(wake_in + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX);
@@ -433,7 +437,13 @@ impl Daemon {
     }
 
     fn disk_rows(&self) -> Vec<DiskRow> {
-        DiskRow::table(&self.state, self.history.as_ref(), |uuid| self.disks.pipeline.is_connected(uuid))
+        let mut rows =
+            DiskRow::table(&self.state, self.history.as_ref(), |uuid| self.disks.pipeline.is_connected(uuid));
+        let idle = self.disks.pipeline.idle_plugged();
+        for r in rows.iter_mut().filter(|r| idle.contains(&r.uuid)) {
+            r.next_due = self.state.disk(&r.uuid).and_then(|d| self.due_at(d));
+        }
+        rows
     }
 
     fn update_udev_rule(&self) {
@@ -518,6 +528,11 @@ impl Daemon {
             mail_pending: outbox.map(|o| o.0),
             mail_abandoned: outbox.map(|o| o.1),
             history: self.history.as_ref().map(|_| self.config.history_path()),
+            next_due: self
+                .disk_rows()
+                .into_iter()
+                .filter_map(|r| Some(NextDue { at: r.next_due?, disk: r.name }))
+                .min_by_key(|n| n.at),
         }
     }
 

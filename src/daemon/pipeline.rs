@@ -251,6 +251,23 @@ impl Pipeline {
         Ok(self.enqueue(job))
     }
 
+    /// The plugged-in filesystems whose backup neither runs nor waits (a
+    /// schedule may make them due).
+    pub fn idle_plugged(&self) -> Vec<String> {
+        let mut uuids: Vec<String> = self
+            .plugged
+            .values()
+            .map(|p| p.uuid.clone())
+            .filter(|u| {
+                self.running.as_ref().is_none_or(|r| &r.job.uuid != u)
+                    && !self.queue.iter().any(|j| &j.uuid == u)
+            })
+            .collect();
+        uuids.sort();
+        uuids.dedup();
+        uuids
+    }
+
     /// The running backup and the names waiting, for `status`.
     pub fn activity(&self) -> (Option<RunningBackup>, Vec<String>) {
         let queue = self.queue.iter().map(|j| j.name.clone()).collect();
@@ -382,6 +399,18 @@ mod tests {
         let out = p.on_event(&ev(1, Some("u1"), Action::Add), known, |_| false);
         assert!(!names(&out.actions).iter().any(|a| a.starts_with("start")));
         assert!(p.finished().is_empty());
+    }
+
+    #[test]
+    fn idle_plugged_disks_are_those_not_running_nor_queued() {
+        let mut p = Pipeline::default();
+        p.on_event(&ev(1, Some("u1"), Action::Add), known, |_| false);
+        p.on_event(&ev(2, Some("u2"), Action::Add), known, |_| false);
+        assert!(p.idle_plugged().is_empty());
+        p.finished();
+        assert_eq!(p.idle_plugged(), ["u1"]);
+        p.finished();
+        assert_eq!(p.idle_plugged(), ["u1", "u2"]);
     }
 
     #[test]
