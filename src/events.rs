@@ -56,6 +56,14 @@ pub enum Event {
         device: PathBuf,
         fstype: String,
     },
+    /// A disk carries a known disk's UUID but not its identity: refused,
+    /// nothing run or written.
+    DiskMismatch {
+        uuid: String,
+        name: String,
+        device: PathBuf,
+        why: String,
+    },
     /// A filesystem that is not a known disk appeared: a client may offer to save it.
     UnknownDisk {
         uuid: String,
@@ -325,6 +333,12 @@ pub(crate) fn one_of_each() -> Vec<Event> {
         Event::DiskSaved { uuid: u.clone(), name: n.clone(), renamed_from: Some("old".into()) },
         Event::DiskForgotten { uuid: u.clone(), name: n.clone() },
         Event::DiskPlugged { uuid: u.clone(), name: n.clone(), device: dev.clone(), fstype: "ext4".into() },
+        Event::DiskMismatch {
+            uuid: u.clone(),
+            name: n.clone(),
+            device: dev.clone(),
+            why: "no disk-id".into(),
+        },
         Event::UnknownDisk {
             uuid: u.clone(),
             label: Some("L".into()),
@@ -379,6 +393,7 @@ pub(crate) fn one_of_each() -> Vec<Event> {
             | Event::DiskSaved { .. }
             | Event::DiskForgotten { .. }
             | Event::DiskPlugged { .. }
+            | Event::DiskMismatch { .. }
             | Event::UnknownDisk { .. }
             | Event::BackupQueued { .. }
             | Event::BackupStarted { .. }

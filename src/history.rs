@@ -479,6 +479,7 @@ mod tests {
             device: "/dev/x".into(),
             devnum: 0,
             fstype: "ext4".into(),
+            identity: None,
         };
         let id = h.backup_started(&job, Local::now(), Path::new("/l")).unwrap();
         drop(h);

@@ -69,6 +69,12 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// Makes a read-only mount writable (once the disk proved who it is).
+    pub fn remount_writable(&self) -> Result<()> {
+        mount(None::<&str>, &self.target, None::<&str>, MsFlags::MS_REMOUNT | safe_flags(), None::<&str>)
+            .with_context(|| format!("cannot make {} writable", self.target.display()))
+    }
+
     /// Unmounts, retrying while busy, then detaching (see [`unmount`]).
     pub fn unmount(mut self, attempts: u32) -> Result<Unmounted> {
         self.released = true;
@@ -95,14 +101,19 @@ impl Drop for Mounted {
     }
 }
 
+fn safe_flags() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+}
+
 /// Mounts `device` (of type `fstype`) at `target`, creating the directory,
-/// and checks that the mount really happened.
-pub fn mount_disk(device: &Path, fstype: &str, target: &Path) -> Result<Mounted> {
+/// and checks that the mount really happened; `read_only` until the disk
+/// has proved who it is.
+pub fn mount_disk(device: &Path, fstype: &str, target: &Path, read_only: bool) -> Result<Mounted> {
     fs::create_dir_all(target).with_context(|| format!("cannot create mount point {}", target.display()))?;
     if is_mount_point(target)? {
         bail!("{} is already a mount point; refusing to mount over it", target.display());
     }
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let flags = if read_only { safe_flags() | MsFlags::MS_RDONLY } else { safe_flags() };
     let data = fstype.starts_with("ext").then_some("errors=remount-ro");
     mount(Some(device), target, Some(fstype), flags, data)
         .with_context(|| format!("cannot mount {} ({fstype}) at {}", device.display(), target.display()))?;

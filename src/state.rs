@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::report::Status;
 
-/// The schema version this build writes.
-pub const VERSION: u32 = 1;
+/// The schema version this build writes (2: disks carry `identity`; a
+/// version 1 file reads as is, its disks without one).
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +48,11 @@ pub struct Disk {
     pub last_seen: Option<DateTime<Local>>,
     #[serde(default)]
     pub last_backup: Option<LastBackup>,
+    /// BLAKE3 (hex) of the random token written on the disk at its first
+    /// successful backup (`.tetras-back/disk-id`): a disk that only copies
+    /// the UUID cannot show it. `None`: not yet written (or to be adopted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +133,9 @@ impl State {
         if v.version == 0 {
             bail!("schema version 0 is not valid");
         }
-        let state: State = serde_json::from_str(text)?;
+        let mut state: State = serde_json::from_str(text)?;
+        // Up-converted: every older version is read as the current one.
+        state.version = VERSION;
         for d in &state.disks {
             check_uuid(&d.uuid).and_then(|_| check_name(&d.name)).context("invalid disk entry")?;
         }
@@ -166,9 +174,22 @@ impl State {
                     added: Local::now(),
                     last_seen: None,
                     last_backup: None,
+                    identity: None,
                 });
                 Ok(Saved::New)
             }
+        }
+    }
+
+    /// `save --adopt`: the disk now plugged in under `uuid` is the one of
+    /// that name; its next successful backup writes it a new identity.
+    pub fn adopt(&mut self, uuid: &str) -> Result<()> {
+        match self.disk_mut(uuid) {
+            Some(d) => {
+                d.identity = None;
+                Ok(())
+            }
+            None => bail!("no known disk has UUID {uuid}"),
         }
     }
 

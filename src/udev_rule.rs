@@ -86,6 +86,7 @@ mod tests {
             added: chrono::Local::now(),
             last_seen: None,
             last_backup: None,
+            identity: None,
         }
     }
 

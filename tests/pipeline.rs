@@ -735,3 +735,91 @@ fn a_disk_that_stays_plugged_in_is_backed_up_again_when_due() {
     assert_eq!(rig.until("backup_finished").pop().unwrap()["status"], "success");
     rig.disk.detach();
 }
+
+/// A UUID is no secret: a disk formatted with a known disk's UUID is
+/// refused before anything runs or is written, the administrator is
+/// mailed, the real disk goes on working, and `save --adopt` accepts it.
+#[test]
+fn a_disk_that_only_copies_a_known_uuid_is_refused() {
+    use common::smtp::{free_port, smtp_config, Mail, SmtpServer};
+    let port = free_port();
+    let scripts = "[[scripts]]\nname = \"writer.sh\"\n";
+    let mut rig = Rig::new("ext4", &format!("{scripts}{}", smtp_config(port, "")));
+    script(&rig.scripts_dir(), "writer.sh", "date +%s%N > \"$TETRAS_BACK_MOUNT/proof-$(date +%s%N)\"", 0o755);
+    let server = SmtpServer::start(rig.env.root(), port);
+    let d = rig.env.start_daemon();
+    rig.subscribe();
+    let uuid = rig.disk.uuid.clone();
+
+    // The real disk: its first backup gives it its identity.
+    rig.disk.attach();
+    assert_eq!(rig.until("backup_finished").pop().unwrap()["status"], "success");
+    rig.until("safe_to_remove");
+    rig.disk.detach();
+    rig.until("disk_unplugged");
+    let state = fs::read_to_string(rig.env.state_path()).unwrap();
+    assert!(state.contains("\"identity\""), "{state}");
+
+    // A clone of its UUID: refused, nothing written to it, mailed.
+    fs::create_dir_all(rig.env.path("clone")).unwrap();
+    let mut clone = LoopDisk::create(&rig.env.path("clone"), "ext4", &uuid, 32);
+    let image = clone.image.to_str().unwrap().to_owned();
+    let before = sh("sha256sum", &[&image]);
+    clone.attach();
+    let events = rig.until("backup_finished");
+    assert_eq!(events.last().unwrap()["status"], "refused", "{events:#?}");
+    let flow = rig.flow(&events);
+    assert!(
+        flow.contains(&"disk_mismatch".to_owned()) && !flow.contains(&"script_started".to_owned()),
+        "{flow:?}"
+    );
+    let mismatch = events.iter().find(|e| e["event"] == "disk_mismatch").unwrap();
+    assert!(mismatch["why"].as_str().unwrap().contains("it has no .tetras-back/disk-id"), "{mismatch}");
+    rig.until("safe_to_remove");
+    clone.detach();
+    rig.until("disk_unplugged");
+    assert_eq!(sh("sha256sum", &[&image]), before, "the clone was not written to");
+    let mails: Vec<Mail> =
+        server.wait_for(2, Duration::from_secs(20)).iter().map(|m| Mail::parse(m)).collect();
+    let alert = mails
+        .iter()
+        .find(|m| m.subject.contains("a disk claiming to be 'office' is not the disk that was saved"));
+    assert!(
+        alert.is_some_and(|m| m.body.contains("not the disk that was saved")),
+        "no alert among {:?}",
+        mails.iter().map(|m| &m.subject).collect::<Vec<_>>()
+    );
+    let history = rig.env.cli(&["history", "--json", "--disk", "office", "--limit", "1"]).ok().stdout;
+    assert!(history.contains("\"status\": \"refused\""), "{history}");
+
+    // The real disk still works.
+    rig.disk.attach();
+    assert_eq!(rig.until("backup_finished").pop().unwrap()["status"], "success");
+    rig.until("safe_to_remove");
+    rig.disk.detach();
+    rig.until("disk_unplugged");
+
+    // Adopted, the clone is backed up (and is the disk of that name from now on).
+    clone.attach();
+    assert_eq!(rig.until("backup_finished").pop().unwrap()["status"], "refused");
+    let adopted = rig.env.cli(&["save", &uuid, "office", "--adopt"]).ok().stdout;
+    assert!(adopted.contains("adopted") && adopted.contains("backup of office started"), "{adopted}");
+    assert_eq!(rig.until("backup_finished").pop().unwrap()["status"], "success");
+    rig.until("safe_to_remove");
+    clone.detach();
+
+    // Each carries its own token, readable by root only (looked at with the
+    // daemon gone: a loop mount of a known disk would be a plug to it).
+    drop(d);
+    let root = rig.env.root().to_owned();
+    let token = |disk: &mut LoopDisk| {
+        disk.inspect(&root, |mnt| {
+            use std::os::unix::fs::PermissionsExt;
+            let id = mnt.join(".tetras-back/disk-id");
+            (fs::metadata(&id).unwrap().permissions().mode() & 0o777, fs::read_to_string(&id).unwrap())
+        })
+    };
+    let (real, copy) = (token(&mut rig.disk), token(&mut clone));
+    assert_eq!((real.0, copy.0), (0o600, 0o600));
+    assert_ne!(real.1, copy.1, "the adopted disk got a token of its own");
+}

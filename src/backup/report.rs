@@ -19,6 +19,9 @@ pub struct Job {
     pub device: PathBuf,
     pub devnum: u64,
     pub fstype: String,
+    /// The identity the disk must prove (see `state::Disk::identity`);
+    /// `None`: it gets one at this backup, if it succeeds.
+    pub identity: Option<String>,
 }
 
 /// Where a backup is, or how it ended: in the history, the state file,
@@ -36,11 +39,20 @@ pub enum Status {
     /// The daemon stopped (or was killed) during the backup: found
     /// `running` at the next start.
     Interrupted,
+    /// The disk carried the known UUID but not the known disk's identity:
+    /// nothing ran, nothing was written.
+    Refused,
 }
 
 impl Status {
-    pub const ALL: [Status; 5] =
-        [Status::Running, Status::Success, Status::Failed, Status::Removed, Status::Interrupted];
+    pub const ALL: [Status; 6] = [
+        Status::Running,
+        Status::Success,
+        Status::Failed,
+        Status::Removed,
+        Status::Interrupted,
+        Status::Refused,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,6 +61,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Removed => "removed",
             Status::Interrupted => "interrupted",
+            Status::Refused => "refused",
         }
     }
 }
@@ -101,6 +114,8 @@ pub struct Report {
     pub free_after: Option<u64>,
     /// What the engines wrote and pruned (see `engine::journal`).
     pub totals: journal::Totals,
+    /// The identity this backup wrote on the disk (its first success).
+    pub identity: Option<String>,
 }
 
 impl Report {
@@ -125,6 +140,7 @@ impl Report {
             free_before: None,
             free_after: None,
             totals: journal::Totals::default(),
+            identity: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use chrono::{DateTime, Local};
 
+use super::identity;
 use super::report::{Job, PowerOff, Report, ScriptReport, Status};
 use super::scripts::{self, BackupLog, Outcome};
 use crate::bus::Bus;
@@ -118,6 +119,7 @@ fn backup(
         scripts: Vec::new(),
         free_before: None,
         free_after: None,
+        identity: None,
     };
     let (status, error, safe_to_remove) = b.run(progress);
     let power_off = safe_to_remove.then(|| {
@@ -160,6 +162,7 @@ fn backup(
         free_before: b.free_before,
         free_after: b.free_after,
         totals,
+        identity: b.identity,
     }));
 }
 
@@ -172,6 +175,8 @@ struct Backup<'a> {
     scripts: Vec<ScriptReport>,
     free_before: Option<u64>,
     free_after: Option<u64>,
+    /// The identity written on the disk by this backup.
+    identity: Option<String>,
 }
 
 impl Backup<'_> {
@@ -184,6 +189,30 @@ impl Backup<'_> {
             Err(e) => return (Status::Failed, Some(format!("{e:#}")), mount::is_unmounted(self.job.devnum)),
         };
         fault::point("backup::after_mount");
+        if let Some(expected) = &self.job.identity {
+            if let Err(why) = identity::check(&target, expected) {
+                let job = self.job;
+                let refused = format!(
+                    "{} carries the UUID of disk {} ({}) but {why}: it is not the disk that was saved; \
+                     nothing was run or written (`tetras-back save {} {} --adopt` accepts it)",
+                    job.device.display(),
+                    job.name,
+                    job.uuid,
+                    job.uuid,
+                    job.name
+                );
+                let safe = matches!(mounted.unmount(15), Ok(mount::Unmounted::Clean));
+                return (Status::Refused, Some(refused), safe);
+            }
+            self.log.info("the disk proved its identity");
+            if let Err(e) = mounted.remount_writable() {
+                return (
+                    Status::Failed,
+                    Some(format!("{e:#}")),
+                    matches!(mounted.unmount(15), Ok(mount::Unmounted::Clean)),
+                );
+            }
+        }
         self.free_before = free_space(&target);
         let mut failed = false;
         if let Err(e) = self.pre_hook(&target) {
@@ -203,6 +232,16 @@ impl Backup<'_> {
         if self.cancel.stop.load(Ordering::SeqCst) {
             self.log.line("tetras-back", "ERROR: the daemon is stopping: backup interrupted");
             failed = true;
+        }
+        // Its first successful backup (or one after `save --adopt`) gives the disk its identity.
+        if !failed && self.job.identity.is_none() {
+            match identity::write(&target) {
+                Ok(hash) => {
+                    self.log.info("wrote the disk's identity (.tetras-back/disk-id)");
+                    self.identity = Some(hash);
+                }
+                Err(e) => self.log.line("tetras-back", &format!("WARNING: {e:#}")),
+            }
         }
         if let Err(e) = mount::sync(&target) {
             self.log.line("tetras-back", &format!("ERROR: {e:#}"));
@@ -241,7 +280,7 @@ impl Backup<'_> {
                 job.name
             );
         }
-        let mounted = mount::mount_disk(&job.device, &job.fstype, target)?;
+        let mounted = mount::mount_disk(&job.device, &job.fstype, target, job.identity.is_some())?;
         self.log.info(&format!("mounted {} ({}) at {}", job.device.display(), job.fstype, target.display()));
         Ok(mounted)
     }

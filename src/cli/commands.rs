@@ -47,12 +47,15 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         | Action::Verify(_)
         | Action::Generate(_)
         | Action::Reload => unreachable!("handled above"),
-        Action::Save { uuid, name } => {
+        Action::Save { uuid, name, adopt } => {
             // Checked here too, so that a typo is reported the same way with or without a daemon.
             let uuid = state::check_uuid(&uuid)?;
             state::check_name(&name)?;
-            edit(&config, Request::Save { uuid: uuid.clone(), name: name.clone() }, |s| {
+            edit(&config, Request::Save { uuid: uuid.clone(), name: name.clone(), adopt }, |s| {
                 let outcome = s.save_disk(&uuid, &name)?;
+                if adopt {
+                    s.adopt(&uuid)?;
+                }
                 Ok(outcome.message(&uuid, &name))
             })
         }

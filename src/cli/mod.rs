@@ -98,12 +98,18 @@ enum Command {
     /// Remember a disk: back it up whenever it is plugged in
     #[command(after_help = "Example (the UUID is the filesystem's, as `blkid` shows it):\n  \
         tetras-back save 0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f office\n\n\
-        Saving a known UUID under another name renames it. Works with or without the daemon.")]
+        Saving a known UUID under another name renames it. Works with or without the daemon.\n\n\
+        A known disk proves who it is with .tetras-back/disk-id, written at its first backup; \
+        a disk that only copies its UUID is refused. --adopt accepts the disk plugged in now \
+        as the one of that name: its next backup (started at once) gives it a new identity.")]
     Save {
         /// Filesystem UUID
         uuid: String,
         /// Name: 1 to 64 characters from A-Z a-z 0-9 . _ -
         name: String,
+        /// The disk plugged in under this UUID is the one of that name (a new identity)
+        #[arg(long)]
+        adopt: bool,
     },
     /// Forget a disk
     #[command(after_help = "Example:\n  tetras-back forget 0b7c3f1e-5d2a-4c8e-9f10-2a3b4c5d6e7f")]
@@ -244,7 +250,7 @@ pub struct GenerateArgs {
 #[derive(Debug, PartialEq)]
 pub enum Action {
     Daemon,
-    Save { uuid: String, name: String },
+    Save { uuid: String, name: String, adopt: bool },
     Forget { uuid: String },
     Register { fifo: PathBuf },
     Unregister { fifo: PathBuf },
@@ -276,7 +282,7 @@ impl Cli {
         if let Some(command) = self.command {
             return Ok(match command {
                 Command::Daemon => Action::Daemon,
-                Command::Save { uuid, name } => Action::Save { uuid, name },
+                Command::Save { uuid, name, adopt } => Action::Save { uuid, name, adopt },
                 Command::Forget { uuid } => Action::Forget { uuid },
                 Command::Register { fifo } => Action::Register { fifo },
                 Command::Unregister { fifo } => Action::Unregister { fifo },
@@ -300,7 +306,7 @@ impl Cli {
         Ok(if let Some(arg) = l.save {
             let (uuid, name) =
                 arg.split_once('=').ok_or_else(|| format!("--save expects UUID=NAME, got {arg:?}"))?;
-            Action::Save { uuid: uuid.to_owned(), name: name.to_owned() }
+            Action::Save { uuid: uuid.to_owned(), name: name.to_owned(), adopt: false }
         } else if let Some(uuid) = l.forget {
             Action::Forget { uuid }
         } else if let Some(fifo) = l.register {

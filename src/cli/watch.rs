@@ -143,6 +143,9 @@ fn describe(v: &Value) -> String {
         Event::DiskPlugged { name, fstype, device, .. } => {
             format!("{name} ({fstype}) plugged in on {}", device.display())
         }
+        Event::DiskMismatch { name, device, .. } => {
+            format!("the disk on {} claims to be {name} but is not: REFUSED", device.display())
+        }
         Event::UnknownDisk { uuid, device, .. } => format!(
             "{uuid} on {} is not a known disk (save it with: tetras-back save {uuid} NAME)",
             device.display()

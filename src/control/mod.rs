@@ -28,8 +28,14 @@ use crate::events::DiskRow;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Remember a disk (or rename a known one).
-    Save { uuid: String, name: String },
+    /// Remember a disk (or rename a known one); `adopt`: the disk plugged
+    /// in under this UUID is the one of that name (it gets a new identity).
+    Save {
+        uuid: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        adopt: bool,
+    },
     /// Forget a known disk.
     Forget { uuid: String },
     /// Send events to this FIFO.
@@ -213,7 +219,7 @@ mod tests {
     #[test]
     fn valid_commands() {
         let (r, reply) = parse(r#"{"cmd":"save","uuid":"u","name":"n","reply":"/run/t/replies/12"}"#);
-        assert_eq!(r.unwrap(), Request::Save { uuid: "u".into(), name: "n".into() });
+        assert_eq!(r.unwrap(), Request::Save { uuid: "u".into(), name: "n".into(), adopt: false });
         assert_eq!(reply.unwrap(), PathBuf::from("/run/t/replies/12"));
         assert_eq!(parse(r#"{"cmd":"stop"}"#).0.unwrap(), Request::Stop);
     }
@@ -234,7 +240,8 @@ mod tests {
     #[test]
     fn requests_and_replies_read_back_as_written() {
         let requests = [
-            Request::Save { uuid: "u".into(), name: "n".into() },
+            Request::Save { uuid: "u".into(), name: "n".into(), adopt: false },
+            Request::Save { uuid: "u".into(), name: "n".into(), adopt: true },
             Request::Forget { uuid: "u".into() },
             Request::Register { path: "/run/f".into() },
             Request::Unregister { path: "/run/f".into() },

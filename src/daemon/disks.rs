@@ -131,8 +131,10 @@ impl Daemon {
         }
     }
 
-    /// Starts the worker of the job the pipeline made current.
-    fn start(&mut self, job: Job) {
+    /// Starts the worker of the job the pipeline made current, with the
+    /// identity the disk must prove as the state knows it now.
+    fn start(&mut self, mut job: Job) {
+        job.identity = self.state.disk(&job.uuid).and_then(|d| d.identity.clone());
         let cancel = Arc::new(Cancel::default());
         let spawned = self.disks.progress.sender().map_err(anyhow::Error::from).and_then(|tx| {
             let (config, bus, job, cancel) =
@@ -208,9 +210,13 @@ impl Daemon {
         let last =
             LastBackup { status: report.status, started: report.started, finished: Some(report.finished) };
         fault::point("daemon::before_state_write");
+        let identity = report.identity.clone();
         if let Err(e) = self.edit_state(|s| {
             if let Some(d) = s.disk_mut(&uuid) {
                 d.last_backup = Some(last);
+                if identity.is_some() {
+                    d.identity = identity;
+                }
             }
             Ok(())
         }) {
@@ -221,6 +227,16 @@ impl Daemon {
             if let Err(e) = h.backup_finished(current.history_id, &current.job, &report) {
                 log::error!("history: {e:#}");
             }
+        }
+        if report.status == Status::Refused {
+            let why = report.error.clone().unwrap_or_default();
+            log::warn!("{why}");
+            self.broadcast(&Event::DiskMismatch {
+                uuid: uuid.clone(),
+                name: name.clone(),
+                device: device.clone(),
+                why,
+            });
         }
         self.broadcast(&Event::BackupFinished {
             uuid: uuid.clone(),

@@ -345,11 +345,24 @@ impl Daemon {
 
     fn handle(&mut self, request: Request) -> Result<Reply> {
         match request {
-            Request::Save { uuid, name } => {
+            Request::Save { uuid, name, adopt } => {
                 let uuid = state::check_uuid(&uuid)?;
                 state::check_name(&name)?;
-                let outcome = self.edit_state(|s| s.save_disk(&uuid, &name))?;
-                let message = outcome.message(&uuid, &name);
+                let outcome = self.edit_state(|s| {
+                    let outcome = s.save_disk(&uuid, &name)?;
+                    if adopt {
+                        s.adopt(&uuid)?;
+                    }
+                    Ok(outcome)
+                })?;
+                let mut message = outcome.message(&uuid, &name);
+                if adopt {
+                    log::warn!("disk {name} ({uuid}) adopted: its next backup gives it a new identity");
+                    message.push_str("; adopted: its next backup gives it a new identity");
+                    if self.disks.pipeline.is_connected(&uuid) {
+                        message = format!("{message}; {}", self.backup_by_name(&name)?);
+                    }
+                }
                 if outcome != Saved::Unchanged {
                     let renamed_from = match outcome {
                         Saved::Renamed { from } => Some(from),

@@ -161,6 +161,7 @@ impl Pipeline {
             device: ev.device.clone(),
             devnum: ev.devnum,
             fstype: fs.fstype.clone(),
+            identity: None,
         };
         let queued = self.enqueue(job);
         out.message = queued.message;
@@ -247,6 +248,7 @@ impl Pipeline {
             device: p.device.clone(),
             devnum,
             fstype: p.fstype.clone(),
+            identity: None,
         };
         Ok(self.enqueue(job))
     }

@@ -64,6 +64,12 @@ impl BackupMail {
             Status::Failed => "FAILED",
             Status::Removed => "disk removed during backup",
             Status::Running | Status::Interrupted => "interrupted",
+            Status::Refused => {
+                return format!(
+                    "[tetras-back] {}: a disk claiming to be '{}' is not the disk that was saved",
+                    self.host, self.disk
+                )
+            }
         };
         format!("[tetras-back] {}: backup on '{}' {what}", self.host, self.disk)
     }
@@ -348,6 +354,7 @@ mod tests {
                 free_before: None,
                 free_after: None,
                 totals: Default::default(),
+                identity: None,
             },
         };
         assert_eq!(m.subject(), "[tetras-back] host1: backup on 'office' FAILED");
