@@ -38,6 +38,8 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// Backing up again a disk that stays plugged in.
     pub schedule: Schedule,
+    /// Backup logs older than this are deleted (the newest 50 stay).
+    pub keep_logs: Duration,
     /// The udev rule keeping desktop automounters off the known disks,
     /// regenerated when a disk is saved or forgotten (`None`: not written).
     pub udev_rule: Option<PathBuf>,
@@ -233,6 +235,7 @@ struct RawConfig {
     metrics_file: Option<PathBuf>,
     udev_rule: Option<PathBuf>,
     schedule: Option<RawSchedule>,
+    keep_logs: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -576,6 +579,10 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         metrics_file,
         udev_rule,
         schedule,
+        keep_logs: match raw.keep_logs {
+            None => Duration::from_secs(365 * 86400),
+            Some(t) => parse_duration(&t).map_err(|m| err("keep_logs", m))?,
+        },
     })
 }
 

@@ -265,6 +265,11 @@ impl History {
         Ok(())
     }
 
+    /// Deletes the plug/unplug rows from before `before`; returns how many.
+    pub fn prune_plugs(&self, before: DateTime<Local>) -> Result<usize> {
+        Ok(self.conn.execute("DELETE FROM plugs WHERE time < ?1", [before.timestamp()])?)
+    }
+
     pub fn plug(&self, uuid: &str, disk: Option<&str>, device: &Path, plugged: bool) -> Result<()> {
         self.conn.execute(
             "INSERT INTO plugs (time, uuid, disk, device, action) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -466,6 +471,17 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plug_rows_older_than_the_limit_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.sqlite")).unwrap();
+        h.plug("u", Some("office"), Path::new("/dev/x"), true).unwrap();
+        h.conn.execute("UPDATE plugs SET time = time - 400 * 86400", []).unwrap();
+        h.plug("u", Some("office"), Path::new("/dev/x"), false).unwrap();
+        assert_eq!(h.prune_plugs(Local::now() - chrono::Duration::days(365)).unwrap(), 1);
+        assert_eq!(h.plugs(None, 10).unwrap().len(), 1);
+    }
 
     #[test]
     fn migrations_apply_once_and_a_newer_schema_is_refused() {

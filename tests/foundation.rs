@@ -433,3 +433,24 @@ fn watch_prints_events_and_cleans_up_on_ctrl_c() {
     let left: Vec<_> = fs::read_dir(env.path("run/replies")).unwrap().collect();
     assert!(left.is_empty(), "watch removed its FIFO");
 }
+
+/// Old backup logs are deleted at start (then daily), the newest 50 kept.
+#[test]
+fn old_logs_are_pruned_at_start() {
+    let env = TestEnv::new();
+    env.write_config("keep_logs = \"30days\"\n");
+    let logs = env.path("log");
+    fs::create_dir_all(&logs).unwrap();
+    let now = std::time::SystemTime::now();
+    for i in 0..60u32 {
+        let p = logs.join(format!("2025-01-01_00-00-{i:02}_office.log"));
+        fs::write(&p, b"old").unwrap();
+        let age = Duration::from_secs(86400 * (40 + u64::from(i)));
+        fs::File::options().write(true).open(&p).unwrap().set_modified(now - age).unwrap();
+    }
+    let d = env.start_daemon();
+    d.wait_log("deleted 10 backup log(s) older than `keep_logs`");
+    assert_eq!(fs::read_dir(&logs).unwrap().count(), 50);
+    assert!(logs.join("2025-01-01_00-00-00_office.log").exists(), "the newest stays");
+    assert!(!logs.join("2025-01-01_00-00-59_office.log").exists(), "the oldest goes");
+}

@@ -38,6 +38,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 mod disks;
 mod pipeline;
 mod reminders;
+mod retention;
 mod wake;
 
 use crate::bus::Bus;
@@ -84,6 +85,8 @@ struct Daemon {
     mail_failures: wake::WakeChannel<outbox::Failure>,
     /// When reminders are next looked for.
     next_reminders: Instant,
+    /// When old logs and history rows are next pruned.
+    next_retention: Instant,
     started: DateTime<Local>,
 }
 
@@ -195,6 +198,7 @@ fn start(source: ConfigSource) -> Result<(Daemon, Inputs)> {
         mailer,
         mail_failures,
         next_reminders: Instant::now(),
+        next_retention: Instant::now(),
         started: Local::now(),
     };
     daemon.update_udev_rule();
@@ -234,6 +238,7 @@ impl Daemon {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
             self.remind_if_due();
+            self.prune_if_due();
             let next_due = self.back_up_due_disks();
             let mut fds = vec![
                 PollFd::new(io.control.file.as_fd(), PollFlags::POLLIN),
@@ -247,7 +252,8 @@ impl Daemon {
             }
             // Asleep until something happens, the watchdog is due, reminders
             // are, or a plugged-in disk's next backup is.
-            let wake_in = self.next_reminders.saturating_duration_since(Instant::now());
+            let wake_in =
+                self.next_reminders.min(self.next_retention).saturating_duration_since(Instant::now());
             let wake_in = io.watchdog.map_or(wake_in, |w| w.min(wake_in));
             let wake_in =
                 next_due.map_or(wake_in, |d| (d - Local::now()).to_std().unwrap_or_default().min(wake_in));
