@@ -83,10 +83,10 @@ struct Daemon {
     mailer: Mailer,
     /// Mails the mailer thread could not send.
     mail_failures: wake::WakeChannel<outbox::Failure>,
-    /// When reminders are next looked for.
-    next_reminders: Instant,
-    /// When old logs and history rows are next pruned.
-    next_retention: Instant,
+    /// Looking for disks not backed up for too long (hourly).
+    reminders: wake::Periodic,
+    /// Pruning old logs and history rows (daily).
+    retention: wake::Periodic,
     started: DateTime<Local>,
 }
 
@@ -197,8 +197,8 @@ fn start(source: ConfigSource) -> Result<(Daemon, Inputs)> {
         bus: Bus::connect(),
         mailer,
         mail_failures,
-        next_reminders: Instant::now(),
-        next_retention: Instant::now(),
+        reminders: wake::Periodic::new(reminders::EVERY),
+        retention: wake::Periodic::new(retention::EVERY),
         started: Local::now(),
     };
     daemon.update_udev_rule();
@@ -253,7 +253,7 @@ impl Daemon {
             // Asleep until something happens, the watchdog is due, reminders
             // are, or a plugged-in disk's next backup is.
             let wake_in =
-                self.next_reminders.min(self.next_retention).saturating_duration_since(Instant::now());
+                self.reminders.next().min(self.retention.next()).saturating_duration_since(Instant::now());
             let wake_in = io.watchdog.map_or(wake_in, |w| w.min(wake_in));
             let wake_in =
                 next_due.map_or(wake_in, |d| (d - Local::now()).to_std().unwrap_or_default().min(wake_in));

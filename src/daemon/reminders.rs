@@ -3,7 +3,7 @@
 //! silently stopped happening (the disk left in a drawer, a script that
 //! always fails) does not go unnoticed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Local;
 
@@ -12,14 +12,13 @@ use crate::config::MailWhen;
 use crate::mail::{self, outbox::Work};
 
 /// How often the known disks are looked at.
-const EVERY: Duration = Duration::from_secs(3600);
+pub const EVERY: Duration = Duration::from_secs(3600);
 
 impl Daemon {
     pub(super) fn remind_if_due(&mut self) {
-        if Instant::now() < self.next_reminders {
+        if !self.reminders.due() {
             return;
         }
-        self.next_reminders = Instant::now() + EVERY;
         let days = self.config.mail.remind_after_days;
         if days == 0 || self.config.mail.when == MailWhen::Never {
             return;

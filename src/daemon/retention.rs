@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::Daemon;
 
@@ -14,14 +14,13 @@ use super::Daemon;
 pub const KEEP_NEWEST: usize = 50;
 /// How long plug and unplug rows stay in the history.
 const PLUGS_FOR: Duration = Duration::from_secs(365 * 86400);
-const EVERY: Duration = Duration::from_secs(86400);
+pub const EVERY: Duration = Duration::from_secs(86400);
 
 impl Daemon {
     pub(super) fn prune_if_due(&mut self) {
-        if Instant::now() < self.next_retention {
+        if !self.retention.due() {
             return;
         }
-        self.next_retention = Instant::now() + EVERY;
         match prune_logs(&self.config.log_dir, self.config.keep_logs, KEEP_NEWEST, SystemTime::now()) {
             Ok(0) => {}
             Ok(n) => log::info!("deleted {n} backup log(s) older than `keep_logs`"),

@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 pub struct WakeChannel<T> {
     tx: Sender<T>,
@@ -50,5 +51,33 @@ impl<T> WakeChannel<T> {
     /// Waits for the next value (`None`: every sender is gone).
     pub fn recv(&self) -> Option<T> {
         self.rx.recv().ok()
+    }
+}
+
+/// Something the loop does every `every`, the first time at once; the loop
+/// sleeps no longer than until [`Periodic::next`].
+#[derive(Debug)]
+pub struct Periodic {
+    next: Instant,
+    every: Duration,
+}
+
+impl Periodic {
+    pub fn new(every: Duration) -> Periodic {
+        Periodic { next: Instant::now(), every }
+    }
+
+    /// Whether it is time; if so, the next time is `every` from now.
+    pub fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.every;
+        true
+    }
+
+    pub fn next(&self) -> Instant {
+        self.next
     }
 }
