@@ -52,16 +52,16 @@ pub enum Progress {
 /// released on the way out (see [`mount::Mounted`]), and reported as an
 /// internal error, so that the daemon goes on with the next disk.
 pub fn run(job: Job, config: Config, bus: Bus, cancel: Arc<Cancel>, progress: impl Fn(Progress)) {
-    let started = Local::now();
-    let clock = Instant::now();
-    let log_path = config.log_dir.join(format!("{}_{}.log", started.format("%Y-%m-%d_%H-%M-%S"), job.name));
+    let at = Local::now();
+    let log = config.log_dir.join(format!("{}_{}.log", at.format("%Y-%m-%d_%H-%M-%S"), job.name));
+    let begun = Begun { at, clock: Instant::now(), log };
     let finished = AtomicBool::new(false);
     let report = |p: Progress| {
         finished.fetch_or(matches!(p, Progress::Finished(_)), Ordering::SeqCst);
         progress(p)
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        backup(&job, &config, &bus, &cancel, started, clock, &log_path, &report)
+        backup(&job, &config, &bus, &cancel, &begun, &report)
     }));
     if let Err(panic) = outcome {
         let why = panic
@@ -73,36 +73,39 @@ pub fn run(job: Job, config: Config, bus: Bus, cancel: Arc<Cancel>, progress: im
         if !finished.load(Ordering::SeqCst) {
             // Its mount was released while unwinding; whether everything
             // reached the disk is not known, so it is not said to be safe.
-            let error = format!("internal error: {why}");
-            progress(Progress::Finished(Report::failed(started, clock, log_path, false, error)));
+            progress(Progress::Finished(begun.failed(false, format!("internal error: {why}"))));
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// When a backup began and where its log is: what every report of it says.
+struct Begun {
+    at: DateTime<Local>,
+    clock: Instant,
+    log: PathBuf,
+}
+
+impl Begun {
+    fn failed(&self, safe_to_remove: bool, error: String) -> Report {
+        Report::failed(self.at, self.clock, self.log.clone(), safe_to_remove, error)
+    }
+}
+
 fn backup(
     job: &Job,
     config: &Config,
     bus: &Bus,
     cancel: &Cancel,
-    started: DateTime<Local>,
-    clock: Instant,
-    log_path: &Path,
+    begun: &Begun,
     progress: &impl Fn(Progress),
 ) {
+    let (started, clock, log_path) = (begun.at, begun.clock, begun.log.as_path());
     let _inhibitor = bus.inhibit(&format!("backing up this server onto disk {} ({})", job.name, job.uuid));
     let log = match BackupLog::create(log_path.to_owned()) {
         Ok(l) => l,
         Err(e) => {
             log::error!("{e:#}");
-            let safe = mount::is_unmounted(job.devnum);
-            progress(Progress::Finished(Report::failed(
-                started,
-                clock,
-                log_path.to_owned(),
-                safe,
-                format!("{e:#}"),
-            )));
+            progress(Progress::Finished(begun.failed(mount::is_unmounted(job.devnum), format!("{e:#}"))));
             return;
         }
     };
