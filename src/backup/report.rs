@@ -4,7 +4,7 @@
 //! ([`PowerOff`]). A leaf: it imports nothing of the daemon's.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
@@ -116,33 +116,6 @@ pub struct Report {
     pub totals: journal::Totals,
     /// The identity this backup wrote on the disk (its first success).
     pub identity: Option<String>,
-}
-
-impl Report {
-    /// A backup that failed before it could report anything else.
-    pub fn failed(
-        started: DateTime<Local>,
-        clock: Instant,
-        log: PathBuf,
-        safe_to_remove: bool,
-        error: String,
-    ) -> Report {
-        Report {
-            status: Status::Failed,
-            started,
-            finished: Local::now(),
-            duration: clock.elapsed(),
-            log,
-            safe_to_remove,
-            power_off: None,
-            error: Some(error),
-            scripts: Vec::new(),
-            free_before: None,
-            free_after: None,
-            totals: journal::Totals::default(),
-            identity: None,
-        }
-    }
 }
 
 /// What became of the drive after the unmount.

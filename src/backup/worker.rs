@@ -86,8 +86,23 @@ struct Begun {
 }
 
 impl Begun {
+    /// The report of a backup that failed before it could say anything else.
     fn failed(&self, safe_to_remove: bool, error: String) -> Report {
-        Report::failed(self.at, self.clock, self.log.clone(), safe_to_remove, error)
+        Report {
+            status: Status::Failed,
+            started: self.at,
+            finished: Local::now(),
+            duration: self.clock.elapsed(),
+            log: self.log.clone(),
+            safe_to_remove,
+            power_off: None,
+            error: Some(error),
+            scripts: Vec::new(),
+            free_before: None,
+            free_after: None,
+            totals: journal::Totals::default(),
+            identity: None,
+        }
     }
 }
 

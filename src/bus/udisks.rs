@@ -57,23 +57,18 @@ trait Drive {
 pub fn power_off(conn: &Connection, device: &Path) -> PowerOff {
     match try_power_off(conn, device) {
         Ok(p) => p,
-        Err(zbus::Error::MethodError(name, _, _)) if is_absent(name.as_str()) => {
-            PowerOff::Not("udisks is not on the system bus".into())
-        }
-        Err(zbus::Error::FDO(e))
-            if matches!(*e, zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)) =>
+        // The first call, ResolveDevice, is answered by the bus itself when
+        // no udisks is there (nor can be started).
+        Err(zbus::Error::MethodError(name, _, _))
+            if matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ) =>
         {
             PowerOff::Not("udisks is not on the system bus".into())
         }
         Err(e) => PowerOff::Not(format!("udisks refused to power the drive off: {e}")),
     }
-}
-
-fn is_absent(error_name: &str) -> bool {
-    matches!(
-        error_name,
-        "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
-    )
 }
 
 fn try_power_off(conn: &Connection, device: &Path) -> zbus::Result<PowerOff> {
