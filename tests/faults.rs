@@ -52,31 +52,28 @@ const POINTS: &[(&str, &str, In)] = &[
     ("daemon::before_history_write", "return", In::Daemon),
 ];
 
+/// A rig whose disk is backed up by SNAP on `plug` only (udev_events = false).
 struct Case {
-    disk: LoopDisk,
-    env: TestEnv,
+    rig: Rig,
     src: std::path::PathBuf,
 }
 
 impl Case {
     fn new() -> Case {
-        require_root_and_udevd();
-        let env = TestEnv::new();
-        let src = env.path("src");
+        let rig = Rig::new("ext4", "udev_events = false\n");
+        let src = rig.env.path("src");
         for i in 0..20 {
             fs::create_dir_all(src.join(format!("d{}", i % 4))).unwrap();
             fs::write(src.join(format!("d{}/f{i}", i % 4)), tree::text(i, 20_000)).unwrap();
         }
-        env.write_config(&format!(
+        rig.env.write_config(&format!(
             "udev_events = false\n[[scripts]]\nname = \"snap.sh\"\nargs = [\"{}\"]\n",
             src.display()
         ));
-        script(&env.path("scripts"), "snap.sh", SNAP, 0o755);
-        let uuid = random_uuid();
-        let mut disk = LoopDisk::create(env.root(), "ext4", &uuid, 64);
-        env.cli(&["save", &uuid, "office"]).ok();
-        disk.attach();
-        Case { env, disk, src }
+        script(&rig.scripts_dir(), "snap.sh", SNAP, 0o755);
+        let mut c = Case { rig, src };
+        c.rig.disk.attach();
+        c
     }
 
     /// Plugs the disk by hand (udev_events = false) and waits for its
@@ -91,7 +88,7 @@ impl Case {
             self.plug();
         } else {
             new_second();
-            self.env.cli(&["backup", "office"]).ok();
+            self.rig.env.cli(&["backup", "office"]).ok();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !done(self) {
@@ -105,7 +102,7 @@ impl Case {
     fn plug(&self) {
         new_second();
         sh("udevadm", &["settle", "--timeout=10"]);
-        self.env.cli(&["plug", self.disk.dev()]).ok();
+        self.rig.env.cli(&["plug", self.rig.disk.dev()]).ok();
     }
 
     /// The newest backup log.
@@ -115,41 +112,22 @@ impl Case {
     }
 
     fn history(&self) -> Vec<serde_json::Value> {
-        let out = self.env.cli(&["history", "--json"]).ok();
+        let out = self.rig.env.cli(&["history", "--json"]).ok();
         serde_json::from_str(&out.stdout).unwrap()
     }
 
     /// Looks at the disk read-only (detached meanwhile, attached again after).
     fn look<T>(&mut self, f: impl FnOnce(&Path) -> T) -> T {
-        let root = self.env.root().to_owned();
-        let seen = self.disk.inspect(&root, f);
-        self.disk.attach();
+        let root = self.rig.env.root().to_owned();
+        let seen = self.rig.disk.inspect(&root, f);
+        self.rig.disk.attach();
         seen
-    }
-
-    fn nothing_mounted(&self) {
-        assert!(self.disk.mounts().is_empty(), "still mounted at {:?}", self.disk.mounts());
-        let left: Vec<_> = fs::read_dir(self.env.path("mnt"))
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "mount points left: {left:?}");
     }
 }
 
 /// Backup folders are named by the second they start in: one backup a second.
 fn new_second() {
     std::thread::sleep(Duration::from_millis(1100));
-}
-
-/// The dated backup folders at the root of a disk, oldest first.
-fn backups(mnt: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("20"))
-        .collect();
-    names.sort();
-    names
 }
 
 /// Waits until a process says it reached the point `name` (the daemon in
@@ -181,12 +159,12 @@ fn kill(pid: i32) {
 fn killed_at(point: &str, spec: &str, at: In) -> String {
     let mut c = Case::new();
     {
-        let d = c.env.start_daemon();
+        let d = c.rig.env.start_daemon();
         assert_eq!(c.backup(&d, true), "success");
         assert_eq!(c.backup(&d, false), "success");
     }
     let (before, previous) = c.look(|mnt| {
-        let names = backups(mnt);
+        let names = dated_folders(mnt);
         let newest = fingerprint(&mnt.join(&names[names.len() - 1]));
         (names, newest)
     });
@@ -202,9 +180,9 @@ fn killed_at(point: &str, spec: &str, at: In) -> String {
     }
 
     // Stopped dead at the point.
-    let d = c.env.start_daemon_with(&[("FAILPOINTS", &format!("{point}={spec}"))]);
+    let d = c.rig.env.start_daemon_with(&[("FAILPOINTS", &format!("{point}={spec}"))]);
     c.plug();
-    let pid = wait_reached(&c.env, &d, point);
+    let pid = wait_reached(&c.rig.env, &d, point);
     if at == In::Engine {
         // The engine and its script (one process group), as a power cut would.
         let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
@@ -215,29 +193,29 @@ fn killed_at(point: &str, spec: &str, at: In) -> String {
 
     // The next daemon cleans up: nothing mounted, the row interrupted,
     // state and history readable.
-    let d = c.env.start_daemon();
-    c.nothing_mounted();
+    let d = c.rig.env.start_daemon();
+    c.rig.nothing_mounted();
     let history = c.history();
     let status = history[0]["status"].as_str().unwrap().to_owned();
     assert_eq!(status, "interrupted", "{history:#?}");
     assert_eq!(history.len(), 3);
-    let disks = c.env.cli(&["disks", "--json"]).ok();
+    let disks = c.rig.env.cli(&["disks", "--json"]).ok();
     assert!(disks.stdout.contains("\"office\""), "{disks:?}");
     drop(d);
 
     // The previous complete backup is as it was.
     let (after, now) = c.look(|mnt| {
         let p = mnt.join(&before[1]);
-        (backups(mnt), p.exists().then(|| fingerprint(&p)))
+        (dated_folders(mnt), p.exists().then(|| fingerprint(&p)))
     });
     assert!(now.is_some(), "the previous backup {} is gone: {after:?}", before[1]);
     assert!(now == Some(previous), "the previous backup {} changed", before[1]);
 
     // And the next plug backs up.
-    let d = c.env.start_daemon();
+    let d = c.rig.env.start_daemon();
     assert_eq!(c.backup(&d, true), "success", "{}", c.last_log());
     drop(d);
-    c.nothing_mounted();
+    c.rig.nothing_mounted();
     status
 }
 

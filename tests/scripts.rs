@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::disk::{fake_backup, install_shipped_scripts, require_root, sh, LoopDisk};
+use common::disk::{dated_folders, fake_backup, install_shipped_scripts, require_root, sh, LoopDisk};
 use common::tree::{self, assert_same, Compare};
 use common::{Run, TestEnv, BIN};
 
@@ -51,13 +51,7 @@ impl Rig {
 
     /// The dated folders on the disk, oldest first.
     fn backups(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.disk())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("20"))
-            .collect();
-        v.sort();
-        v
+        dated_folders(&self.disk())
     }
 }
 

@@ -12,7 +12,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -136,17 +136,30 @@ fn shipped_script_keeps_setuid_xattrs_and_owners(c: &mut Ctx) {
     assert!(safe["power_off_error"].as_str().unwrap().contains("udisks is not on the system bus"), "{safe}");
     assert_eq!(c.mounts_of(&dev), "", "nothing is left mounted");
 
+    // Again, in a new second: the disk proves its identity on a read-only
+    // mount, remounted writable under the unit's filters, and the snapshot
+    // is incremental.
+    std::thread::sleep(Duration::from_millis(1100));
+    c.b.sh("tetras-back backup shipped").ok();
+    let finished = c.events_until("backup_finished", &disk).pop().unwrap();
+    assert_eq!(finished["status"], "success", "{finished}");
+    let log = fs::read_to_string(c.b.path(finished["log"].as_str().unwrap())).unwrap();
+    assert!(log.contains("the disk proved its identity"), "{log}");
+    c.events_until("safe_to_remove", &disk);
+
+    // Forgotten first, so that the host's loop mount of the image is no plug to the daemon.
+    c.b.sh(&format!("tetras-back forget {}", disk.uuid)).ok();
     disk.inspect(c.images.path(), |mnt| {
-        let dated: Vec<_> = fs::read_dir(mnt)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().contains("_Sauvegarde_"))
-            .collect();
-        assert_eq!(dated.len(), 1, "{dated:?}");
-        tree::assert_same(&home, &dated[0].join("Donnees"), &Compare::snapshot());
-        let suid = fs::symlink_metadata(dated[0].join("Donnees/alice/setuid-tool")).unwrap();
+        let dated = dated_folders(mnt);
+        assert_eq!(dated.len(), 2, "{dated:?}");
+        let (first, newest) = (mnt.join(&dated[0]), mnt.join(&dated[1]));
+        tree::assert_same(&home, &newest.join("Donnees"), &Compare::snapshot());
+        let suid = fs::symlink_metadata(newest.join("Donnees/alice/setuid-tool")).unwrap();
         assert_eq!(suid.permissions().mode() & 0o7777, 0o4755);
-        assert!(dated[0].join("serveur.tar.gz").exists(), "the shipped script archives /etc too");
+        let ino = |b: &Path| fs::metadata(b.join("Donnees/alice/noted")).unwrap().ino();
+        assert_eq!(ino(&first), ino(&newest), "an unchanged file is hard-linked to the previous backup");
+        assert!(newest.join("serveur.tar.gz").exists(), "the shipped script archives /etc too");
+        assert!(mnt.join(".tetras-back/disk-id").exists());
     });
 }
 

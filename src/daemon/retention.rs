@@ -41,7 +41,12 @@ impl Daemon {
 /// time), but never the `newest` most recent ones; returns how many went.
 pub fn prune_logs(dir: &Path, keep: Duration, newest: usize, now: SystemTime) -> std::io::Result<usize> {
     let mut logs: Vec<(i64, std::path::PathBuf)> = Vec::new();
-    for e in fs::read_dir(dir)? {
+    let entries = match fs::read_dir(dir) {
+        // No backup has written a log yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        other => other?,
+    };
+    for e in entries {
         let e = e?;
         let meta = e.path().symlink_metadata()?;
         if meta.is_file() && e.path().extension().is_some_and(|x| x == "log") {
@@ -93,5 +98,6 @@ mod tests {
         assert!(left.contains(&"notes.txt".to_owned()) && left.contains(&"b000.log".to_owned()));
         assert!(!left.contains(&"b059.log".to_owned()), "the oldest went");
         assert_eq!(prune_logs(d.path(), day * 365, KEEP_NEWEST, now).unwrap(), 0);
+        assert_eq!(prune_logs(&d.path().join("not yet"), day, KEEP_NEWEST, now).unwrap(), 0);
     }
 }

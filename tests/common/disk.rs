@@ -163,6 +163,17 @@ fn unmount_all(dev: &str) {
     }
 }
 
+/// The dated backup folders (`YYYY-…`) in `dir`, oldest first.
+pub fn dated_folders(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("20"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// A dated backup folder `name` in `dir` holding `mb` MiB of its own data.
 pub fn fake_backup(dir: &Path, name: &str, mb: u64) {
     fs::create_dir_all(dir.join(name)).unwrap();
