@@ -30,7 +30,7 @@ PROFILE     ?= release
 BUILD_DEPS  := pkg-config libudev-dev gcc
 DEB_DEPS    := $(BUILD_DEPS) dpkg-dev binutils gzip
 # The service tests boot a Debian with systemd as PID 1 (../shared/tools/systemd-box).
-TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup \
+TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup time \
                python3-aiosmtpd python3-prometheus-client systemd make openssl \
                systemd-container mmdebstrap lintian
 LINT_DEPS   := $(BUILD_DEPS) shellcheck

@@ -5,6 +5,8 @@ A server-like tree: about 50,000 files in nested directories, mostly small
 text (configuration, source, mail, logs: compressible), some binary
 (incompressible, like photos or packages), and a few large logs.
 Usage: gen.py DIR [FILES]
+       gen.py --small DIR FILES   (the scale tree: many small files, as in
+                                   Maildirs, 250 to a directory)
 """
 import os
 import random
@@ -29,7 +31,25 @@ def corpus(rng, size):
     return "".join(out).encode()
 
 
+def small(root, files):
+    rng = random.Random(20261124)
+    text = corpus(rng, 1 << 20)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for k in range(0, files, 250):
+        d = f"{root}/user{k // 50_000:03d}/folder{k // 250 % 200:03d}/cur"
+        os.makedirs(d)
+        for i in range(k, min(k + 250, files)):
+            size = rng.randint(20, 600)
+            off = rng.randrange(0, len(text) - size)
+            fd = os.open(f"{d}/{i:07d}.mail", flags, 0o600)
+            os.write(fd, text[off:off + size])
+            os.close(fd)
+    print(f"{files} small files in {root}")
+
+
 def main():
+    if sys.argv[1] == "--small":
+        return small(sys.argv[2], int(sys.argv[3]))
     root = sys.argv[1]
     files = int(sys.argv[2]) if len(sys.argv) > 2 else 50_000
     rng = random.Random(20261122)

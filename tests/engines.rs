@@ -392,6 +392,8 @@ fn verify_reports_a_flipped_byte_a_deleted_file_and_an_extra_one() {
     fs::create_dir_all(src.join("sub")).unwrap();
     fs::write(src.join("sub/doc"), tree::text(5, 10_000)).unwrap();
     fs::write(src.join("gone"), b"soon deleted").unwrap();
+    fs::create_dir_all(src.join("folder/inner")).unwrap();
+    fs::write(src.join("folder/inner/deep"), b"deep").unwrap();
     let snap = b.disk("2026-11-01_10-00-00");
     b.tb(&["snapshot", "--dest", s(&snap), &format!("{}/", src.display())]).ok();
     b.tb(&["verify", s(&snap)]).ok();
@@ -404,12 +406,15 @@ fn verify_reports_a_flipped_byte_a_deleted_file_and_an_extra_one() {
     fs::write(&doc, &bytes).unwrap();
     tree::set_mtime(&doc, m.mtime(), m.mtime_nsec());
     fs::remove_file(snap.join("gone")).unwrap();
+    fs::remove_dir_all(snap.join("folder")).unwrap();
     fs::write(snap.join("sub/intruder"), b"?").unwrap();
 
     let run = b.tb(&["verify", s(&snap)]);
     assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stdout.contains("changed: sub/doc (content differs)"), "{run:?}");
     assert!(run.stdout.contains("missing: gone"), "{run:?}");
+    assert!(run.stdout.contains("missing: folder\n"), "{run:?}");
+    assert!(!run.stdout.contains("folder/"), "a missing folder is reported once: {run:?}");
     assert!(run.stdout.contains("extra: sub/intruder"), "{run:?}");
     assert!(run.stdout.contains("DAMAGED"), "{run:?}");
     b.tb(&["verify", s(&src)]).fails_with(&["not a snapshot made by tetras-back"]);
@@ -446,4 +451,97 @@ fn unreadable_source_files_are_skipped_and_reported() {
     assert_eq!(run.code, 23, "partial: {run:?}");
     assert!(run.stderr.contains("locked"), "the unreadable directory is named: {run:?}");
     assert_eq!(fs::read(dest.join("fine")).unwrap(), b"fine", "everything else is copied");
+}
+
+/// Rewrites a snapshot's manifest in format 1, as tetras-back 0.1 wrote it:
+/// sorted by whole path.
+fn to_format_1(snap: &Path) {
+    let path = snap.join(".tetras-back-manifest");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().skip(1).collect();
+    assert!(text.starts_with("tetras-back manifest 2\n"), "{text}");
+    lines.sort_by_key(|l| l.rsplit('\t').next().unwrap().to_owned());
+    fs::write(&path, format!("tetras-back manifest 1\n{}\n", lines.join("\n"))).unwrap();
+}
+
+#[test]
+fn checksums_come_from_the_previous_manifest_in_either_format() {
+    let b = Bench::new(64);
+    let src = b.env.path("src");
+    for d in ["a", "a/b", "a-b", "c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        for f in 0..3 {
+            fs::write(src.join(format!("{d}/f{f}")), format!("{d} {f}")).unwrap();
+        }
+    }
+    let slash = format!("{}/", src.display());
+    let first = b.disk("2026-11-01_10-00-00");
+    b.tb(&["snapshot", "--dest", s(&first), &slash]).ok();
+    to_format_1(&first);
+    let verify = b.tb(&["verify", s(&first)]).ok();
+    assert!(verify.stdout.contains("intact"), "a format-1 manifest is still read: {verify:?}");
+
+    // A checksum of the old manifest made wrong: the next snapshot, which
+    // links the file, trusts it, and its verify shows where it came from.
+    let manifest = first.join(".tetras-back-manifest");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let line = text.lines().find(|l| l.ends_with("\ta/b/f1")).unwrap();
+    let hash = line.split('\t').nth(6).unwrap();
+    fs::write(&manifest, text.replace(hash, &"0".repeat(64))).unwrap();
+    let second = b.disk("2026-11-01_11-00-00");
+    let run = b.tb(&["snapshot", "--json", "--dest", s(&second), "--link-dest", s(&first), &slash]).ok();
+    assert_eq!(json(&run)["linked_files"], 12, "{run:?}");
+    let verify = b.tb(&["verify", s(&second)]);
+    assert_eq!(verify.code, 4, "{verify:?}");
+    assert!(verify.stdout.contains("changed: a/b/f1 (content differs)"), "{verify:?}");
+    assert_eq!(verify.stdout.matches("changed:").count(), 1, "{verify:?}");
+    assert!(
+        fs::read_to_string(second.join(".tetras-back-manifest"))
+            .unwrap()
+            .starts_with("tetras-back manifest 2\n"),
+        "new snapshots write format 2"
+    );
+
+    // Format 2 is read the same way, directory by directory.
+    let third = b.disk("2026-11-01_12-00-00");
+    b.tb(&["snapshot", "--dest", s(&third), "--link-dest", s(&second), &slash]).ok();
+    let verify = b.tb(&["verify", s(&third)]);
+    assert!(verify.stdout.contains("changed: a/b/f1 (content differs)"), "{verify:?}");
+}
+
+/// Peak resident memory of a command, in KiB (GNU time).
+fn peak_kib(args: &[&str]) -> u64 {
+    let out =
+        Command::new("/usr/bin/time").args(["-f", "peak %M"]).arg(common::BIN).args(args).output().unwrap();
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    let peak = run.stderr.lines().rev().find_map(|l| l.strip_prefix("peak ")).expect("GNU time's line");
+    peak.trim().parse().unwrap()
+}
+
+#[test]
+fn memory_does_not_grow_with_the_number_of_files() {
+    require_root();
+    let env = TestEnv::new();
+    let src = env.path("src");
+    // 100,000 files: the engines before format 2 held about 450 bytes a
+    // file (some 50 MiB here); now a directory at a time.
+    for d in 0..400 {
+        let dir = src.join(format!("user{:02}/folder{d:03}", d / 40));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..250 {
+            fs::write(dir.join(format!("{f:04}.mail")), format!("message {d} {f}")).unwrap();
+        }
+    }
+    let slash = format!("{}/", src.display());
+    let (first, second) = (env.path("b/2026-11-01_10-00-00"), env.path("b/2026-11-01_11-00-00"));
+    fs::create_dir_all(env.path("b")).unwrap();
+    let limit = 24 * 1024;
+    let full = peak_kib(&["snapshot", "--dest", s(&first), &slash]);
+    let incremental = peak_kib(&["snapshot", "--dest", s(&second), "--link-dest", s(&first), &slash]);
+    let verify = peak_kib(&["verify", s(&second)]);
+    for (what, kib) in [("first snapshot", full), ("incremental snapshot", incremental), ("verify", verify)] {
+        eprintln!("{what}: peak {kib} KiB for 100,000 files");
+        assert!(kib < limit, "{what} peaked at {kib} KiB for 100,000 files (limit {limit} KiB)");
+    }
 }

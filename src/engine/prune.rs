@@ -93,8 +93,8 @@ struct Progress {
     free: u64,
     deleted: Vec<Deleted>,
     gone: HashSet<usize>,
-    /// Inodes met in a dry run's estimate.
-    seen: HashMap<(u64, u64), u64>,
+    /// Inodes with several links met in a dry run's estimate.
+    seen: HashMap<(u64, u64), u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,14 +216,17 @@ fn list(dir: BorrowedFd) -> Result<Vec<Backup>> {
 /// Space deleting `path` would free, counting a hard-linked file only once
 /// its last link is among those deleted (`seen` carries over between the
 /// folders of one dry run).
-fn estimate_freed(path: &Path, seen: &mut HashMap<(u64, u64), u64>) -> u64 {
+fn estimate_freed(path: &Path, seen: &mut HashMap<(u64, u64), u32>) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut freed = 0;
     for e in walkdir::WalkDir::new(path).follow_links(false).same_file_system(true).into_iter().flatten() {
         let Ok(m) = e.metadata() else { continue };
-        let count = seen.entry((m.dev(), m.ino())).or_insert(0);
-        *count += 1;
-        if m.is_dir() || *count == m.nlink() {
+        let last = m.is_dir() || m.nlink() == 1 || {
+            let count = seen.entry((m.dev(), m.ino())).or_insert(0);
+            *count += 1;
+            u64::from(*count) == m.nlink()
+        };
+        if last {
             freed += m.blocks() * 512;
         }
     }

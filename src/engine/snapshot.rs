@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufWriter, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::AtFlags;
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{
     fchmod, fstat, futimens, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag, UtimensatFlags,
 };
@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::fsx::{self, Partial};
-use super::manifest::{self, Entry, Hash, Kind};
+use super::manifest::{self, Entry, Hash, Kind, Manifest};
 use super::{dated_name, is_partial, Exclude, Skipped};
 
 /// Where unchanged files are hard-linked from.
@@ -108,19 +108,44 @@ struct Ctx<'a> {
     /// `DIR.partial`; `None` in a dry run.
     dest: Option<OwnedFd>,
     prev: Option<OwnedFd>,
-    prev_manifest: HashMap<PathBuf, Entry>,
+    prev_manifest: Option<Manifest>,
+    /// The new manifest; `None` in a dry run.
+    manifest: Option<manifest::Writer>,
     exclude: &'a Exclude,
     one_file_system: bool,
     as_root: bool,
     skipped: Skipped,
     n: Counters,
-    entries: Mutex<Vec<Entry>>,
     /// Directories created, for their metadata once everything is in them.
-    dirs: Mutex<Vec<(usize, PathBuf, FileStat)>>,
-    /// First path of each inode with several links in the source.
-    first_links: Mutex<HashMap<(u64, u64), PathBuf>>,
-    /// Further paths of those inodes: (path, first path).
-    more_links: Mutex<Vec<(PathBuf, PathBuf)>>,
+    dirs: Mutex<Vec<(usize, PathBuf, Meta)>>,
+    /// The first path of each inode with several links in the source, and
+    /// its entry once copied.
+    first_links: Mutex<HashMap<Inode, (PathBuf, Option<Entry>)>>,
+    /// Further paths of those inodes.
+    more_links: Mutex<Vec<(PathBuf, Inode)>>,
+}
+
+type Inode = (u64, u64);
+
+/// What is set on a copy once its content is in place.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: TimeSpec,
+    mtime: TimeSpec,
+}
+
+impl Meta {
+    fn of(st: &FileStat) -> Meta {
+        Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            atime: TimeSpec::new(st.st_atime, st.st_atime_nsec),
+            mtime: TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        }
+    }
 }
 
 /// A directory job: which source, and the path below it (the same path
@@ -153,10 +178,10 @@ pub fn run(opts: &Options) -> Result<Summary> {
             }
             Err(e) => {
                 eprintln!("tetras-back: --link-dest {e}: copying everything");
-                (None, HashMap::new())
+                (None, None)
             }
         },
-        None => (None, HashMap::new()),
+        None => (None, None),
     };
 
     let mut target = None;
@@ -169,17 +194,18 @@ pub fn run(opts: &Options) -> Result<Summary> {
         target = Some(t);
         Some(fd)
     };
-    let ctx = Ctx {
+    let manifest = dest.as_ref().map(|d| spill_file(d.as_fd())).transpose()?.map(manifest::Writer::new);
+    let mut ctx = Ctx {
         roots,
         dest,
         prev,
         prev_manifest,
+        manifest,
         exclude: &opts.exclude,
         one_file_system: opts.one_file_system,
         as_root: nix::unistd::geteuid().is_root(),
         skipped: Skipped::default(),
         n: Counters::default(),
-        entries: Mutex::new(Vec::new()),
         dirs: Mutex::new(Vec::new()),
         first_links: Mutex::new(HashMap::new()),
         more_links: Mutex::new(Vec::new()),
@@ -196,16 +222,16 @@ pub fn run(opts: &Options) -> Result<Summary> {
     if let (Some(dest), Some(target)) = (&ctx.dest, target) {
         ctx.link_inside(dest.as_fd())?;
         ctx.finish_dirs(dest.as_fd())?;
-        let mut entries = std::mem::take(&mut *ctx.entries.lock().unwrap());
         let m = fsx::create_new(dest.as_fd(), OsStr::new(manifest::NAME))
             .context("cannot create the manifest")?;
-        let mut w = BufWriter::new(&m);
-        manifest::write(&mut w, &mut entries).context("cannot write the manifest")?;
+        let mut w = BufWriter::with_capacity(1 << 20, &m);
+        let writer = ctx.manifest.take().expect("a manifest is written when there is a destination");
+        writer.finish(&mut w).context("cannot write the manifest")?;
         drop(w);
         // A snapshot of `SRC/` takes the metadata of SRC itself.
         if let Some((i, root)) = ctx.roots.iter().enumerate().find(|(_, r)| r.only.is_none()) {
             let st = fstat(&root.dir)?;
-            ctx.set_dir_meta(dest.as_fd(), i, Path::new(""), &st)?;
+            ctx.set_dir_meta(dest.as_fd(), i, Path::new(""), &Meta::of(&st))?;
         }
         commit(target, dest.as_fd())?;
     }
@@ -330,16 +356,25 @@ pub fn find_previous(dest: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-fn read_manifest(dir: BorrowedFd, path: &Path) -> Result<HashMap<PathBuf, Entry>> {
+fn read_manifest(dir: BorrowedFd, path: &Path) -> Result<Option<Manifest>> {
     match fsx::open_read(dir, OsStr::new(manifest::NAME), false) {
-        Ok(fd) => {
-            let what = path.join(manifest::NAME);
-            Ok(manifest::by_path(manifest::read(BufReader::new(File::from(fd)), &what)?))
-        }
+        Ok(fd) => Ok(Some(Manifest::open(File::from(fd), &path.join(manifest::NAME))?)),
         // A folder made by another tool: checksums are computed from the files.
-        Err(Errno::ENOENT) => Ok(HashMap::new()),
+        Err(Errno::ENOENT) => Ok(None),
         Err(e) => bail!("{}: {}", path.join(manifest::NAME).display(), e.desc()),
     }
+}
+
+/// The new manifest's scratch file, in the snapshot being written (whose
+/// file system has room for it), unlinked at once: it never outlives the run.
+fn spill_file(dest: BorrowedFd) -> Result<File> {
+    let name = OsStr::new(".tetras-back-manifest.spill");
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(dest, name, flags, Mode::from_bits_truncate(0o600))
+        .map_err(|e| anyhow!("cannot create the manifest's scratch file: {}", e.desc()))?;
+    unlinkat(dest, name, UnlinkatFlags::NoRemoveDir)
+        .map_err(|e| anyhow!("cannot unlink the manifest's scratch file: {}", e.desc()))?;
+    Ok(File::from(fd))
 }
 
 fn same_file(a: &FileStat, b: &FileStat, owners: bool) -> bool {
@@ -395,15 +430,25 @@ impl Ctx<'_> {
             None => None,
         };
         let prev = self.prev.as_ref().and_then(|p| fsx::open_beneath(p.as_fd(), &rel).ok());
-        let names = match fsx::read_names(src.as_fd()) {
+        let mut names = match fsx::read_names(src.as_fd()) {
             Ok(n) => n,
             Err(e) => {
                 self.skip(root, &rel, e.desc());
                 return Ok(Vec::new());
             }
         };
+        // In the manifest's order, to read the previous one in step.
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut before = match (&self.prev_manifest, &prev) {
+            (Some(m), Some(_)) => Some(m.children(&rel)),
+            _ => None,
+        };
+        let mut entries = self.manifest.as_ref().map(|m| m.dir(&rel));
+        let mut record = |e: Entry| match &mut entries {
+            Some(w) => w.push(&e).map_err(|e| anyhow!("cannot write the manifest: {e}")),
+            None => Ok(()),
+        };
         let mut subdirs = Vec::new();
-        let mut entries = Vec::new();
         let d = Dirs {
             src: src.as_fd(),
             dest: dest.as_ref().map(|d| d.as_fd()),
@@ -434,27 +479,44 @@ impl Ctx<'_> {
                 if let Some(dest) = d.dest {
                     mkdirat(dest, name.as_os_str(), Mode::from_bits_truncate(0o700))
                         .map_err(|e| dest_err(&path, "create directory", e.desc()))?;
-                    self.dirs.lock().unwrap().push((root, path.clone(), st));
+                    self.dirs.lock().unwrap().push((root, path.clone(), Meta::of(&st)));
                 }
-                entries.push(entry(path.clone(), Kind::Dir, &st, 0, None));
+                record(entry(path.clone(), Kind::Dir, &st, 0, None))?;
                 if !(self.one_file_system && st.st_dev != r.dev) {
                     subdirs.push((root, path));
                 }
                 continue;
             }
             let done = match kind {
-                SFlag::S_IFREG => self.file(root, &d, &name, path, &st)?,
+                SFlag::S_IFREG => {
+                    let known = match &mut before {
+                        Some(b) => b.find(&name, drop)?,
+                        None => None,
+                    };
+                    let done = self.file(root, &d, &name, path, &st, known)?;
+                    if let (Some(e), true) = (&done, st.st_nlink > 1) {
+                        // What the further links of this inode will say.
+                        let mut first = self.first_links.lock().unwrap();
+                        if let Some((_, known)) = first.get_mut(&(st.st_dev, st.st_ino)) {
+                            *known = Some(e.clone());
+                        }
+                    }
+                    done
+                }
                 SFlag::S_IFLNK => self.symlink(root, &d, &name, path, &st)?,
                 _ => self.special(root, &d, &name, path, &st, kind)?,
             };
-            entries.extend(done);
+            if let Some(e) = done {
+                record(e)?;
+            }
         }
-        if self.dest.is_some() {
-            self.entries.lock().unwrap().append(&mut entries);
+        if let Some(w) = entries {
+            w.finish().map_err(|e| anyhow!("cannot write the manifest: {e}"))?;
         }
         Ok(subdirs)
     }
 
+    /// A regular file; `before` is its entry in the previous manifest.
     fn file(
         &self,
         root: usize,
@@ -462,25 +524,25 @@ impl Ctx<'_> {
         name: &OsStr,
         path: PathBuf,
         st: &FileStat,
+        before: Option<Entry>,
     ) -> Result<Option<Entry>> {
         let size = st.st_size as u64;
         self.n.files.fetch_add(1, Relaxed);
         self.n.bytes.fetch_add(size, Relaxed);
         if st.st_nlink > 1 {
+            let inode = (st.st_dev, st.st_ino);
             let mut first = self.first_links.lock().unwrap();
-            if let Some(target) = first.get(&(st.st_dev, st.st_ino)) {
+            if first.contains_key(&inode) {
                 // Linked to its first path once everything is copied.
-                self.more_links.lock().unwrap().push((path, target.clone()));
+                self.more_links.lock().unwrap().push((path, inode));
                 return Ok(None);
             }
-            first.insert((st.st_dev, st.st_ino), path.clone());
+            first.insert(inode, (path.clone(), None));
         }
         if let Some(prev) = d.prev {
             let unchanged = fsx::lstat_at(prev, name).is_ok_and(|p| same_file(st, &p, self.as_root));
             if unchanged {
-                let known = self
-                    .prev_manifest
-                    .get(&path)
+                let known = before
                     .filter(|e| {
                         e.kind == Kind::File && e.size == size && e.mtime == (st.st_mtime, st.st_mtime_nsec)
                     })
@@ -532,7 +594,7 @@ impl Ctx<'_> {
             }
             Err(CopyError::Write(e)) => return Err(dest_err(&path, "write", e)),
         };
-        self.set_meta(&src, &out, st, &path).map_err(|e| dest_err(&path, "set metadata of", e))?;
+        self.set_meta(&src, &out, &Meta::of(st), &path).map_err(|e| dest_err(&path, "set metadata of", e))?;
         self.copied(copied, st);
         crate::fault::point("snapshot::file_copied");
         Ok(Some(entry(path, Kind::File, st, copied, Some(hash))))
@@ -551,14 +613,13 @@ impl Ctx<'_> {
 
     /// Owner, mode, extended attributes and times, in that order (a change
     /// of owner clears set-uid bits and capabilities).
-    fn set_meta(&self, src: &File, out: &File, st: &FileStat, what: &Path) -> io::Result<()> {
+    fn set_meta(&self, src: &File, out: &File, meta: &Meta, what: &Path) -> io::Result<()> {
         if self.as_root {
-            fchown(out, Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid)))?;
+            fchown(out, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
         }
-        fchmod(out, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+        fchmod(out, Mode::from_bits_truncate(meta.mode))?;
         copy_xattrs(src, out, what);
-        let (a, m) = times(st);
-        futimens(out, &a, &m)?;
+        futimens(out, &meta.atime, &meta.mtime)?;
         Ok(())
     }
 
@@ -622,15 +683,14 @@ impl Ctx<'_> {
     /// Makes the further paths of inodes linked several times in the source
     /// hard links to the first one, as in the source.
     fn link_inside(&self, dest: BorrowedFd) -> Result<()> {
-        let more = std::mem::take(&mut *self.more_links.lock().unwrap());
-        if more.is_empty() {
-            return Ok(());
-        }
-        let mut entries = self.entries.lock().unwrap();
-        let index: HashMap<PathBuf, usize> =
-            entries.iter().enumerate().map(|(i, e)| (e.path.clone(), i)).collect();
-        for (path, target) in more {
-            let Some(&i) = index.get(&target) else {
+        let mut more = std::mem::take(&mut *self.more_links.lock().unwrap());
+        // By directory, names in order: one run of the manifest for each.
+        more.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let first = self.first_links.lock().unwrap();
+        let mut entries: Option<manifest::DirWriter> = None;
+        for (path, inode) in more {
+            let (target, known) = &first[&inode];
+            let Some(known) = known else {
                 self.skipped.report(format_args!(
                     "{}: its first hard link {} was not copied",
                     path.display(),
@@ -638,15 +698,23 @@ impl Ctx<'_> {
                 ));
                 continue;
             };
-            let (tp, tn) = split(&target);
+            let (tp, tn) = split(target);
             let (pp, pn) = split(&path);
-            let tdir = fsx::open_beneath(dest, tp).map_err(|e| dest_err(&target, "open", e.desc()))?;
+            let tdir = fsx::open_beneath(dest, tp).map_err(|e| dest_err(target, "open", e.desc()))?;
             let pdir = fsx::open_beneath(dest, pp).map_err(|e| dest_err(&path, "open", e.desc()))?;
             linkat(&tdir, tn, &pdir, pn, AtFlags::empty())
                 .map_err(|e| dest_err(&path, "hard-link", e.desc()))?;
-            let mut e = entries[i].clone();
-            e.path = path;
-            entries.push(e);
+            let Some(m) = &self.manifest else { continue };
+            if entries.as_ref().is_none_or(|w| w.dir() != pp) {
+                if let Some(w) = entries.replace(m.dir(pp)) {
+                    w.finish()?;
+                }
+            }
+            let e = Entry { path: path.clone(), ..known.clone() };
+            entries.as_mut().expect("just set").push(&e)?;
+        }
+        if let Some(w) = entries {
+            w.finish()?;
         }
         Ok(())
     }
@@ -655,17 +723,17 @@ impl Ctx<'_> {
     /// that nothing more is written into them.
     fn finish_dirs(&self, dest: BorrowedFd) -> Result<()> {
         let dirs = std::mem::take(&mut *self.dirs.lock().unwrap());
-        dirs.par_iter().try_for_each(|(root, rel, st)| self.set_dir_meta(dest, *root, rel, st))
+        dirs.par_iter().try_for_each(|(root, rel, meta)| self.set_dir_meta(dest, *root, rel, meta))
     }
 
-    fn set_dir_meta(&self, dest: BorrowedFd, root: usize, rel: &Path, st: &FileStat) -> Result<()> {
+    fn set_dir_meta(&self, dest: BorrowedFd, root: usize, rel: &Path, meta: &Meta) -> Result<()> {
         let out = File::from(fsx::open_beneath(dest, rel).map_err(|e| dest_err(rel, "open", e.desc()))?);
         let src_rel =
             if self.roots[root].only.is_some() || !rel.as_os_str().is_empty() { rel } else { Path::new("") };
         match fsx::open_beneath(self.roots[root].dir.as_fd(), src_rel) {
-            Ok(src) => self.set_meta(&File::from(src), &out, st, rel),
+            Ok(src) => self.set_meta(&File::from(src), &out, meta, rel),
             // Gone since: owner, mode and times are known all the same.
-            Err(_) => self.set_meta(&out, &out, st, rel),
+            Err(_) => self.set_meta(&out, &out, meta, rel),
         }
         .map_err(|e| dest_err(rel, "set metadata of", e))
     }

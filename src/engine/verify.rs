@@ -1,10 +1,8 @@
 //! `verify`: reads a snapshot again and compares it with the manifest
 //! written when it was made: missing, changed and extra entries.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::BufReader;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -15,7 +13,7 @@ use nix::sys::stat::{FileStat, SFlag};
 use serde::Serialize;
 
 use super::fsx;
-use super::manifest::{self, Entry, Hash, Kind};
+use super::manifest::{self, Entry, Kind, Manifest};
 use super::snapshot::hash_file;
 
 #[derive(Debug, Default, Serialize)]
@@ -34,6 +32,15 @@ impl Report {
     pub fn intact(&self) -> bool {
         self.missing.is_empty() && self.changed.is_empty() && self.extra.is_empty()
     }
+
+    fn add(&mut self, mut part: Report) {
+        self.entries += part.entries;
+        self.files += part.files;
+        self.bytes += part.bytes;
+        self.missing.append(&mut part.missing);
+        self.changed.append(&mut part.changed);
+        self.extra.append(&mut part.extra);
+    }
 }
 
 pub fn run(backup: &Path) -> Result<Report> {
@@ -45,17 +52,19 @@ pub fn run(backup: &Path) -> Result<Report> {
             e.desc()
         )
     })?;
-    let expected =
-        manifest::by_path(manifest::read(BufReader::new(File::from(fd)), &backup.join(manifest::NAME))?);
-    let seen = Mutex::new(HashSet::new());
+    let expected = Manifest::open(File::from(fd), &backup.join(manifest::NAME))?;
     let report = Mutex::new(Report { backup: backup.to_owned(), ..Report::default() });
-    let hashes: Mutex<HashMap<(u64, u64), Hash>> = Mutex::new(HashMap::new());
 
+    // Each directory is read in name order beside its block of the manifest.
     super::walk::par_walk(vec![PathBuf::new()], |rel| -> Result<Vec<PathBuf>> {
         let dir = fsx::open_beneath(root.as_fd(), &rel)
             .map_err(|e| anyhow!("{}: {}", backup.join(&rel).display(), e.desc()))?;
+        let mut names =
+            fsx::read_names(dir.as_fd()).with_context(|| backup.join(&rel).display().to_string())?;
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut want = expected.children(&rel);
+        let mut here = Report::default();
         let mut subdirs = Vec::new();
-        let names = fsx::read_names(dir.as_fd()).with_context(|| backup.join(&rel).display().to_string())?;
         for name in names {
             let path = rel.join(&name);
             if path.as_os_str() == manifest::NAME {
@@ -63,11 +72,11 @@ pub fn run(backup: &Path) -> Result<Report> {
             }
             let st = fsx::lstat_at(dir.as_fd(), &name)
                 .with_context(|| backup.join(&path).display().to_string())?;
-            let Some(want) = expected.get(&path) else {
-                report.lock().unwrap().extra.push(path);
+            // A missing directory is reported once, not with what it held.
+            let Some(want) = want.find(&name, |gone| here.missing.push(gone.path))? else {
+                here.extra.push(path);
                 continue;
             };
-            seen.lock().unwrap().insert(path.clone());
             let kind = kind_of(&st);
             if kind == Kind::Dir && want.kind == Kind::Dir {
                 subdirs.push(path.clone());
@@ -75,35 +84,26 @@ pub fn run(backup: &Path) -> Result<Report> {
             let difference = if kind != want.kind {
                 Some(format!("was {}, is now {}", describe(want.kind), describe(kind)))
             } else {
-                compare(dir.as_fd(), &name, &st, want, &hashes)
+                compare(dir.as_fd(), &name, &st, &want)
                     .with_context(|| backup.join(&path).display().to_string())?
             };
-            let mut r = report.lock().unwrap();
-            r.entries += 1;
+            here.entries += 1;
             if kind == Kind::File {
-                r.files += 1;
-                r.bytes += st.st_size as u64;
+                here.files += 1;
+                here.bytes += st.st_size as u64;
             }
             if let Some(d) = difference {
-                r.changed.push((path, d));
+                here.changed.push((path, d));
             }
         }
+        for gone in want.rest() {
+            here.missing.push(gone?.path);
+        }
+        report.lock().unwrap().add(here);
         Ok(subdirs)
     })?;
 
-    let seen = seen.into_inner().unwrap();
     let mut r = report.into_inner().unwrap();
-    let missing: HashSet<&PathBuf> = expected.keys().filter(|p| !seen.contains(*p)).collect();
-    // A missing directory is reported once, not with everything it held.
-    r.missing = missing
-        .iter()
-        .filter(|p| {
-            p.parent().is_none_or(|parent| {
-                parent.as_os_str().is_empty() || !missing.contains(&parent.to_path_buf())
-            })
-        })
-        .map(|p| (*p).clone())
-        .collect();
     r.missing.sort();
     r.changed.sort();
     r.extra.sort();
@@ -134,7 +134,6 @@ fn compare(
     name: &OsStr,
     st: &FileStat,
     want: &Entry,
-    hashes: &Mutex<HashMap<(u64, u64), Hash>>,
 ) -> Result<Option<String>> {
     let mut diffs = Vec::new();
     if st.st_mode & 0o7777 != want.mode {
@@ -148,17 +147,7 @@ fn compare(
             if st.st_size as u64 != want.size {
                 diffs.push(format!("{} bytes instead of {}", st.st_size, want.size));
             } else {
-                let key = (st.st_dev, st.st_ino);
-                let known = hashes.lock().unwrap().get(&key).copied();
-                let hash = match known {
-                    Some(h) => h,
-                    None => {
-                        let f = File::from(fsx::open_read(dir, name, false)?);
-                        let h = hash_file(&f)?;
-                        hashes.lock().unwrap().insert(key, h);
-                        h
-                    }
-                };
+                let hash = hash_file(&File::from(fsx::open_read(dir, name, false)?))?;
                 if Some(hash) != want.hash {
                     diffs.push("content differs".into());
                 }
