@@ -34,7 +34,7 @@ TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzi
                python3-aiosmtpd python3-prometheus-client systemd make openssl \
                systemd-container mmdebstrap lintian
 LINT_DEPS   := $(BUILD_DEPS) shellcheck
-BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils
+BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils time
 
 # make bench: where the generated tree and the copies go, and runs per figure.
 BENCH_DIR   ?= target/bench

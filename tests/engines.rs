@@ -545,3 +545,76 @@ fn memory_does_not_grow_with_the_number_of_files() {
         assert!(kib < limit, "{what} peaked at {kib} KiB for 100,000 files (limit {limit} KiB)");
     }
 }
+
+#[test]
+fn restore_gives_back_the_torture_tree_exactly_and_never_escapes() {
+    let b = Bench::new(256);
+    let src = b.env.path("src");
+    tree::torture(&src);
+    let folder = b.disk("2026-11-01_10-00-00");
+    b.tb(&["snapshot", "--dest", s(&folder.join("Donnees")), &format!("{}/", src.display())]).ok();
+    // Planted on the disk: a link out of the backup, which a restore must
+    // copy as a link and never follow.
+    fs::create_dir_all(folder.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink("/etc", folder.join("elsewhere/planted")).unwrap();
+
+    let to = b.env.path("restored");
+    let run = b.tb(&["restore", s(&b.disk("")), "--from", "latest", "Donnees", "--to", s(&to)]).ok();
+    assert!(run.stdout.contains("restored"), "{run:?}");
+    let run =
+        b.tb(&["restore", s(&b.disk("")), "elsewhere/planted", "elsewhere", "--to", s(&to), "--dry-run"]);
+    assert!(run.code == 1 && run.stderr.contains("overlap"), "an entry given twice: {run:?}");
+    b.tb(&["restore", s(&b.disk("")), "elsewhere", "--to", s(&to)]).ok();
+    assert_eq!(fs::read_link(to.join("elsewhere/planted")).unwrap(), Path::new("/etc"), "restored as a link");
+    assert!(!to.join("Donnees/.tetras-back-manifest").exists(), "the manifest is the backup's, not a file");
+    assert_same(&src, &to.join("Donnees"), &Compare::exact());
+    assert!(fs::metadata(to.join("Donnees/sparse")).unwrap().blocks() < 64, "holes stay holes");
+    // An independent opinion: rsync, comparing checksums, hard links, ACLs
+    // and extended attributes, finds nothing to do.
+    let out = Command::new("rsync")
+        .args([
+            "-anHAXc",
+            "--itemize-changes",
+            &format!("{}/", src.display()),
+            &format!("{}/", to.join("Donnees").display()),
+        ])
+        .output()
+        .unwrap();
+    let changes = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && changes.trim().is_empty(), "rsync sees differences: {changes}");
+
+    // One file, by its path, below a directory that is not there yet: the
+    // directories on the way take the backup's owner and mode.
+    let one = b.env.path("one");
+    b.tb(&["restore", s(&b.disk("")), "Donnees/a/b/c/big", "--to", s(&one)]).ok();
+    assert_eq!(fs::read(one.join("Donnees/a/b/c/big")).unwrap(), fs::read(src.join("a/b/c/big")).unwrap());
+    let c = fs::metadata(one.join("Donnees/a/b/c")).unwrap();
+    assert_eq!((c.uid(), c.gid(), c.mode() & 0o7777), (2000, 2001, 0o750));
+
+    // Already there: refused, all named, nothing written; --overwrite replaces.
+    fs::write(to.join("Donnees/a/hard1"), b"changed since").unwrap();
+    let run = b.tb(&["restore", s(&b.disk("")), "Donnees/a", "--to", s(&to)]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("already there") && run.stderr.contains("Donnees/a/hard1"), "{run:?}");
+    assert!(run.stderr.contains("nothing was restored"), "{run:?}");
+    assert_eq!(fs::read(to.join("Donnees/a/hard1")).unwrap(), b"changed since");
+    b.tb(&["restore", s(&b.disk("")), "Donnees/a", "--to", s(&to), "--overwrite"]).ok();
+    assert_same(&src.join("a"), &to.join("Donnees/a"), &Compare::exact());
+
+    // Paths that leave the backup, a symlink in --to, and / without --in-place.
+    for bad in ["../etc", "/etc/passwd", "Donnees/../../x"] {
+        let run = b.tb(&["restore", s(&b.disk("")), bad, "--to", s(&one)]);
+        assert_eq!(run.code, 1, "{bad}: {run:?}");
+        assert!(run.stderr.contains("inside the backup"), "{bad}: {run:?}");
+    }
+    let trap = b.env.path("trap");
+    fs::create_dir_all(&trap).unwrap();
+    let outside = b.env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, trap.join("Donnees")).unwrap();
+    let run = b.tb(&["restore", s(&b.disk("")), "Donnees/a/hard1", "--to", s(&trap), "--overwrite"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the link in --to");
+    let run = b.tb(&["restore", s(&b.disk("")), "Donnees/a", "--to", "/"]);
+    assert!(run.code == 1 && run.stderr.contains("--in-place"), "{run:?}");
+}

@@ -29,6 +29,7 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Archive(a) => return engines::archive(a),
         Action::Prune(a) => return engines::prune(a),
         Action::Verify(a) => return engines::verify(a),
+        Action::Restore(a) => return engines::restore(a),
         Action::Generate(a) => return super::generate::run(a),
         // The daemon reads the file, and says what is wrong with it: only
         // where to reach the daemon is taken from it here.
@@ -45,6 +46,7 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         | Action::Archive(_)
         | Action::Prune(_)
         | Action::Verify(_)
+        | Action::Restore(_)
         | Action::Generate(_)
         | Action::Reload => unreachable!("handled above"),
         Action::Save { uuid, name, adopt } => {

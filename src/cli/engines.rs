@@ -1,15 +1,15 @@
 //! The backup engines' subcommands (`snapshot`, `archive`, `prune`,
-//! `verify`): their arguments, and what they print. They need no daemon and
+//! `verify`, `restore`): their arguments, and what they print. They need no daemon and
 //! no configuration file: the shipped scripts call them on a mounted disk.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::engine::{self, archive, human, journal, prune, snapshot, Exclude};
+use crate::engine::{self, archive, human, journal, prune, restore, snapshot, Exclude};
 
 /// Exit code of `snapshot`/`archive` when some files could not be read
 /// (everything else was saved), as rsync's "partial transfer".
@@ -116,6 +116,35 @@ pub struct VerifyArgs {
     /// Worker threads (default: one per core)
     #[arg(short, long, value_name = "N")]
     jobs: Option<usize>,
+}
+
+#[derive(Args, Debug, PartialEq)]
+pub struct RestoreArgs {
+    /// Where the backup disk is mounted (a disk opened by the daemon, by
+    /// name, comes with `open`)
+    #[arg(value_name = "DISK")]
+    disk: PathBuf,
+    /// The backup folder on the disk: its name, or `latest` (the newest complete one)
+    #[arg(long, value_name = "BACKUP|latest", default_value = "latest")]
+    from: PathBuf,
+    /// What to restore, relative to the backup folder (Donnees/alice/doc, home/alice)
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Where to restore to; each PATH keeps its place below it
+    #[arg(long, value_name = "DIR")]
+    to: PathBuf,
+    /// Replace entries that are already there (each is written aside, then renamed over it)
+    #[arg(long)]
+    overwrite: bool,
+    /// Allow `--to /`: put the files back where they were
+    #[arg(long)]
+    in_place: bool,
+    /// Only say what would be restored
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Print the summary as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -304,4 +333,51 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
         );
     }
     Ok(if r.intact() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_DAMAGED) })
+}
+
+pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
+    engine::init(None);
+    if !a.disk.as_os_str().as_encoded_bytes().contains(&b'/') {
+        anyhow::bail!(
+            "{}: give the directory where the backup disk is mounted (restoring from a disk by its name needs `tetras-back open`, which is not built yet)",
+            a.disk.display()
+        );
+    }
+    if a.to == Path::new("/") && !a.in_place {
+        anyhow::bail!(
+            "--to / puts the files back where they were, over the running system: say --in-place too"
+        );
+    }
+    let from = if a.from == Path::new("latest") {
+        let newest = prune::newest_complete(&a.disk)?;
+        PathBuf::from(newest.with_context(|| format!("no complete backup folder in {}", a.disk.display()))?)
+    } else {
+        a.from
+    };
+    let backup = a.disk.join(&from);
+    let opts = restore::Options {
+        backup: backup.clone(),
+        paths: a.paths,
+        to: a.to,
+        overwrite: a.overwrite,
+        dry_run: a.dry_run,
+    };
+    let s = restore::run(&opts)?;
+    if a.json {
+        print_json(&s);
+    } else {
+        let verb = if s.dry_run { "would restore" } else { "restored" };
+        println!(
+            "{verb} {} files ({}), {} directories, {} symlinks, {} special from {} into {}; {:.2} s",
+            s.files,
+            human(s.bytes),
+            s.dirs,
+            s.symlinks,
+            s.specials,
+            backup.display(),
+            s.dest.display(),
+            s.seconds
+        );
+    }
+    Ok(partial_exit(s.skipped))
 }

@@ -218,6 +218,14 @@ enum Command {
     #[command(after_help = "Example:\n  tetras-back verify /mnt/disk/2026-11-22_10-00-00/home\n\n\
         Exit code 4: something is missing, changed or extra.")]
     Verify(engines::VerifyArgs),
+    /// Copy files back out of a backup, with owners, modes, times, links and holes
+    #[command(after_help = "Examples:\n  \
+        tetras-back restore /mnt/usb Donnees/alice/thesis.odt --to /tmp/restored\n  \
+        tetras-back restore /mnt/usb --from 2026-11-20_02-30-00_srv home/alice --to /srv/old --dry-run\n  \
+        tetras-back restore /mnt/usb etc/nginx --to / --in-place --overwrite\n\n\
+        Each PATH keeps its place below DIR. Entries already in DIR are refused (all listed, \
+        nothing written) unless --overwrite. Exit code 23: some entries could not be read.")]
+    Restore(engines::RestoreArgs),
 }
 
 #[derive(Args, Debug, PartialEq)]
@@ -269,6 +277,7 @@ pub enum Action {
     Archive(engines::ArchiveArgs),
     Prune(engines::PruneArgs),
     Verify(engines::VerifyArgs),
+    Restore(engines::RestoreArgs),
 }
 
 impl Cli {
@@ -301,6 +310,7 @@ impl Cli {
                 Command::Archive(a) => Action::Archive(a),
                 Command::Prune(a) => Action::Prune(a),
                 Command::Verify(a) => Action::Verify(a),
+                Command::Restore(a) => Action::Restore(a),
             });
         }
         Ok(if let Some(arg) = l.save {

@@ -1,5 +1,5 @@
 //! The backup engines that the shipped scripts call: `snapshot`, `archive`,
-//! `prune` and `verify`. They run outside the daemon, as ordinary commands,
+//! `prune` and `verify`; and `restore`, which gets files back. They run outside the daemon, as ordinary commands,
 //! and share the pieces here: exclusion patterns, the dated folder names,
 //! the report of files that had to be skipped, and the thread pool.
 
@@ -8,6 +8,7 @@ pub mod fsx;
 pub mod journal;
 pub mod manifest;
 pub mod prune;
+pub mod restore;
 pub mod snapshot;
 pub mod verify;
 mod walk;

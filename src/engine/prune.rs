@@ -189,6 +189,17 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     })
 }
 
+/// The name of the newest complete backup folder in `dir`, if any.
+pub fn newest_complete(dir: &Path) -> Result<Option<OsString>> {
+    let fd = fsx::open_dir_strict(dir)?;
+    let backups = list(fd.as_fd()).with_context(|| format!("cannot list {}", dir.display()))?;
+    Ok(backups
+        .into_iter()
+        .filter(|b| b.complete)
+        .max_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)))
+        .map(|b| b.name))
+}
+
 /// The dated folders of `dir`. A folder named `*.partial`, or holding a
 /// `*.partial` entry, is incomplete; it is in use while a running process
 /// holds its lock.

@@ -81,12 +81,14 @@ pub struct Summary {
 
 /// One source: a directory and, for `SRC` without a trailing slash, the one
 /// entry of it to copy.
-struct Root {
-    dir: OwnedFd,
-    only: Option<OsString>,
+pub(super) struct Root {
+    pub dir: OwnedFd,
+    pub only: Option<OsString>,
+    /// Where its entries go below the destination (`""` in a snapshot).
+    pub into: PathBuf,
     /// The source's path, for messages.
-    base: PathBuf,
-    dev: u64,
+    pub base: PathBuf,
+    pub dev: u64,
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ struct Ctx<'a> {
     manifest: Option<manifest::Writer>,
     exclude: &'a Exclude,
     one_file_system: bool,
+    target: Target,
     as_root: bool,
     skipped: Skipped,
     n: Counters,
@@ -126,6 +129,19 @@ struct Ctx<'a> {
 }
 
 type Inode = (u64, u64);
+
+/// What the destination is.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    /// A new snapshot folder, empty: everything is created.
+    NewSnapshot,
+    /// An existing directory that a restore adds to: directories already
+    /// there are entered (and take the backup's metadata); with `overwrite`, an
+    /// entry already there is replaced (the new one is written under a
+    /// temporary name and renamed over it), without, it is an error (the
+    /// restore checks for them first).
+    Existing { overwrite: bool },
+}
 
 /// What is set on a copy once its content is in place.
 struct Meta {
@@ -195,23 +211,12 @@ pub fn run(opts: &Options) -> Result<Summary> {
         Some(fd)
     };
     let manifest = dest.as_ref().map(|d| spill_file(d.as_fd())).transpose()?.map(manifest::Writer::new);
-    let mut ctx = Ctx {
-        roots,
-        dest,
-        prev,
-        prev_manifest,
-        manifest,
-        exclude: &opts.exclude,
-        one_file_system: opts.one_file_system,
-        as_root: nix::unistd::geteuid().is_root(),
-        skipped: Skipped::default(),
-        n: Counters::default(),
-        dirs: Mutex::new(Vec::new()),
-        first_links: Mutex::new(HashMap::new()),
-        more_links: Mutex::new(Vec::new()),
-    };
-    let start: Vec<Job> = (0..ctx.roots.len()).map(|i| (i, PathBuf::new())).collect();
-    super::walk::par_walk(start, |job| ctx.visit(job))?;
+    let mut ctx = Ctx::new(roots, dest, &opts.exclude, Target::NewSnapshot);
+    ctx.prev = prev;
+    ctx.prev_manifest = prev_manifest;
+    ctx.manifest = manifest;
+    ctx.one_file_system = opts.one_file_system;
+    ctx.walk()?;
 
     let mut summary = Summary {
         dest: dest_abs,
@@ -235,20 +240,31 @@ pub fn run(opts: &Options) -> Result<Summary> {
         }
         commit(target, dest.as_fd())?;
     }
-    let n = &ctx.n;
-    summary.files = n.files.load(Relaxed);
-    summary.bytes = n.bytes.load(Relaxed);
-    summary.copied_files = n.copied_files.load(Relaxed);
-    summary.copied_bytes = n.copied_bytes.load(Relaxed);
-    summary.needed_bytes = n.needed_bytes.load(Relaxed);
-    summary.linked_files = n.linked_files.load(Relaxed);
-    summary.linked_bytes = n.linked_bytes.load(Relaxed);
-    summary.dirs = n.dirs.load(Relaxed);
-    summary.symlinks = n.symlinks.load(Relaxed);
-    summary.specials = n.specials.load(Relaxed);
-    summary.skipped = ctx.skipped.count();
-    summary.seconds = started.elapsed().as_secs_f64();
+    ctx.fill(&mut summary, started);
     Ok(summary)
+}
+
+/// Copies the `roots` (entries of a backup) into the existing directory
+/// `dest` (`None`: a dry run that only counts), with the same fidelity as a
+/// snapshot: what `restore` does.
+pub(super) fn copy_into(
+    roots: Vec<Root>,
+    dest: Option<OwnedFd>,
+    summary: &mut Summary,
+    overwrite: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    // Snapshots' manifests describe the backup, not the files: left there.
+    let exclude = Exclude::new(&[manifest::NAME.to_owned()])?;
+    let ctx = Ctx::new(roots, dest, &exclude, Target::Existing { overwrite });
+    ctx.walk()?;
+    if let Some(dest) = &ctx.dest {
+        ctx.link_inside(dest.as_fd())?;
+        ctx.finish_dirs(dest.as_fd())?;
+        nix::unistd::syncfs(dest.as_fd()).context("syncfs on the destination")?;
+    }
+    ctx.fill(summary, started);
+    Ok(())
 }
 
 fn open_sources(sources: &[OsString]) -> Result<Vec<Root>> {
@@ -267,7 +283,7 @@ fn open_sources(sources: &[OsString]) -> Result<Vec<Root>> {
             if !fsx::is_dir(&st) {
                 bail!("source {} is not a directory", path.display());
             }
-            roots.push(Root { dir, only: None, base: path, dev: st.st_dev });
+            roots.push(Root { dir, only: None, into: PathBuf::new(), base: path, dev: st.st_dev });
             continue;
         }
         let name = path
@@ -297,7 +313,7 @@ fn open_sources(sources: &[OsString]) -> Result<Vec<Root>> {
         let dir = open_dir(&parent)?;
         let st = fsx::lstat_at(dir.as_fd(), &name)
             .map_err(|e| anyhow!("source {}: {}", path.display(), e.desc()))?;
-        roots.push(Root { dir, only: Some(name), base: parent, dev: st.st_dev });
+        roots.push(Root { dir, only: Some(name), into: PathBuf::new(), base: parent, dev: st.st_dev });
     }
     Ok(roots)
 }
@@ -405,10 +421,51 @@ fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
 /// Where a failure happened: on the source it skips one entry, on the
 /// destination it ends the run.
 fn dest_err(rel: &Path, what: &str, e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("cannot {what} {} in the snapshot: {e}", rel.display())
+    anyhow!("cannot {what} {} at the destination: {e}", rel.display())
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(roots: Vec<Root>, dest: Option<OwnedFd>, exclude: &'a Exclude, target: Target) -> Ctx<'a> {
+        Ctx {
+            roots,
+            dest,
+            prev: None,
+            prev_manifest: None,
+            manifest: None,
+            exclude,
+            one_file_system: false,
+            target,
+            as_root: nix::unistd::geteuid().is_root(),
+            skipped: Skipped::default(),
+            n: Counters::default(),
+            dirs: Mutex::new(Vec::new()),
+            first_links: Mutex::new(HashMap::new()),
+            more_links: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Copies every root, directories in parallel.
+    fn walk(&self) -> Result<()> {
+        let start: Vec<Job> = (0..self.roots.len()).map(|i| (i, PathBuf::new())).collect();
+        super::walk::par_walk(start, |job| self.visit(job))
+    }
+
+    fn fill(&self, summary: &mut Summary, started: Instant) {
+        let n = &self.n;
+        summary.files = n.files.load(Relaxed);
+        summary.bytes = n.bytes.load(Relaxed);
+        summary.copied_files = n.copied_files.load(Relaxed);
+        summary.copied_bytes = n.copied_bytes.load(Relaxed);
+        summary.needed_bytes = n.needed_bytes.load(Relaxed);
+        summary.linked_files = n.linked_files.load(Relaxed);
+        summary.linked_bytes = n.linked_bytes.load(Relaxed);
+        summary.dirs = n.dirs.load(Relaxed);
+        summary.symlinks = n.symlinks.load(Relaxed);
+        summary.specials = n.specials.load(Relaxed);
+        summary.skipped = self.skipped.count();
+        summary.seconds = started.elapsed().as_secs_f64();
+    }
+
     /// Reports a source entry left out of the snapshot.
     fn skip(&self, root: usize, rel: &Path, why: impl std::fmt::Display) {
         self.skipped.report(format_args!("{}: {why}", self.roots[root].base.join(rel).display()));
@@ -425,7 +482,8 @@ impl Ctx<'_> {
         };
         let dest = match &self.dest {
             Some(d) => {
-                Some(fsx::open_beneath(d.as_fd(), &rel).map_err(|e| dest_err(&rel, "open", e.desc()))?)
+                let at = r.into.join(&rel);
+                Some(fsx::open_beneath(d.as_fd(), &at).map_err(|e| dest_err(&at, "open", e.desc()))?)
             }
             None => None,
         };
@@ -477,8 +535,15 @@ impl Ctx<'_> {
             if kind == SFlag::S_IFDIR {
                 self.n.dirs.fetch_add(1, Relaxed);
                 if let Some(dest) = d.dest {
-                    mkdirat(dest, name.as_os_str(), Mode::from_bits_truncate(0o700))
-                        .map_err(|e| dest_err(&path, "create directory", e.desc()))?;
+                    match mkdirat(dest, name.as_os_str(), Mode::from_bits_truncate(0o700)) {
+                        Ok(()) => {}
+                        // A restore enters the directories already there
+                        // (and gives them the backup's metadata at the end).
+                        Err(Errno::EEXIST)
+                            if self.target != Target::NewSnapshot
+                                && fsx::lstat_at(dest, &name).is_ok_and(|st| fsx::is_dir(&st)) => {}
+                        Err(e) => return Err(dest_err(&path, "create directory", e.desc())),
+                    }
                     self.dirs.lock().unwrap().push((root, path.clone(), Meta::of(&st)));
                 }
                 record(entry(path.clone(), Kind::Dir, &st, 0, None))?;
@@ -532,12 +597,13 @@ impl Ctx<'_> {
         if st.st_nlink > 1 {
             let inode = (st.st_dev, st.st_ino);
             let mut first = self.first_links.lock().unwrap();
+            let at = self.roots[root].into.join(&path);
             if first.contains_key(&inode) {
                 // Linked to its first path once everything is copied.
-                self.more_links.lock().unwrap().push((path, inode));
+                self.more_links.lock().unwrap().push((at, inode));
                 return Ok(None);
             }
-            first.insert(inode, (path.clone(), None));
+            first.insert(inode, (at, None));
         }
         if let Some(prev) = d.prev {
             let unchanged = fsx::lstat_at(prev, name).is_ok_and(|p| same_file(st, &p, self.as_root));
@@ -583,21 +649,45 @@ impl Ctx<'_> {
                 return Ok(None);
             }
         };
-        let out = fsx::create_new(dest, name).map_err(|e| dest_err(&path, "create", e.desc()))?;
+        let tmp = self.temp_name();
+        let at = tmp.as_deref().unwrap_or(name);
+        let out = fsx::create_new(dest, at).map_err(|e| dest_err(&path, "create", e.desc()))?;
         let (copied, hash) = match copy_data(&src, &out, st) {
             Ok(r) => r,
             Err(CopyError::Read(e)) => {
                 drop(out);
-                let _ = unlinkat(dest, name, UnlinkatFlags::NoRemoveDir);
+                let _ = unlinkat(dest, at, UnlinkatFlags::NoRemoveDir);
                 self.skip(root, &path, e);
                 return Ok(None);
             }
             Err(CopyError::Write(e)) => return Err(dest_err(&path, "write", e)),
         };
         self.set_meta(&src, &out, &Meta::of(st), &path).map_err(|e| dest_err(&path, "set metadata of", e))?;
+        self.put(dest, tmp, name, &path)?;
         self.copied(copied, st);
         crate::fault::point("snapshot::file_copied");
         Ok(Some(entry(path, Kind::File, st, copied, Some(hash))))
+    }
+
+    /// With `overwrite`, an entry is created under a temporary name, then
+    /// renamed over the one it replaces ([`Ctx::put`]).
+    fn temp_name(&self) -> Option<OsString> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        (self.target == Target::Existing { overwrite: true }).then(|| {
+            OsString::from(format!(
+                ".tetras-back-restore.{}.{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Relaxed)
+            ))
+        })
+    }
+
+    fn put(&self, dest: BorrowedFd, tmp: Option<OsString>, name: &OsStr, path: &Path) -> Result<()> {
+        match tmp {
+            Some(t) => nix::fcntl::renameat(dest, t.as_os_str(), dest, name)
+                .map_err(|e| dest_err(path, "replace", e.desc())),
+            None => Ok(()),
+        }
     }
 
     fn linked(&self, size: u64) {
@@ -640,9 +730,12 @@ impl Ctx<'_> {
         };
         self.n.symlinks.fetch_add(1, Relaxed);
         if let Some(dest) = d.dest {
-            nix::unistd::symlinkat(target.as_os_str(), dest, name)
+            let tmp = self.temp_name();
+            let at = tmp.as_deref().unwrap_or(name);
+            nix::unistd::symlinkat(target.as_os_str(), dest, at)
                 .map_err(|e| dest_err(&path, "create symlink", e.desc()))?;
-            self.set_link_meta(dest, name, st).map_err(|e| dest_err(&path, "set metadata of", e.desc()))?;
+            self.set_link_meta(dest, at, st).map_err(|e| dest_err(&path, "set metadata of", e.desc()))?;
+            self.put(dest, tmp, name, &path)?;
         }
         let bytes = target.as_bytes();
         Ok(Some(entry(path, Kind::Symlink, st, bytes.len() as u64, Some(*blake3::hash(bytes).as_bytes()))))
@@ -669,12 +762,15 @@ impl Ctx<'_> {
     ) -> Result<Option<Entry>> {
         if let Some(dest) = d.dest {
             let perm = Mode::from_bits_truncate(st.st_mode & 0o7777);
-            if let Err(e) = mknodat(dest, name, kind, perm, st.st_rdev) {
+            let tmp = self.temp_name();
+            let at = tmp.as_deref().unwrap_or(name);
+            if let Err(e) = mknodat(dest, at, kind, perm, st.st_rdev) {
                 self.skip(root, &path, format_args!("cannot recreate it: {}", e.desc()));
                 return Ok(None);
             }
-            self.set_link_meta(dest, name, st).map_err(|e| dest_err(&path, "set metadata of", e.desc()))?;
-            fchmod_at(dest, name, st).map_err(|e| dest_err(&path, "set the mode of", e.desc()))?;
+            self.set_link_meta(dest, at, st).map_err(|e| dest_err(&path, "set metadata of", e.desc()))?;
+            fchmod_at(dest, at, st).map_err(|e| dest_err(&path, "set the mode of", e.desc()))?;
+            self.put(dest, tmp, name, &path)?;
         }
         self.n.specials.fetch_add(1, Relaxed);
         Ok(Some(entry(path, Kind::Special, st, st.st_rdev, None)))
@@ -702,8 +798,10 @@ impl Ctx<'_> {
             let (pp, pn) = split(&path);
             let tdir = fsx::open_beneath(dest, tp).map_err(|e| dest_err(target, "open", e.desc()))?;
             let pdir = fsx::open_beneath(dest, pp).map_err(|e| dest_err(&path, "open", e.desc()))?;
-            linkat(&tdir, tn, &pdir, pn, AtFlags::empty())
+            let tmp = self.temp_name();
+            linkat(&tdir, tn, &pdir, tmp.as_deref().unwrap_or(pn), AtFlags::empty())
                 .map_err(|e| dest_err(&path, "hard-link", e.desc()))?;
+            self.put(pdir.as_fd(), tmp, pn, &path)?;
             let Some(m) = &self.manifest else { continue };
             if entries.as_ref().is_none_or(|w| w.dir() != pp) {
                 if let Some(w) = entries.replace(m.dir(pp)) {
@@ -727,7 +825,8 @@ impl Ctx<'_> {
     }
 
     fn set_dir_meta(&self, dest: BorrowedFd, root: usize, rel: &Path, meta: &Meta) -> Result<()> {
-        let out = File::from(fsx::open_beneath(dest, rel).map_err(|e| dest_err(rel, "open", e.desc()))?);
+        let at = self.roots[root].into.join(rel);
+        let out = File::from(fsx::open_beneath(dest, &at).map_err(|e| dest_err(&at, "open", e.desc()))?);
         let src_rel =
             if self.roots[root].only.is_some() || !rel.as_os_str().is_empty() { rel } else { Path::new("") };
         match fsx::open_beneath(self.roots[root].dir.as_fd(), src_rel) {
