@@ -115,8 +115,14 @@ pub fn mount_disk(device: &Path, fstype: &str, target: &Path, read_only: bool) -
     }
     let flags = if read_only { safe_flags() | MsFlags::MS_RDONLY } else { safe_flags() };
     let data = fstype.starts_with("ext").then_some("errors=remount-ro");
-    mount(Some(device), target, Some(fstype), flags, data)
-        .with_context(|| format!("cannot mount {} ({fstype}) at {}", device.display(), target.display()))?;
+    if let Err(e) = mount(Some(device), target, Some(fstype), flags, data) {
+        // The disk went away, or its filesystem is damaged: no directory is
+        // left behind for a mount that never happened.
+        remove_mount_point(target);
+        return Err(e).with_context(|| {
+            format!("cannot mount {} ({fstype}) at {}", device.display(), target.display())
+        });
+    }
     if !is_mount_point(target)? {
         bail!(
             "mounting {} at {} reported success but nothing is mounted there",
