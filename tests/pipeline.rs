@@ -628,7 +628,20 @@ fn a_plug_unplug_storm_leaves_the_daemon_as_it_began() {
         }
         let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
         if cycle == 0 {
-            std::thread::sleep(Duration::from_secs(1));
+            // The baseline once the daemon has written its history (SQLite
+            // opens its -wal and -shm files at the first write) and is idle:
+            // under load the first plug can take more than a second.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let plugs = rig.env.cli(&["history", "--plugs", "--json"]).stdout;
+                let idle = rig.env.cli(&["status", "--json"]).stdout.contains("\"activity\": \"idle\"");
+                if idle && plugs.contains("\"plugged\"") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the first plug was never recorded: {plugs}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(500));
             first = Some(proc_counts(d.pid()));
         }
     }
