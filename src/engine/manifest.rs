@@ -267,8 +267,10 @@ impl Manifest {
         let header = header.strip_suffix(b"\n").unwrap_or(&header);
         if header == HEADER_V1.as_bytes() {
             let mut entries = read_lines(input, what)?;
+            fn parent(e: &Entry) -> &[u8] {
+                e.path.parent().map(|p| p.as_os_str().as_bytes()).unwrap_or_default()
+            }
             entries.sort_unstable_by(|a, b| {
-                let parent = |e: &Entry| e.path.parent().map(|p| p.as_os_str().as_bytes().to_vec());
                 (parent(a), a.name().as_bytes()).cmp(&(parent(b), b.name().as_bytes()))
             });
             let mut data = format!("{HEADER}\n").into_bytes();

@@ -12,14 +12,15 @@
 //! are not restored.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::stat::{fstat, mkdirat, Mode};
 
-use super::snapshot::{self, Root, Summary};
+use super::snapshot::{self, Meta, Root, Summary};
 use super::{fsx, manifest};
 
 pub struct Options {
@@ -130,7 +131,7 @@ fn refuse_existing(backup: &Path, paths: &[PathBuf], to: BorrowedFd) -> Result<(
 }
 
 /// Creates the directories leading to `path` below `to` that are not there
-/// yet, with the backup's owner, mode and times.
+/// yet, with the backup's owner, mode, extended attributes and times.
 fn make_parents(backup: BorrowedFd, to: BorrowedFd, path: &Path) -> Result<()> {
     let Some(parent) = path.parent() else { return Ok(()) };
     let mut done = PathBuf::new();
@@ -143,25 +144,14 @@ fn make_parents(backup: BorrowedFd, to: BorrowedFd, path: &Path) -> Result<()> {
         };
         done.push(name);
         if made {
-            let src: OwnedFd = fsx::open_beneath(backup, &done)?;
-            let out: OwnedFd = fsx::open_beneath(to, &done)?;
-            copy_dir_meta(&src, &out)
+            let src = File::from(fsx::open_beneath(backup, &done)?);
+            let out = File::from(fsx::open_beneath(to, &done)?);
+            let meta = Meta::of(&fstat(&src)?);
+            snapshot::set_meta(&src, &out, &meta, &done, nix::unistd::geteuid().is_root())
                 .with_context(|| format!("cannot set metadata of {}", done.display()))?;
         }
     }
     Ok(())
-}
-
-fn copy_dir_meta(src: &OwnedFd, out: &OwnedFd) -> nix::Result<()> {
-    use nix::sys::time::TimeSpec;
-    let st = fstat(src)?;
-    if nix::unistd::geteuid().is_root() {
-        let (u, g) = (nix::unistd::Uid::from_raw(st.st_uid), nix::unistd::Gid::from_raw(st.st_gid));
-        nix::unistd::fchown(out, Some(u), Some(g))?;
-    }
-    nix::sys::stat::fchmod(out, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
-    let (a, m) = (TimeSpec::new(st.st_atime, st.st_atime_nsec), TimeSpec::new(st.st_mtime, st.st_mtime_nsec));
-    nix::sys::stat::futimens(out, &a, &m)
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ enum Target {
 }
 
 /// What is set on a copy once its content is in place.
-struct Meta {
+pub(super) struct Meta {
     mode: u32,
     uid: u32,
     gid: u32,
@@ -153,7 +153,7 @@ struct Meta {
 }
 
 impl Meta {
-    fn of(st: &FileStat) -> Meta {
+    pub(super) fn of(st: &FileStat) -> Meta {
         Meta {
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
@@ -701,16 +701,8 @@ impl<'a> Ctx<'a> {
         self.n.needed_bytes.fetch_add(st.st_blocks as u64 * 512, Relaxed);
     }
 
-    /// Owner, mode, extended attributes and times, in that order (a change
-    /// of owner clears set-uid bits and capabilities).
     fn set_meta(&self, src: &File, out: &File, meta: &Meta, what: &Path) -> io::Result<()> {
-        if self.as_root {
-            fchown(out, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
-        }
-        fchmod(out, Mode::from_bits_truncate(meta.mode))?;
-        copy_xattrs(src, out, what);
-        futimens(out, &meta.atime, &meta.mtime)?;
-        Ok(())
+        set_meta(src, out, meta, what, self.as_root)
     }
 
     fn symlink(
@@ -846,6 +838,18 @@ struct Dirs<'a> {
 
 fn split(p: &Path) -> (&Path, &OsStr) {
     (p.parent().unwrap_or(Path::new("")), p.file_name().unwrap_or(p.as_os_str()))
+}
+
+/// Owner (when `as_root`), mode, `src`'s extended attributes and times, in
+/// that order (a change of owner clears set-uid bits and capabilities).
+pub(super) fn set_meta(src: &File, out: &File, meta: &Meta, what: &Path, as_root: bool) -> io::Result<()> {
+    if as_root {
+        fchown(out, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
+    }
+    fchmod(out, Mode::from_bits_truncate(meta.mode))?;
+    copy_xattrs(src, out, what);
+    futimens(out, &meta.atime, &meta.mtime)?;
+    Ok(())
 }
 
 fn fchmod_at(dir: BorrowedFd, name: &OsStr, st: &FileStat) -> nix::Result<()> {
