@@ -43,6 +43,11 @@ pub struct Config {
     /// The udev rule keeping desktop automounters off the known disks,
     /// regenerated when a disk is saved or forgotten (`None`: not written).
     pub udev_rule: Option<PathBuf>,
+    /// An opened disk (for restore) is closed after this long unused.
+    pub open_timeout: Duration,
+    /// The newest backup is verified after every this many backups of a
+    /// disk (0: never).
+    pub verify_every: u32,
 }
 
 /// `[schedule]`: when a known disk that stays plugged in is backed up again
@@ -236,6 +241,8 @@ struct RawConfig {
     udev_rule: Option<PathBuf>,
     schedule: Option<RawSchedule>,
     keep_logs: Option<String>,
+    open_timeout: Option<String>,
+    verify_every: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -583,6 +590,11 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
             None => Duration::from_secs(365 * 86400),
             Some(t) => parse_duration(&t).map_err(|m| err("keep_logs", m))?,
         },
+        open_timeout: match raw.open_timeout {
+            None => Duration::from_secs(30 * 60),
+            Some(t) => parse_duration(&t).map_err(|m| err("open_timeout", m))?,
+        },
+        verify_every: raw.verify_every.unwrap_or(4),
     })
 }
 

@@ -126,6 +126,21 @@ pub enum Event {
         name: Option<String>,
         device: PathBuf,
     },
+    /// A known disk is mounted read-only for restore (`open`, or a held
+    /// disk plugged in): `backups`, `restore` and the web console read it.
+    DiskOpened {
+        uuid: String,
+        name: String,
+        device: PathBuf,
+        mount: PathBuf,
+    },
+    /// An opened disk was closed: `close`, `timeout` (unused for
+    /// `open_timeout`) or `unplugged`. `safe_to_remove` follows a clean close.
+    DiskClosed {
+        uuid: String,
+        name: String,
+        why: String,
+    },
     /// A mail (backup report, reminder) could not be sent; it stays in the
     /// outbox and is tried again at `retry_at` (absent: abandoned).
     MailFailed {
@@ -159,6 +174,12 @@ pub struct DiskRow {
     /// When it is backed up again, if it stays plugged in (`[schedule]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due: Option<DateTime<Local>>,
+    /// `hold NAME`: opened for restore when plugged in, not backed up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+    /// Mounted read-only for restore now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opened: bool,
 }
 
 impl DiskRow {
@@ -184,6 +205,8 @@ impl DiskRow {
             last_backup_finished,
             last_success,
             next_due: None,
+            held: disk.held,
+            opened: false,
         }
     }
 
@@ -378,6 +401,13 @@ pub(crate) fn one_of_each() -> Vec<Event> {
             power_off_error: Some("no udisks".into()),
         },
         Event::DiskUnplugged { uuid: u.clone(), name: None, device: dev.clone() },
+        Event::DiskOpened {
+            uuid: u.clone(),
+            name: n.clone(),
+            device: dev.clone(),
+            mount: "/run/tetras-back/mnt/x".into(),
+        },
+        Event::DiskClosed { uuid: u.clone(), name: n.clone(), why: "timeout".into() },
         Event::MailFailed {
             subject: "s".into(),
             to: vec!["root@localhost".into()],
@@ -402,6 +432,8 @@ pub(crate) fn one_of_each() -> Vec<Event> {
             | Event::BackupFinished { .. }
             | Event::SafeToRemove { .. }
             | Event::DiskUnplugged { .. }
+            | Event::DiskOpened { .. }
+            | Event::DiskClosed { .. }
             | Event::MailFailed { .. }
             | Event::DaemonStopping => {}
         }
@@ -432,6 +464,8 @@ mod tests {
             last_backup_finished: Some(Local::now()),
             last_success: Some(Local::now()),
             next_due: None,
+            held: i.is_multiple_of(2),
+            opened: false,
         }
     }
 

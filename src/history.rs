@@ -18,7 +18,7 @@ use chrono::{DateTime, Local, TimeZone};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::backup::report::{Job, Report, ScriptReport, Status};
+use crate::backup::report::{Drill, Job, Report, ScriptReport, Status};
 
 /// Schema migrations, in order: entry `i` brings version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -75,6 +75,8 @@ const MIGRATIONS: &[&str] = &[
         uuid TEXT PRIMARY KEY,
         sent INTEGER NOT NULL
     );",
+    // 2: the restore drill of a backup (JSON: folder, passed, problems).
+    "ALTER TABLE backups ADD COLUMN drill TEXT;",
 ];
 
 /// An open history database.
@@ -102,6 +104,9 @@ pub struct BackupRow {
     pub log: PathBuf,
     pub error: Option<String>,
     pub scripts: Vec<ScriptReport>,
+    /// The restore drill, when it ran with this backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
 }
 
 /// One plug or unplug.
@@ -240,7 +245,7 @@ impl History {
         };
         tx.execute(
             "UPDATE backups SET finished = ?2, status = ?3, duration_secs = ?4, bytes_written = ?5, files = ?6,
-                free_before = ?7, free_after = ?8, pruned = ?9, error = ?10 WHERE id = ?1",
+                free_before = ?7, free_after = ?8, pruned = ?9, error = ?10, drill = ?11 WHERE id = ?1",
             params![
                 id,
                 r.finished.timestamp(),
@@ -252,6 +257,7 @@ impl History {
                 r.free_after.map(|b| b as i64),
                 serde_json::to_string(&r.totals.pruned)?,
                 r.error,
+                r.drill.as_ref().map(serde_json::to_string).transpose()?,
             ],
         )?;
         for (seq, s) in r.scripts.iter().enumerate() {
@@ -263,6 +269,39 @@ impl History {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Whether the restore drill is due with the next backup of the disk
+    /// `uuid`: `every - 1` backups (successful or damaged) since the last
+    /// drill, or before the first one (`every` 0: never).
+    pub fn drill_due(&self, uuid: &str, every: u32) -> Result<bool> {
+        if every == 0 {
+            return Ok(false);
+        }
+        let since: i64 = self.conn.query_row(
+            "SELECT count(*) FROM backups WHERE uuid = ?1 AND status IN ('success', 'damaged')
+               AND id > coalesce((SELECT max(id) FROM backups WHERE uuid = ?1 AND drill IS NOT NULL), 0)",
+            [uuid],
+            |r| r.get(0),
+        )?;
+        Ok(since + 1 >= i64::from(every))
+    }
+
+    /// The last drill of each backup folder of the disk `uuid`, newest first.
+    pub fn drills(&self, uuid: &str) -> Result<Vec<(DateTime<Local>, Drill)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT finished, drill FROM backups WHERE uuid = ?1 AND drill IS NOT NULL ORDER BY id DESC LIMIT 1000",
+        )?;
+        let rows = stmt.query_map([uuid], |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out: Vec<(DateTime<Local>, Drill)> = Vec::new();
+        for row in rows {
+            let (finished, text) = row?;
+            let Ok(d) = serde_json::from_str::<Drill>(&text) else { continue };
+            if !out.iter().any(|(_, o)| o.folder == d.folder) {
+                out.push((time(finished.unwrap_or_default()), d));
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the plug/unplug rows from before `before`; returns how many.
@@ -297,7 +336,7 @@ impl History {
     fn select_backups(&self, condition: &str, key: Option<&str>, limit: usize) -> Result<Vec<BackupRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT id, disk, uuid, device, started, finished, status, duration_secs, bytes_written, files,
-                    free_before, free_after, pruned, log, error
+                    free_before, free_after, pruned, log, error, drill
              FROM backups WHERE {condition} ORDER BY started DESC, id DESC LIMIT ?2"
         ))?;
         let count = |v: Option<i64>| v.map(|b| b as u64);
@@ -322,6 +361,7 @@ impl History {
                 log: PathBuf::from(r.get::<_, String>(13)?),
                 error: r.get(14)?,
                 scripts: Vec::new(),
+                drill: r.get::<_, Option<String>>(15)?.and_then(|d| serde_json::from_str(&d).ok()),
             })
         })?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -496,6 +536,7 @@ mod tests {
             devnum: 0,
             fstype: "ext4".into(),
             identity: None,
+            drill: false,
         };
         let id = h.backup_started(&job, Local::now(), Path::new("/l")).unwrap();
         drop(h);

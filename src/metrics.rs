@@ -12,7 +12,8 @@ use crate::backup::report::Status;
 use crate::history::DiskSummary;
 
 /// The statuses `tetras_back_last_backup_status` has a series for.
-const STATUSES: [Status; 4] = [Status::Success, Status::Failed, Status::Removed, Status::Interrupted];
+const STATUSES: [Status; 5] =
+    [Status::Success, Status::Failed, Status::Removed, Status::Interrupted, Status::Damaged];
 
 /// One known disk and what the history says of it.
 pub struct DiskMetrics<'a> {

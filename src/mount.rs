@@ -81,6 +81,22 @@ impl Mounted {
         unmount(&self.target, attempts)
     }
 
+    /// Unmounts, retrying while busy; still busy after `attempts`, it stays
+    /// mounted and `Ok(false)` says so (for a disk that is being read).
+    pub fn unmount_unless_busy(&mut self, attempts: u32) -> Result<bool> {
+        if !umount_retrying(&self.target, attempts)? {
+            return Ok(false);
+        }
+        self.released = true;
+        remove_mount_point(&self.target);
+        Ok(true)
+    }
+
+    /// Where it is mounted.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
     /// Detaches at once: the disk is gone.
     pub fn detach(mut self) -> Result<()> {
         self.released = true;
@@ -153,25 +169,29 @@ pub enum Unmounted {
 /// removes the mount point directory afterwards.
 pub fn unmount(target: &Path, attempts: u32) -> Result<Unmounted> {
     let mut how = Unmounted::Clean;
-    let mut tries = 0;
-    loop {
-        match umount2(target, MntFlags::empty()) {
-            Ok(()) => break,
-            Err(nix::errno::Errno::EBUSY) if tries + 1 < attempts => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(nix::errno::Errno::EBUSY) => {
-                umount2(target, MntFlags::MNT_DETACH)
-                    .with_context(|| format!("cannot detach {}", target.display()))?;
-                how = Unmounted::Detached;
-                break;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot unmount {}", target.display())),
-        }
+    if !umount_retrying(target, attempts)? {
+        umount2(target, MntFlags::MNT_DETACH)
+            .with_context(|| format!("cannot detach {}", target.display()))?;
+        how = Unmounted::Detached;
     }
     remove_mount_point(target);
     Ok(how)
+}
+
+/// Unmounts `target`, trying `attempts` times 200 ms apart while it is
+/// busy; `Ok(false)`: still busy (and still mounted).
+fn umount_retrying(target: &Path, attempts: u32) -> Result<bool> {
+    for tried in 1.. {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => return Ok(true),
+            Err(nix::errno::Errno::EBUSY) if tried < attempts => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(nix::errno::Errno::EBUSY) => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("cannot unmount {}", target.display())),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Detaches `target` at once (the disk is gone) and removes the directory.

@@ -53,6 +53,10 @@ pub struct Disk {
     /// the UUID cannot show it. `None`: not yet written (or to be adopted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// `hold NAME`: when plugged in, it is opened read-only for restore
+    /// instead of being backed up, until `release NAME`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +84,18 @@ impl Saved {
             Saved::Renamed { from } => format!("renamed disk {uuid} from {from} to {name}"),
             Saved::Unchanged => format!("disk {name} ({uuid}) was already saved"),
         }
+    }
+}
+
+/// What `hold` (`held`) or `release` did to the disk `name`.
+pub fn held_message(name: &str, held: bool, changed: bool) -> String {
+    match (held, changed) {
+        (true, true) => {
+            format!("disk {name} is held: when plugged in, it is opened read-only for restore, not backed up")
+        }
+        (true, false) => format!("disk {name} was already held"),
+        (false, true) => format!("disk {name} is released: it is backed up again when plugged in"),
+        (false, false) => format!("disk {name} was not held"),
     }
 }
 
@@ -175,6 +191,7 @@ impl State {
                     last_seen: None,
                     last_backup: None,
                     identity: None,
+                    held: false,
                 });
                 Ok(Saved::New)
             }
@@ -191,6 +208,24 @@ impl State {
             }
             None => bail!("no known disk has UUID {uuid}"),
         }
+    }
+
+    /// The known disk named `name`; an unknown name is an error that says so.
+    pub fn disk_named(&self, name: &str) -> Result<&Disk> {
+        match self.disks.iter().find(|d| d.name == name) {
+            Some(d) => Ok(d),
+            None => bail!("no known disk is named {name:?} (see `tetras-back disks`)"),
+        }
+    }
+
+    /// `hold NAME` (`held`) or `release NAME`; returns the disk's UUID and
+    /// whether that changed anything.
+    pub fn set_held(&mut self, name: &str, held: bool) -> Result<(String, bool)> {
+        let uuid = self.disk_named(name)?.uuid.clone();
+        let d = self.disk_mut(&uuid).expect("found above");
+        let changed = d.held != held;
+        d.held = held;
+        Ok((uuid, changed))
     }
 
     /// Forgets a disk; an unknown UUID is an error. Returns the forgotten entry.

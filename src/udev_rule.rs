@@ -87,6 +87,7 @@ mod tests {
             last_seen: None,
             last_backup: None,
             identity: None,
+            held: false,
         }
     }
 

@@ -26,6 +26,19 @@ const FILE: &str = "disk-id";
 /// The token is 64 hex characters; anything much longer is not ours.
 const MAX_LEN: i64 = 256;
 
+/// Why a disk that failed [`check`] is refused, for the log, the event and the mail.
+pub fn refusal(job: &super::report::Job, why: &str) -> String {
+    format!(
+        "{} carries the UUID of disk {} ({}) but {why}: it is not the disk that was saved; \
+         nothing was run or written (`tetras-back save {} {} --adopt` accepts it)",
+        job.device.display(),
+        job.name,
+        job.uuid,
+        job.uuid,
+        job.name
+    )
+}
+
 /// Whether the disk mounted at `mount` holds the token whose hash is
 /// `expected` (hex); `Err` says why not, in words for the report.
 pub fn check(mount: &Path, expected: &str) -> Result<(), String> {

@@ -7,4 +7,4 @@ pub mod report;
 pub mod scripts;
 mod worker;
 
-pub use worker::{hostname, run, Cancel, Progress};
+pub use worker::{hostname, mount_known, run, Cancel, Progress};

@@ -22,6 +22,8 @@ pub struct Job {
     /// The identity the disk must prove (see `state::Disk::identity`);
     /// `None`: it gets one at this backup, if it succeeds.
     pub identity: Option<String>,
+    /// The restore drill is due: verify the newest backup after the scripts.
+    pub drill: bool,
 }
 
 /// Where a backup is, or how it ended: in the history, the state file,
@@ -42,16 +44,20 @@ pub enum Status {
     /// The disk carried the known UUID but not the known disk's identity:
     /// nothing ran, nothing was written.
     Refused,
+    /// The scripts succeeded but the restore drill found the newest backup
+    /// different from what was recorded when it was written.
+    Damaged,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Running,
         Status::Success,
         Status::Failed,
         Status::Removed,
         Status::Interrupted,
         Status::Refused,
+        Status::Damaged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +68,7 @@ impl Status {
             Status::Removed => "removed",
             Status::Interrupted => "interrupted",
             Status::Refused => "refused",
+            Status::Damaged => "damaged",
         }
     }
 }
@@ -116,6 +123,40 @@ pub struct Report {
     pub totals: journal::Totals,
     /// The identity this backup wrote on the disk (its first success).
     pub identity: Option<String>,
+    /// The restore drill, when it ran.
+    pub drill: Option<Drill>,
+}
+
+/// The restore drill: the newest backup on the disk read again and checked
+/// against what was recorded when it was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drill {
+    /// The dated folder checked.
+    pub folder: String,
+    pub passed: bool,
+    /// Entries checked (snapshot entries, archive members).
+    pub entries: u64,
+    pub bytes: u64,
+    /// What differs, at most [`Drill::SHOWN`] lines ("changed: path (why)").
+    pub problems: Vec<String>,
+    /// How many differences there were in all.
+    pub problem_count: u64,
+}
+
+impl Drill {
+    pub const SHOWN: usize = 50;
+
+    /// One line for the report and the history.
+    pub fn summary(&self) -> String {
+        if self.passed {
+            format!("passed: {} read back intact ({} entries)", self.folder, self.entries)
+        } else {
+            format!(
+                "DAMAGED: {} differs from what was written ({} problems)",
+                self.folder, self.problem_count
+            )
+        }
+    }
 }
 
 /// What became of the drive after the unmount.

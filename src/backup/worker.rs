@@ -21,11 +21,11 @@ use anyhow::{bail, Result};
 use chrono::{DateTime, Local};
 
 use super::identity;
-use super::report::{Job, PowerOff, Report, ScriptReport, Status};
+use super::report::{Drill, Job, PowerOff, Report, ScriptReport, Status};
 use super::scripts::{self, BackupLog, Outcome};
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::engine::{fsx, journal};
+use crate::engine::{backups, fsx, journal, prune};
 use crate::fault;
 use crate::mount;
 
@@ -44,7 +44,7 @@ pub enum Progress {
     Started { log: PathBuf, started: DateTime<Local> },
     ScriptStarted { script: String },
     ScriptFinished(ScriptReport),
-    Finished(Report),
+    Finished(Box<Report>),
 }
 
 /// Runs `job`; every step is reported through `progress`, and the last
@@ -73,7 +73,7 @@ pub fn run(job: Job, config: Config, bus: Bus, cancel: Arc<Cancel>, progress: im
         if !finished.load(Ordering::SeqCst) {
             // Its mount was released while unwinding; whether everything
             // reached the disk is not known, so it is not said to be safe.
-            progress(Progress::Finished(begun.failed(false, format!("internal error: {why}"))));
+            progress(Progress::Finished(Box::new(begun.failed(false, format!("internal error: {why}")))));
         }
     }
 }
@@ -102,6 +102,7 @@ impl Begun {
             free_after: None,
             totals: journal::Totals::default(),
             identity: None,
+            drill: None,
         }
     }
 }
@@ -120,7 +121,9 @@ fn backup(
         Ok(l) => l,
         Err(e) => {
             log::error!("{e:#}");
-            progress(Progress::Finished(begun.failed(mount::is_unmounted(job.devnum), format!("{e:#}"))));
+            progress(Progress::Finished(Box::new(
+                begun.failed(mount::is_unmounted(job.devnum), format!("{e:#}")),
+            )));
             return;
         }
     };
@@ -138,6 +141,7 @@ fn backup(
         free_before: None,
         free_after: None,
         identity: None,
+        drill: None,
     };
     let (status, error, safe_to_remove) = b.run(progress);
     let power_off = safe_to_remove.then(|| {
@@ -167,7 +171,7 @@ fn backup(
         humantime::format_duration(Duration::from_secs(duration.as_secs())),
         if safe_to_remove { "; the disk is safe to remove" } else { "" }
     ));
-    progress(Progress::Finished(Report {
+    progress(Progress::Finished(Box::new(Report {
         status,
         started,
         finished: Local::now(),
@@ -181,7 +185,8 @@ fn backup(
         free_after: b.free_after,
         totals,
         identity: b.identity,
-    }));
+        drill: b.drill,
+    })));
 }
 
 struct Backup<'a> {
@@ -195,6 +200,8 @@ struct Backup<'a> {
     free_after: Option<u64>,
     /// The identity written on the disk by this backup.
     identity: Option<String>,
+    /// The restore drill, when it was due and ran.
+    drill: Option<Drill>,
 }
 
 impl Backup<'_> {
@@ -209,16 +216,7 @@ impl Backup<'_> {
         fault::point("backup::after_mount");
         if let Some(expected) = &self.job.identity {
             if let Err(why) = identity::check(&target, expected) {
-                let job = self.job;
-                let refused = format!(
-                    "{} carries the UUID of disk {} ({}) but {why}: it is not the disk that was saved; \
-                     nothing was run or written (`tetras-back save {} {} --adopt` accepts it)",
-                    job.device.display(),
-                    job.name,
-                    job.uuid,
-                    job.uuid,
-                    job.name
-                );
+                let refused = identity::refusal(self.job, &why);
                 let safe = matches!(mounted.unmount(15), Ok(mount::Unmounted::Clean));
                 return (Status::Refused, Some(refused), safe);
             }
@@ -251,6 +249,16 @@ impl Backup<'_> {
             self.log.line("tetras-back", "ERROR: the daemon is stopping: backup interrupted");
             failed = true;
         }
+        let mut damaged = false;
+        if !failed && self.job.drill {
+            self.drill = self.drill(&target);
+            damaged = self.drill.as_ref().is_some_and(|d| !d.passed);
+            if self.cancel.disk_removed.load(Ordering::SeqCst) {
+                self.log.info("the disk was removed during the restore drill; detaching its mount");
+                let _ = mounted.detach();
+                return (Status::Removed, None, false);
+            }
+        }
         // Its first successful backup (or one after `save --adopt`) gives the disk its identity.
         if !failed && self.job.identity.is_none() {
             match identity::write(&target) {
@@ -275,30 +283,53 @@ impl Backup<'_> {
             }
             Err(e) => return (Status::Failed, Some(format!("{e:#}")), false),
         };
-        (if failed { Status::Failed } else { Status::Success }, None, safe)
+        let status = match (failed, damaged) {
+            (true, _) => Status::Failed,
+            (false, true) => Status::Damaged,
+            (false, false) => Status::Success,
+        };
+        (status, None, safe)
+    }
+
+    /// The restore drill: the newest complete backup folder at the top of
+    /// the disk read back and checked (see [`backups::check`]).
+    fn drill(&self, target: &Path) -> Option<Drill> {
+        let folder = match prune::newest_complete(target) {
+            Ok(Some(f)) => f.to_string_lossy().into_owned(),
+            Ok(None) => {
+                self.log.info(
+                    "restore drill: no complete backup folder at the top of the disk; nothing to verify",
+                );
+                return None;
+            }
+            Err(e) => {
+                self.log.line("tetras-back", &format!("WARNING: restore drill: {e:#}"));
+                return None;
+            }
+        };
+        self.log.info(&format!("restore drill: reading {folder} back and checking it"));
+        let (entries, bytes, problems) = match backups::check(&target.join(&folder)) {
+            Ok(c) => (c.entries, c.bytes, c.problems),
+            Err(e) => (0, 0, vec![format!("cannot be read: {e:#}")]),
+        };
+        let drill = Drill {
+            passed: problems.is_empty(),
+            entries,
+            bytes,
+            problem_count: problems.len() as u64,
+            problems: problems.into_iter().take(Drill::SHOWN).collect(),
+            folder,
+        };
+        for p in &drill.problems {
+            self.log.line("tetras-back", &format!("DAMAGED: {p}"));
+        }
+        self.log.info(&format!("restore drill {}", drill.summary()));
+        Some(drill)
     }
 
     fn mount(&self, target: &Path) -> Result<mount::Mounted> {
         let job = self.job;
-        if !self.config.filesystems.iter().any(|f| f == &job.fstype) {
-            bail!(
-                "{} has a {} filesystem, which is not in `filesystems` ({}); not mounted",
-                job.device.display(),
-                job.fstype,
-                self.config.filesystems.join(", ")
-            );
-        }
-        let elsewhere = mount::mounted_at(job.devnum)?;
-        if let Some(at) = elsewhere.first() {
-            bail!(
-                "{} is already mounted at {} (a desktop automounter?); unmount it and plug it again, \
-                 or run `tetras-back backup {}`",
-                job.device.display(),
-                at.display(),
-                job.name
-            );
-        }
-        let mounted = mount::mount_disk(&job.device, &job.fstype, target, job.identity.is_some())?;
+        let mounted = mount_known(job, self.config, job.identity.is_some())?;
         self.log.info(&format!("mounted {} ({}) at {}", job.device.display(), job.fstype, target.display()));
         Ok(mounted)
     }
@@ -413,6 +444,31 @@ impl Backup<'_> {
         };
         scripts::run(&run, self.log, cancel)
     }
+}
+
+/// Mounts the known disk of `job` at `<mount_dir>/<uuid>` (see
+/// [`mount::mount_disk`]), if its filesystem type is allowed and it is not
+/// mounted elsewhere already; read-only when asked.
+pub fn mount_known(job: &Job, config: &Config, read_only: bool) -> Result<mount::Mounted> {
+    if !config.filesystems.iter().any(|f| f == &job.fstype) {
+        bail!(
+            "{} has a {} filesystem, which is not in `filesystems` ({}); not mounted",
+            job.device.display(),
+            job.fstype,
+            config.filesystems.join(", ")
+        );
+    }
+    let elsewhere = mount::mounted_at(job.devnum)?;
+    if let Some(at) = elsewhere.first() {
+        bail!(
+            "{} is already mounted at {} (a desktop automounter?); unmount it and plug it again, \
+             or run `tetras-back backup {}`",
+            job.device.display(),
+            at.display(),
+            job.name
+        );
+    }
+    mount::mount_disk(&job.device, &job.fstype, &config.mount_dir.join(&job.uuid), read_only)
 }
 
 /// This machine's name, for the scripts and the mail reports.

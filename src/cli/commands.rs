@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use super::{engines, Action, EXIT_NOT_RUNNING};
 use crate::config::Config;
 use crate::control::client::{self, NotRunning};
-use crate::control::{Data, Reply, Request};
+use crate::control::{Data, DiskLocation, Reply, Request};
 use crate::daemon::{self, ConfigSource};
 use crate::events::DiskRow;
 use crate::history::History;
@@ -29,7 +29,7 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Archive(a) => return engines::archive(a),
         Action::Prune(a) => return engines::prune(a),
         Action::Verify(a) => return engines::verify(a),
-        Action::Restore(a) => return engines::restore(a),
+        Action::Restore(a) if is_dir_path(&a.disk) => return engines::restore(a),
         Action::Generate(a) => return super::generate::run(a),
         // The daemon reads the file, and says what is wrong with it: only
         // where to reach the daemon is taken from it here.
@@ -46,9 +46,40 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         | Action::Archive(_)
         | Action::Prune(_)
         | Action::Verify(_)
-        | Action::Restore(_)
         | Action::Generate(_)
         | Action::Reload => unreachable!("handled above"),
+        Action::Restore(mut a) => {
+            let disk = located(&config, &a.disk)?;
+            if !disk.opened {
+                bail!(
+                    "disk {} is being backed up; restore from it once its backup has finished \
+                     (`tetras-back hold {}` keeps its next plug from backing up)",
+                    disk.name,
+                    disk.name
+                );
+            }
+            a.disk = disk.mount;
+            engines::restore(a)
+        }
+        Action::Backups { disk, json } => {
+            let (root, uuid) = if is_dir_path(&disk) {
+                (disk, None)
+            } else {
+                let d = located(&config, &disk)?;
+                (d.mount, Some(d.uuid))
+            };
+            engines::backups(&config, &root, uuid.as_deref(), json)
+        }
+        Action::Hold { name } => edit(&config, Request::Hold { name: name.clone() }, |s| {
+            let (_, changed) = s.set_held(&name, true)?;
+            Ok(state::held_message(&name, true, changed))
+        }),
+        Action::Release { name } => edit(&config, Request::Release { name: name.clone() }, |s| {
+            let (_, changed) = s.set_held(&name, false)?;
+            Ok(state::held_message(&name, false, changed))
+        }),
+        Action::Open { name } => print_reply(client::send(&config, &Request::Open { name })?),
+        Action::Close { name } => print_reply(client::send(&config, &Request::Close { name })?),
         Action::Save { uuid, name, adopt } => {
             // Checked here too, so that a typo is reported the same way with or without a daemon.
             let uuid = state::check_uuid(&uuid)?;
@@ -84,6 +115,25 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Watch { json } => super::watch::run(&config, json),
         Action::History(a) => super::history::run(&config, &a),
         Action::MailTest => mail_test(&config),
+    }
+}
+
+/// Whether a DISK argument is a directory (it has a `/`) rather than a disk's name.
+fn is_dir_path(disk: &std::path::Path) -> bool {
+    disk.as_os_str().as_encoded_bytes().contains(&b'/')
+}
+
+/// Where the daemon has the disk named `name` mounted (opened, or being backed up).
+fn located(config: &Config, name: &std::path::Path) -> Result<DiskLocation> {
+    let name = name.to_string_lossy().into_owned();
+    match client::send(config, &Request::Locate { name: name.clone() }) {
+        Ok(Reply { ok: true, data: Some(Data::Located { disk }), .. }) => Ok(disk),
+        Ok(Reply { ok: true, .. }) => bail!("the daemon's locate reply has no location"),
+        Ok(Reply { error, .. }) => bail!("{}", error.unwrap_or_default()),
+        Err(e) if e.is::<NotRunning>() => Err(e.context(format!(
+            "disk {name} can only be found through the daemon; give the directory where it is mounted instead"
+        ))),
+        Err(e) => Err(e),
     }
 }
 

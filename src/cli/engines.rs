@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::config::Config;
 use crate::engine::{self, archive, human, journal, prune, restore, snapshot, Exclude};
+use crate::history::History;
 
 /// Exit code of `snapshot`/`archive` when some files could not be read
 /// (everything else was saved), as rsync's "partial transfer".
@@ -120,10 +122,9 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug, PartialEq)]
 pub struct RestoreArgs {
-    /// Where the backup disk is mounted (a disk opened by the daemon, by
-    /// name, comes with `open`)
+    /// An opened disk's name, or the directory where a backup disk is mounted
     #[arg(value_name = "DISK")]
-    disk: PathBuf,
+    pub disk: PathBuf,
     /// The backup folder on the disk: its name, or `latest` (the newest complete one)
     #[arg(long, value_name = "BACKUP|latest", default_value = "latest")]
     from: PathBuf,
@@ -311,14 +312,8 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&r);
     } else {
-        for p in &r.missing {
-            println!("missing: {}", p.display());
-        }
-        for (p, what) in &r.changed {
-            println!("changed: {} ({what})", p.display());
-        }
-        for p in &r.extra {
-            println!("extra: {}", p.display());
+        for p in r.problems(Path::new("")) {
+            println!("{p}");
         }
         let verdict = if r.intact() { "intact" } else { "DAMAGED" };
         println!(
@@ -335,14 +330,10 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
     Ok(if r.intact() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_DAMAGED) })
 }
 
+/// `restore` from the directory `a.disk` (the CLI found an opened disk's
+/// mount point for a name).
 pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
     engine::init(None);
-    if !a.disk.as_os_str().as_encoded_bytes().contains(&b'/') {
-        anyhow::bail!(
-            "{}: give the directory where the backup disk is mounted (restoring from a disk by its name needs `tetras-back open`, which is not built yet)",
-            a.disk.display()
-        );
-    }
     if a.to == Path::new("/") && !a.in_place {
         anyhow::bail!(
             "--to / puts the files back where they were, over the running system: say --in-place too"
@@ -380,4 +371,73 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
         );
     }
     Ok(partial_exit(s.skipped))
+}
+
+/// `backups`: the dated folders of the disk mounted at `root`, newest
+/// first, with the last restore drill of each (from the history, when the
+/// disk is known by its UUID).
+pub fn backups(config: &Config, root: &Path, uuid: Option<&str>, json: bool) -> Result<ExitCode> {
+    let folders = engine::backups::list(root)?;
+    let drills = match (uuid, History::open_read_only(&config.history_path())) {
+        (Some(uuid), Ok(Some(h))) => h.drills(uuid)?,
+        (_, Err(e)) => {
+            eprintln!("tetras-back: warning: {e:#}");
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
+    let drill_of = |name: &str| drills.iter().find(|(_, d)| d.folder == name);
+    if json {
+        let rows: Vec<serde_json::Value> = folders
+            .iter()
+            .map(|f| {
+                let mut v = serde_json::to_value(f).expect("folders serialise");
+                if let Some((at, d)) = drill_of(&f.name) {
+                    v["verified"] =
+                        serde_json::json!({ "at": at, "passed": d.passed, "problems": d.problem_count });
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "disk": root, "backups": rows }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if folders.is_empty() {
+        println!("No dated backup folder at the top of {}.", root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<44} {:<10} {:>10} {:>9}  {:<24} PARTS", "BACKUP", "STATE", "SIZE", "FILES", "VERIFIED");
+    for f in &folders {
+        let state = match (f.complete, f.in_use) {
+            (true, _) => "complete",
+            (false, true) => "writing",
+            (false, false) => "INCOMPLETE",
+        };
+        let verified = match drill_of(&f.name) {
+            Some((at, d)) => {
+                format!("{} {}", if d.passed { "passed" } else { "DAMAGED" }, at.format("%Y-%m-%d %H:%M"))
+            }
+            None => "-".into(),
+        };
+        let parts: Vec<String> = f
+            .parts
+            .iter()
+            .map(|p| match p.kind {
+                engine::backups::PartKind::Snapshot => format!("{}/ (snapshot)", p.name),
+                engine::backups::PartKind::Archive => format!("{} (archive)", p.name),
+                engine::backups::PartKind::Incomplete => format!("{} (incomplete)", p.name),
+                engine::backups::PartKind::Other => p.name.clone(),
+            })
+            .collect();
+        println!(
+            "{:<44} {:<10} {:>10} {:>9}  {:<24} {}",
+            f.name,
+            state,
+            human(f.bytes),
+            f.files,
+            verified,
+            parts.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

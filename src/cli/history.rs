@@ -79,6 +79,12 @@ pub fn run(config: &Config, a: &HistoryArgs) -> Result<ExitCode> {
         if let Some(e) = &r.error {
             println!("{:<19} └ {e}", "");
         }
+        if let Some(d) = &r.drill {
+            println!("{:<19} └ restore drill {}", "", d.summary());
+            for p in d.problems.iter().take(5) {
+                println!("{:<19}   {p}", "");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

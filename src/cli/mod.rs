@@ -149,6 +149,48 @@ enum Command {
         /// Name of a known disk that is plugged in
         name: String,
     },
+    /// Open the disk for restore when it is plugged in, instead of backing it up
+    #[command(after_help = "Example:\n  tetras-back hold office\n\n\
+        Until `release`, plugging the disk in mounts it read-only (a restore never starts \
+        with a backup that prunes); `backups office` and `restore office ...` then read it.")]
+    Hold {
+        /// Name of a known disk
+        name: String,
+    },
+    /// Back the disk up again when it is plugged in (undoes `hold`)
+    #[command(after_help = "Example:\n  tetras-back release office")]
+    Release {
+        /// Name of a known disk
+        name: String,
+    },
+    /// Mount a plugged-in known disk read-only for restore
+    #[command(after_help = "Example:\n  tetras-back open office\n\n\
+        The disk stays opened until `close`, until it is unplugged, or until it has not been \
+        used for `open_timeout` (30 min by default). It is not backed up while opened.")]
+    Open {
+        /// Name of a known disk that is plugged in
+        name: String,
+    },
+    /// Unmount an opened disk; then it is safe to remove
+    #[command(after_help = "Example:\n  tetras-back close office")]
+    Close {
+        /// Name of an opened disk
+        name: String,
+    },
+    /// List the backup folders on a disk: complete or not, parts, size, files, last check
+    #[command(
+        after_help = "Examples:\n  tetras-back backups office\n  tetras-back backups /mnt/usb --json\n\n\
+        DISK is the name of an opened disk (or one being backed up), or the directory where a \
+        backup disk is mounted."
+    )]
+    Backups {
+        /// Name of an opened disk, or a directory (with a `/`)
+        #[arg(value_name = "DISK")]
+        disk: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the running daemon
     #[command(after_help = "Example:\n  tetras-back stop")]
     Stop,
@@ -220,10 +262,13 @@ enum Command {
     Verify(engines::VerifyArgs),
     /// Copy files back out of a backup, with owners, modes, times, links and holes
     #[command(after_help = "Examples:\n  \
-        tetras-back restore /mnt/usb Donnees/alice/thesis.odt --to /tmp/restored\n  \
-        tetras-back restore /mnt/usb --from 2026-11-20_02-30-00_srv home/alice --to /srv/old --dry-run\n  \
-        tetras-back restore /mnt/usb etc/nginx --to / --in-place --overwrite\n\n\
-        Each PATH keeps its place below DIR. Entries already in DIR are refused (all listed, \
+        tetras-back restore office Donnees/alice/thesis.odt --to /tmp/restored\n  \
+        tetras-back restore office --from 2026-11-20_02-30-00_srv home/alice --to /srv/old --dry-run\n  \
+        tetras-back restore office serveur.tar.gz/etc/nginx --to / --in-place --overwrite\n  \
+        tetras-back restore /mnt/usb Donnees/alice --to /tmp/restored\n\n\
+        DISK is an opened disk's name (`hold` or `open` it first) or the directory where a backup \
+        disk is mounted. A PATH that starts with an archive's name (serveur.tar.gz/etc/nginx) \
+        is taken from that archive. Each PATH keeps its place below DIR. Entries already in DIR are refused (all listed, \
         nothing written) unless --overwrite. Exit code 23: some entries could not be read.")]
     Restore(engines::RestoreArgs),
 }
@@ -265,6 +310,11 @@ pub enum Action {
     Plug { device: PathBuf },
     Unplug { device: PathBuf },
     Backup { name: String },
+    Hold { name: String },
+    Release { name: String },
+    Open { name: String },
+    Close { name: String },
+    Backups { disk: PathBuf, json: bool },
     Stop,
     Reload,
     Disks { json: bool },
@@ -298,6 +348,11 @@ impl Cli {
                 Command::Plug { device } => Action::Plug { device },
                 Command::Unplug { device } => Action::Unplug { device },
                 Command::Backup { name } => Action::Backup { name },
+                Command::Hold { name } => Action::Hold { name },
+                Command::Release { name } => Action::Release { name },
+                Command::Open { name } => Action::Open { name },
+                Command::Close { name } => Action::Close { name },
+                Command::Backups { disk, json } => Action::Backups { disk, json },
                 Command::Stop => Action::Stop,
                 Command::Reload => Action::Reload,
                 Command::Disks { json } => Action::Disks { json },

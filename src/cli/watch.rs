@@ -130,7 +130,15 @@ fn describe(v: &Value) -> String {
         Event::Disks { disks, .. } => {
             let names: Vec<String> = disks
                 .iter()
-                .map(|d| format!("{}{}", d.name, if d.connected { " (connected)" } else { "" }))
+                .map(|d| {
+                    let how = match (d.opened, d.held, d.connected) {
+                        (true, ..) => " (opened)",
+                        (false, true, _) => " (held)",
+                        (false, false, true) => " (connected)",
+                        _ => "",
+                    };
+                    format!("{}{how}", d.name)
+                })
                 .collect();
             format!("{} known disk(s): {}", disks.len(), names.join(", "))
         }
@@ -171,6 +179,10 @@ fn describe(v: &Value) -> String {
         Event::DiskUnplugged { uuid, name: None, device } => {
             format!("{uuid} ({}) unplugged", device.display())
         }
+        Event::DiskOpened { name, mount, .. } => {
+            format!("{name} is opened read-only for restore at {}", mount.display())
+        }
+        Event::DiskClosed { name, why, .. } => format!("{name} was closed ({why})"),
         Event::MailFailed { subject, error, .. } => format!("mail {subject:?} not sent: {error}"),
     };
     format!("{time}  {name:<16} {text}")

@@ -48,6 +48,17 @@ pub enum Request {
     Unplug { device: PathBuf },
     /// Back up a plugged-in known disk now, by hand.
     Backup { name: String },
+    /// Open the disk for restore instead of backing it up when plugged in.
+    Hold { name: String },
+    /// Back the disk up again when plugged in.
+    Release { name: String },
+    /// Mount a plugged-in known disk read-only for restore.
+    Open { name: String },
+    /// Unmount an opened disk (then it is safe to remove).
+    Close { name: String },
+    /// Where the disk is mounted now (opened, or being backed up), for
+    /// `backups` and `restore`; counts as a use of an opened disk.
+    Locate { name: String },
     /// What the daemon is doing.
     Status,
     /// The known disks, with whether they are connected.
@@ -76,6 +87,18 @@ pub struct Reply {
 pub enum Data {
     Status(Box<StatusInfo>),
     Disks { disks: Vec<DiskRow> },
+    Located { disk: DiskLocation },
+}
+
+/// Where a known disk is mounted now, and why (`locate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskLocation {
+    pub name: String,
+    pub uuid: String,
+    pub mount: PathBuf,
+    /// Opened read-only for restore (otherwise: being backed up, writable).
+    pub opened: bool,
 }
 
 /// The daemon's `status`.
@@ -106,6 +129,12 @@ pub struct StatusInfo {
     pub history: Option<PathBuf>,
     /// The plugged-in disk backed up next by `[schedule]`, and when.
     pub next_due: Option<NextDue>,
+    /// The disks opened for restore now.
+    #[serde(default)]
+    pub opened: Vec<String>,
+    /// The disks held (opened for restore when plugged in).
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +277,11 @@ mod tests {
             Request::Plug { device: "/dev/sdb1".into() },
             Request::Unplug { device: "/dev/sdb1".into() },
             Request::Backup { name: "n".into() },
+            Request::Hold { name: "n".into() },
+            Request::Release { name: "n".into() },
+            Request::Open { name: "n".into() },
+            Request::Close { name: "n".into() },
+            Request::Locate { name: "n".into() },
             Request::Status,
             Request::Disks,
             Request::Reload,
@@ -287,6 +321,8 @@ mod tests {
             mail_abandoned: None,
             history: Some("/var/lib/tetras-back/history.sqlite".into()),
             next_due: Some(NextDue { disk: "office".into(), at: now }),
+            opened: vec!["home".into()],
+            held: vec!["home".into()],
         };
         let row = DiskRow {
             uuid: "u".into(),
@@ -297,6 +333,8 @@ mod tests {
             last_backup_finished: None,
             last_success: None,
             next_due: Some(now),
+            held: true,
+            opened: true,
         };
         for reply in [
             Reply::ok("saved"),
@@ -304,6 +342,14 @@ mod tests {
             Reply::data(Data::Status(Box::new(status))),
             Reply::data(Data::Disks { disks: vec![row] }),
             Reply::data(Data::Disks { disks: vec![] }),
+            Reply::data(Data::Located {
+                disk: DiskLocation {
+                    name: "office".into(),
+                    uuid: "u".into(),
+                    mount: "/run/tetras-back/mnt/u".into(),
+                    opened: true,
+                },
+            }),
         ] {
             let line = serde_json::to_string(&reply).unwrap();
             assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), reply, "{line}");

@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use chrono::{DateTime, Local};
 
-use super::pipeline::{Do, Pipeline};
+use super::opened::OpenDisks;
+use super::pipeline::{Do, Known, Pipeline};
 use super::wake::WakeChannel;
 use super::Daemon;
 use crate::backup::report::{Job, Report, Status};
@@ -35,11 +36,18 @@ pub struct Disks {
     worker: Option<Worker>,
     /// What the worker reports.
     pub progress: WakeChannel<Progress>,
+    /// The disks opened for restore.
+    pub open: OpenDisks,
 }
 
 impl Disks {
     pub fn new() -> Result<Disks> {
-        Ok(Disks { pipeline: Pipeline::default(), worker: None, progress: WakeChannel::new()? })
+        Ok(Disks {
+            pipeline: Pipeline::default(),
+            worker: None,
+            progress: WakeChannel::new()?,
+            open: OpenDisks::new(),
+        })
     }
 }
 
@@ -48,7 +56,9 @@ impl Daemon {
     /// became of it, for the `plug` command's reply.
     pub(super) fn on_block_event(&mut self, ev: BlockEvent) -> String {
         let disks = &self.state.disks;
-        let name_of = |uuid: &str| disks.iter().find(|d| d.uuid == uuid).map(|d| d.name.clone());
+        let name_of = |uuid: &str| {
+            disks.iter().find(|d| d.uuid == uuid).map(|d| Known { name: d.name.clone(), held: d.held })
+        };
         let outcome = self.disks.pipeline.on_event(&ev, name_of, |devnum| !mount::is_unmounted(devnum));
         if outcome.actions.is_empty() {
             log::debug!("{:?} {}: {}", ev.action, ev.device.display(), outcome.message);
@@ -98,15 +108,13 @@ impl Daemon {
 
     /// `backup NAME`: back up a plugged-in known disk again, by hand.
     pub(super) fn backup_by_name(&mut self, name: &str) -> Result<String> {
-        let Some(disk) = self.state.disks.iter().find(|d| d.name == name) else {
-            bail!("no known disk is named {name:?} (see `tetras-back disks`)");
-        };
-        let outcome = self.disks.pipeline.backup_again(&disk.uuid.clone(), name)?;
+        let uuid = self.state.disk_named(name)?.uuid.clone();
+        let outcome = self.disks.pipeline.backup_again(&uuid, name)?;
         self.carry_out(outcome.actions);
         Ok(outcome.message)
     }
 
-    fn carry_out(&mut self, actions: Vec<Do>) {
+    pub(super) fn carry_out(&mut self, actions: Vec<Do>) {
         for action in actions {
             match action {
                 Do::Emit(event) => self.broadcast(&event),
@@ -127,6 +135,8 @@ impl Daemon {
                     }
                 }
                 Do::Table => self.broadcast(&self.disks_event()),
+                Do::Open(job) => self.open_disk(job),
+                Do::Detach { uuid } => self.detach_opened(&uuid),
             }
         }
     }
@@ -135,6 +145,12 @@ impl Daemon {
     /// identity the disk must prove as the state knows it now.
     fn start(&mut self, mut job: Job) {
         job.identity = self.state.disk(&job.uuid).and_then(|d| d.identity.clone());
+        job.drill = self.history.as_ref().is_some_and(|h| {
+            h.drill_due(&job.uuid, self.config.verify_every).unwrap_or_else(|e| {
+                log::error!("history: {e:#}");
+                false
+            })
+        });
         let cancel = Arc::new(Cancel::default());
         let spawned = self.disks.progress.sender().map_err(anyhow::Error::from).and_then(|tx| {
             let (config, bus, job, cancel) =
@@ -194,7 +210,7 @@ impl Daemon {
                     duration_secs: s.duration_secs,
                 });
             }
-            Progress::Finished(report) => self.finished(report),
+            Progress::Finished(report) => self.finished(*report),
         }
     }
 

@@ -36,6 +36,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 mod disks;
+mod opened;
 mod pipeline;
 mod reminders;
 mod retention;
@@ -240,6 +241,7 @@ impl Daemon {
             self.remind_if_due();
             self.prune_if_due();
             let next_due = self.back_up_due_disks();
+            let next_close = self.close_unused_disks();
             let mut fds = vec![
                 PollFd::new(io.control.file.as_fd(), PollFlags::POLLIN),
                 PollFd::new(io.term.as_fd(), PollFlags::POLLIN),
@@ -255,6 +257,8 @@ impl Daemon {
             let wake_in =
                 self.reminders.next().min(self.retention.next()).saturating_duration_since(Instant::now());
             let wake_in = io.watchdog.map_or(wake_in, |w| w.min(wake_in));
+            let wake_in =
+                next_close.map_or(wake_in, |c| c.saturating_duration_since(Instant::now()).min(wake_in));
             let wake_in =
                 next_due.map_or(wake_in, |d| (d - Local::now()).to_std().unwrap_or_default().min(wake_in));
             // Rounded up, so that the loop does not spin for the last partial millisecond.
@@ -310,6 +314,7 @@ impl Daemon {
     fn shutdown(mut self) {
         notify(&[sd_notify::NotifyState::Stopping]);
         self.finish_running_backup();
+        self.close_all_disks();
         self.write_metrics(false);
         self.broadcast(&Event::DaemonStopping);
         log::info!("stopped");
@@ -434,6 +439,11 @@ impl Daemon {
                 Ok(Reply::ok(self.on_block_event(ev)))
             }
             Request::Backup { name } => Ok(Reply::ok(self.backup_by_name(&name)?)),
+            Request::Hold { name } => Ok(Reply::ok(self.hold(&name, true)?)),
+            Request::Release { name } => Ok(Reply::ok(self.hold(&name, false)?)),
+            Request::Open { name } => Ok(Reply::ok(self.open_by_name(&name)?)),
+            Request::Close { name } => Ok(Reply::ok(self.close_by_name(&name)?)),
+            Request::Locate { name } => Ok(Reply::data(Data::Located { disk: self.locate(&name)? })),
             Request::Status => Ok(Reply::data(Data::Status(Box::new(self.status())))),
             Request::Disks => Ok(Reply::data(Data::Disks { disks: self.disk_rows() })),
             Request::Reload => Ok(Reply::ok(self.reload()?)),
@@ -459,8 +469,11 @@ impl Daemon {
         let mut rows =
             DiskRow::table(&self.state, self.history.as_ref(), |uuid| self.disks.pipeline.is_connected(uuid));
         let idle = self.disks.pipeline.idle_plugged();
-        for r in rows.iter_mut().filter(|r| idle.contains(&r.uuid)) {
-            r.next_due = self.state.disk(&r.uuid).and_then(|d| self.due_at(d));
+        for r in rows.iter_mut() {
+            if idle.contains(&r.uuid) {
+                r.next_due = self.state.disk(&r.uuid).and_then(|d| self.due_at(d));
+            }
+            r.opened = self.disks.open.contains_key(&r.uuid);
         }
         rows
     }
@@ -552,6 +565,14 @@ impl Daemon {
                 .into_iter()
                 .filter_map(|r| Some(NextDue { at: r.next_due?, disk: r.name }))
                 .min_by_key(|n| n.at),
+            opened: self
+                .disks
+                .open
+                .keys()
+                .filter_map(|u| self.state.disk(u))
+                .map(|d| d.name.clone())
+                .collect(),
+            held: self.state.disks.iter().filter(|d| d.held).map(|d| d.name.clone()).collect(),
         }
     }
 

@@ -9,12 +9,18 @@
 //! is there start nothing.
 //!
 //! ```text
-//!  device event ── known ──> Seen, RecordPlug, Emit(disk_plugged) ─ enqueue ─┬─ idle: Start(job)
-//!        │                                                                    └─ busy: Emit(backup_queued)
+//!  device event ── known ──> Seen, RecordPlug, Emit(disk_plugged) ─┬─ held: Open(job)
+//!        │                                                          └─ enqueue ─┬─ idle: Start(job)
+//!        │                                                                      └─ busy: Emit(backup_queued)
 //!        ├─ unknown ──> RecordPlug, Emit(unknown_disk)   (not for the system's own mounted disks)
-//!        └─ gone ─────> StopRunning (if its backup runs), RecordPlug, Emit(disk_unplugged)
+//!        └─ gone ─────> StopRunning (if its backup runs), Detach (if opened),
+//!                       RecordPlug, Emit(disk_unplugged)
 //!  finished ──> the next job: Start(job)
+//!  open NAME (plugged, neither backing up nor queued) ──> Open(job)
 //! ```
+//!
+//! An opened disk (mounted read-only for restore) is neither backed up nor
+//! queued until it is closed: by `close`, by its time-out, or by unplugging.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -42,6 +48,18 @@ pub enum Do {
     StopRunning,
     /// The disk table changed: send it.
     Table,
+    /// Mount this plugged-in disk read-only for restore (it is opened now).
+    Open(Job),
+    /// The opened disk `uuid` is gone: detach its mount.
+    Detach { uuid: String },
+}
+
+/// What the daemon knows of a filesystem UUID that is a known disk's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    pub name: String,
+    /// `hold NAME`: opened for restore when plugged in, not backed up.
+    pub held: bool,
 }
 
 /// What became of an event: a sentence for the `plug` command's reply, and what to do.
@@ -75,6 +93,8 @@ pub struct Pipeline {
     plugged: HashMap<u64, Plugged>,
     queue: VecDeque<Job>,
     pub running: Option<Current>,
+    /// The disks opened for restore (mounted read-only), by UUID.
+    opened: HashMap<String, Job>,
     /// No new backup starts (the daemon is stopping).
     pub closed: bool,
 }
@@ -88,6 +108,16 @@ impl Pipeline {
         self.running.is_some()
     }
 
+    /// The opened disk `uuid`, if it is.
+    pub fn opened(&self, uuid: &str) -> Option<&Job> {
+        self.opened.get(uuid)
+    }
+
+    /// The daemon could not open (mount) `uuid`, or closed it.
+    pub fn closed(&mut self, uuid: &str) {
+        self.opened.remove(uuid);
+    }
+
     /// A device event from udev or from `plug`/`unplug`. `name_of` says
     /// whether a filesystem UUID is a known disk's (its name);
     /// `mounted_by_system` whether a device is mounted already (an unknown
@@ -95,7 +125,7 @@ impl Pipeline {
     pub fn on_event(
         &mut self,
         ev: &BlockEvent,
-        name_of: impl Fn(&str) -> Option<String>,
+        name_of: impl Fn(&str) -> Option<Known>,
         mounted_by_system: impl Fn(u64) -> bool,
     ) -> Outcome {
         let fs = match (&ev.fs, ev.is_gone()) {
@@ -116,7 +146,7 @@ impl Pipeline {
             ev.devnum,
             Plugged { uuid: fs.uuid.clone(), device: ev.device.clone(), fstype: fs.fstype.clone() },
         );
-        let Some(name) = name_of(&fs.uuid) else {
+        let Some(Known { name, held }) = name_of(&fs.uuid) else {
             if mounted_by_system(ev.devnum) {
                 out.message =
                     format!("{} is mounted by the system and not a known disk", ev.device.display());
@@ -162,26 +192,30 @@ impl Pipeline {
             devnum: ev.devnum,
             fstype: fs.fstype.clone(),
             identity: None,
+            drill: false,
         };
-        let queued = self.enqueue(job);
+        let queued = if held { self.open_now(job) } else { self.enqueue(job) };
         out.message = queued.message;
         out.actions.extend(queued.actions);
         out.actions.push(Do::Table);
         out
     }
 
-    fn gone(&mut self, ev: &BlockEvent, name_of: &impl Fn(&str) -> Option<String>) -> Outcome {
+    fn gone(&mut self, ev: &BlockEvent, name_of: &impl Fn(&str) -> Option<Known>) -> Outcome {
         let Some(p) = self.plugged.remove(&ev.devnum) else {
             return Outcome {
                 message: format!("{} is not a plugged-in disk", ev.device.display()),
                 actions: vec![],
             };
         };
-        let name = name_of(&p.uuid);
+        let name = name_of(&p.uuid).map(|k| k.name);
         let mut actions = Vec::new();
         self.queue.retain(|j| j.uuid != p.uuid);
         if self.running.as_ref().is_some_and(|r| r.job.uuid == p.uuid) {
             actions.push(Do::StopRunning);
+        }
+        if self.opened.remove(&p.uuid).is_some() {
+            actions.push(Do::Detach { uuid: p.uuid.clone() });
         }
         if name.is_some() {
             actions.push(Do::Seen { uuid: p.uuid.clone() });
@@ -199,8 +233,53 @@ impl Pipeline {
         Outcome { message: format!("{} ({}) unplugged", p.device.display(), p.uuid), actions }
     }
 
+    /// Opens the plugged-in disk `job` for restore.
+    fn open_now(&mut self, job: Job) -> Outcome {
+        let name = job.name.clone();
+        self.opened.insert(job.uuid.clone(), job.clone());
+        Outcome {
+            message: format!("disk {name} is held: opening it read-only for restore, not backing it up"),
+            actions: vec![Do::Open(job)],
+        }
+    }
+
+    /// `open NAME`: the plugged-in disk `uuid` is opened for restore, once
+    /// its backup (if one runs or waits) is over.
+    pub fn open(&mut self, uuid: &str, name: &str) -> Result<Outcome> {
+        if self.opened.contains_key(uuid) {
+            return Ok(Outcome { message: format!("disk {name} is already opened"), actions: vec![] });
+        }
+        let job = self.plugged_job(uuid, name)?;
+        if self.running.as_ref().is_some_and(|r| r.job.uuid == uuid) {
+            bail!("disk {name} is being backed up; open it once its backup has finished");
+        }
+        if self.queue.iter().any(|j| j.uuid == uuid) {
+            bail!("disk {name} waits for its backup; open it once that has finished");
+        }
+        let mut out = self.open_now(job);
+        out.message = format!("opening disk {name} read-only for restore");
+        out.actions.push(Do::Table);
+        Ok(out)
+    }
+
+    /// A job for the plugged-in known disk `uuid`.
+    fn plugged_job(&self, uuid: &str, name: &str) -> Result<Job> {
+        let Some((&devnum, p)) = self.plugged.iter().find(|(_, p)| p.uuid == uuid) else {
+            bail!("disk {name} ({uuid}) is not plugged in");
+        };
+        Ok(Job {
+            uuid: uuid.to_owned(),
+            name: name.to_owned(),
+            device: p.device.clone(),
+            devnum,
+            fstype: p.fstype.clone(),
+            identity: None,
+            drill: false,
+        })
+    }
+
     /// Queues a backup of `job` (once), starting it when nothing runs.
-    pub fn enqueue(&mut self, job: Job) -> Outcome {
+    fn enqueue(&mut self, job: Job) -> Outcome {
         let already = self.running.as_ref().is_some_and(|r| r.job.uuid == job.uuid)
             || self.queue.iter().any(|j| j.uuid == job.uuid);
         if already {
@@ -239,22 +318,15 @@ impl Pipeline {
 
     /// `backup NAME`: the plugged-in disk `uuid` (named `name`) is backed up again.
     pub fn backup_again(&mut self, uuid: &str, name: &str) -> Result<Outcome> {
-        let Some((&devnum, p)) = self.plugged.iter().find(|(_, p)| p.uuid == uuid) else {
-            bail!("disk {name} ({uuid}) is not plugged in");
-        };
-        let job = Job {
-            uuid: uuid.to_owned(),
-            name: name.to_owned(),
-            device: p.device.clone(),
-            devnum,
-            fstype: p.fstype.clone(),
-            identity: None,
-        };
+        let job = self.plugged_job(uuid, name)?;
+        if self.opened.contains_key(uuid) {
+            bail!("disk {name} is opened for restore; `tetras-back close {name}` first");
+        }
         Ok(self.enqueue(job))
     }
 
-    /// The plugged-in filesystems whose backup neither runs nor waits (a
-    /// schedule may make them due).
+    /// The plugged-in filesystems whose backup neither runs nor waits and
+    /// that are not opened (a schedule may make them due).
     pub fn idle_plugged(&self) -> Vec<String> {
         let mut uuids: Vec<String> = self
             .plugged
@@ -263,6 +335,7 @@ impl Pipeline {
             .filter(|u| {
                 self.running.as_ref().is_none_or(|r| &r.job.uuid != u)
                     && !self.queue.iter().any(|j| &j.uuid == u)
+                    && !self.opened.contains_key(u)
             })
             .collect();
         uuids.sort();
@@ -303,12 +376,13 @@ mod tests {
         }
     }
 
-    fn known(uuid: &str) -> Option<String> {
-        match uuid {
-            "u1" => Some("office".into()),
-            "u2" => Some("home".into()),
-            _ => None,
-        }
+    fn known(uuid: &str) -> Option<Known> {
+        let name = match uuid {
+            "u1" | "held" => "office",
+            "u2" => "home",
+            _ => return None,
+        };
+        Some(Known { name: name.into(), held: uuid == "held" })
     }
 
     fn names(actions: &[Do]) -> Vec<String> {
@@ -325,6 +399,8 @@ mod tests {
                 Do::Start(j) => format!("start {}", j.name),
                 Do::StopRunning => "stop".into(),
                 Do::Table => "table".into(),
+                Do::Open(j) => format!("open {}", j.name),
+                Do::Detach { uuid } => format!("detach {uuid}"),
             })
             .collect()
     }
@@ -422,6 +498,42 @@ mod tests {
         p.on_event(&ev(1, Some("u1"), Action::Add), known, |_| false);
         assert!(p.backup_again("u1", "office").unwrap().message.contains("already running"));
         p.finished();
+        assert_eq!(names(&p.backup_again("u1", "office").unwrap().actions), ["start office"]);
+    }
+
+    #[test]
+    fn a_held_disk_is_opened_not_backed_up_and_detached_when_pulled_out() {
+        let mut p = Pipeline::default();
+        let out = p.on_event(&ev(1, Some("held"), Action::Add), known, |_| false);
+        assert_eq!(
+            names(&out.actions),
+            ["seen held", "record plug", "emit disk_plugged", "open office", "table"]
+        );
+        assert!(!p.busy() && p.opened("held").is_some());
+        assert!(p.idle_plugged().is_empty(), "an opened disk is not due for a scheduled backup");
+        assert!(p.backup_again("held", "office").unwrap_err().to_string().contains("close office"));
+        let out = p.on_event(&ev(1, None, Action::Remove), known, |_| false);
+        assert_eq!(
+            names(&out.actions),
+            ["detach held", "seen held", "record unplug", "emit disk_unplugged", "table"]
+        );
+        assert!(p.opened("held").is_none());
+    }
+
+    #[test]
+    fn open_waits_for_the_backup_and_a_closed_disk_can_be_backed_up_again() {
+        let mut p = Pipeline::default();
+        assert!(p.open("u1", "office").unwrap_err().to_string().contains("not plugged in"));
+        p.on_event(&ev(1, Some("u1"), Action::Add), known, |_| false);
+        p.on_event(&ev(2, Some("u2"), Action::Add), known, |_| false);
+        assert!(p.open("u1", "office").unwrap_err().to_string().contains("being backed up"));
+        assert!(p.open("u2", "home").unwrap_err().to_string().contains("waits for its backup"));
+        p.finished();
+        p.finished();
+        assert_eq!(names(&p.open("u1", "office").unwrap().actions), ["open office", "table"]);
+        assert!(p.open("u1", "office").unwrap().actions.is_empty(), "already opened");
+        assert_eq!(p.idle_plugged(), ["u2"]);
+        p.closed("u1");
         assert_eq!(names(&p.backup_again("u1", "office").unwrap().actions), ["start office"]);
     }
 }

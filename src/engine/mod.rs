@@ -4,6 +4,7 @@
 //! the report of files that had to be skipped, and the thread pool.
 
 pub mod archive;
+pub mod backups;
 pub mod fsx;
 pub mod journal;
 pub mod manifest;

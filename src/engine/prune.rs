@@ -97,12 +97,14 @@ struct Progress {
     seen: HashMap<(u64, u64), u32>,
 }
 
+/// A dated backup folder.
 #[derive(Debug, Clone)]
-struct Backup {
-    name: OsString,
-    time: NaiveDateTime,
-    complete: bool,
-    in_use: bool,
+pub struct Backup {
+    pub name: OsString,
+    pub time: NaiveDateTime,
+    pub complete: bool,
+    /// Being written now (a running process holds its lock).
+    pub in_use: bool,
 }
 
 pub fn run(opts: &Options) -> Result<Outcome> {
@@ -203,7 +205,7 @@ pub fn newest_complete(dir: &Path) -> Result<Option<OsString>> {
 /// The dated folders of `dir`. A folder named `*.partial`, or holding a
 /// `*.partial` entry, is incomplete; it is in use while a running process
 /// holds its lock.
-fn list(dir: BorrowedFd) -> Result<Vec<Backup>> {
+pub fn list(dir: BorrowedFd) -> Result<Vec<Backup>> {
     let mut out = Vec::new();
     for name in fsx::read_names(dir)? {
         let Some(time) = dated_name(name.as_bytes()) else { continue };

@@ -11,7 +11,7 @@
 //! replaced by a rename, never truncated in place. Snapshots' manifests
 //! are not restored.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Component, Path, PathBuf};
@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::sys::stat::{fstat, mkdirat, Mode};
 
 use super::snapshot::{self, Meta, Root, Summary};
-use super::{fsx, manifest};
+use super::{backups, fsx, manifest};
 
 pub struct Options {
     /// The backup folder (a dated folder, or a snapshot inside one).
@@ -45,45 +45,226 @@ pub fn run(opts: &Options) -> Result<Summary> {
             bail!("{} and {} overlap: give each entry once", a.display(), b.display());
         }
     }
+    let started = std::time::Instant::now();
     let backup = fsx::open_dir_strict(&opts.backup)?;
-    let mut roots = Vec::new();
+    // `serveur.tar.gz/etc/hosts` is the member etc/hosts of that archive.
+    let mut plain = Vec::new();
+    let mut archived: Vec<(OsString, Vec<PathBuf>)> = Vec::new();
     for path in &opts.paths {
+        split(path)?;
+        match archive_of(backup.as_fd(), path) {
+            Some((archive, member)) => match archived.iter_mut().find(|(a, _)| *a == archive) {
+                Some((_, members)) => members.push(member),
+                None => archived.push((archive, vec![member])),
+            },
+            None => plain.push(path.clone()),
+        }
+    }
+    let roots = roots(backup.as_fd(), &opts.backup, &plain)?;
+    let mut members = Vec::new();
+    for (archive, wanted) in &archived {
+        members.push(archive_members(&opts.backup.join(archive), wanted)?);
+    }
+    let mut summary = Summary { dest: opts.to.clone(), dry_run: opts.dry_run, ..Summary::default() };
+    // Everything already in `--to` is refused before anything is written.
+    let existing = |to: BorrowedFd| -> Result<()> {
+        if opts.overwrite {
+            return Ok(());
+        }
+        let from_backup = plain.iter().flat_map(|path| backup_entries(&opts.backup, path));
+        let from_archives = members.iter().flatten().map(|m| (m.path.clone(), m.dir));
+        refuse_existing(from_backup.chain(from_archives), to)
+    };
+    if opts.dry_run {
+        match fsx::open_dir_strict(&opts.to) {
+            Ok(to) => existing(to.as_fd())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("--to {}: {e}", opts.to.display()),
+        }
+        snapshot::copy_into(roots, None, &mut summary, false)?;
+        for m in members.iter().flatten() {
+            summary.dirs += u64::from(m.dir);
+            summary.files += u64::from(m.file);
+            summary.bytes += if m.file { m.size } else { 0 };
+            summary.symlinks += u64::from(!m.dir && !m.file);
+        }
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    let to = fsx::make_dirs_strict(&opts.to).with_context(|| format!("--to {}", opts.to.display()))?;
+    existing(to.as_fd())?;
+    for path in &plain {
+        make_parents(backup.as_fd(), to.as_fd(), path)?;
+    }
+    snapshot::copy_into(roots, Some(to.try_clone()?), &mut summary, opts.overwrite)?;
+    for ((archive, wanted), members) in archived.iter().zip(&members) {
+        let part = from_archive(&opts.backup.join(archive), wanted, members, opts, to.as_fd())?;
+        for (total, n) in [
+            (&mut summary.files, part.files),
+            (&mut summary.bytes, part.bytes),
+            (&mut summary.dirs, part.dirs),
+            (&mut summary.symlinks, part.symlinks),
+            (&mut summary.specials, part.specials),
+            (&mut summary.skipped, part.skipped),
+        ] {
+            *total += n;
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The sources of a copy out of the backup folder `backup`: each path's
+/// directory, resolved beneath it, and the one entry to take from it.
+fn roots(backup: BorrowedFd, base: &Path, paths: &[PathBuf]) -> Result<Vec<Root>> {
+    let mut roots = Vec::new();
+    for path in paths {
         let (parent, name) = split(path)?;
-        let dir = fsx::open_beneath(backup.as_fd(), parent)
-            .map_err(|e| anyhow!("{}: {}", opts.backup.join(parent).display(), e.desc()))?;
+        let dir = fsx::open_beneath(backup, parent)
+            .map_err(|e| anyhow!("{}: {}", base.join(parent).display(), e.desc()))?;
         fsx::lstat_at(dir.as_fd(), name).map_err(|e| match e {
-            Errno::ENOENT => anyhow!("{} is not in the backup {}", path.display(), opts.backup.display()),
-            e => anyhow!("{}: {}", opts.backup.join(path).display(), e.desc()),
+            Errno::ENOENT => anyhow!("{} is not in the backup {}", path.display(), base.display()),
+            e => anyhow!("{}: {}", base.join(path).display(), e.desc()),
         })?;
         let dev = fstat(&dir)?.st_dev;
         roots.push(Root {
             dir,
             only: Some(name.to_owned()),
             into: parent.to_owned(),
-            base: opts.backup.join(parent),
+            base: base.join(parent),
             dev,
         });
     }
-    let mut summary = Summary { dest: opts.to.clone(), dry_run: opts.dry_run, ..Summary::default() };
-    let dest = if opts.dry_run {
-        match fsx::open_dir_strict(&opts.to) {
-            Ok(to) => refuse_existing(&opts.backup, &opts.paths, to.as_fd())?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => bail!("--to {}: {e}", opts.to.display()),
+    Ok(roots)
+}
+
+/// Whether `path` goes through an archive of the backup folder (its first
+/// name is a `.tar.gz` file there): the archive and the member path.
+fn archive_of(backup: BorrowedFd, path: &Path) -> Option<(OsString, PathBuf)> {
+    let mut names = path.iter();
+    let first = names.next()?;
+    let st = fsx::lstat_at(backup, first).ok()?;
+    if fsx::kind(&st) != nix::sys::stat::SFlag::S_IFREG || !backups::is_archive(first) {
+        return None;
+    }
+    Some((first.to_owned(), names.collect()))
+}
+
+/// A member of an archive that is restored.
+struct Member {
+    path: PathBuf,
+    dir: bool,
+    file: bool,
+    size: u64,
+}
+
+/// The members of `archive` at or below the `wanted` paths (an empty path:
+/// all of it); each wanted path must be there.
+fn archive_members(archive: &Path, wanted: &[PathBuf]) -> Result<Vec<Member>> {
+    let mut out = Vec::new();
+    let mut found = vec![false; wanted.len()];
+    backups::each_member(archive, |entry| {
+        let path =
+            entry.path()?.components().filter(|c| matches!(c, Component::Normal(_))).collect::<PathBuf>();
+        let Some(i) = wanted.iter().position(|w| path.starts_with(w)) else { return Ok(()) };
+        found[i] = true;
+        let kind = entry.header().entry_type();
+        out.push(Member {
+            dir: kind.is_dir(),
+            file: kind.is_file() || kind.is_hard_link(),
+            size: entry.size(),
+            path,
+        });
+        Ok(())
+    })
+    .with_context(|| archive.display().to_string())?;
+    if let Some(i) = found.iter().position(|f| !f) {
+        bail!("{} is not in the archive {}", wanted[i].display(), archive.display());
+    }
+    Ok(out)
+}
+
+/// Restores members of `archive`: extracted (owners, modes, times, extended
+/// attributes, links, holes) into a private folder beside the restored
+/// files, then copied into place by the same engine as a snapshot's files,
+/// with the same refusals; the private folder is removed.
+fn from_archive(
+    archive: &Path,
+    wanted: &[PathBuf],
+    members: &[Member],
+    opts: &Options,
+    to: BorrowedFd,
+) -> Result<Summary> {
+    let stage_name = format!(".tetras-back-restore.{}.archive", std::process::id());
+    mkdirat(to, stage_name.as_str(), Mode::from_bits_truncate(0o700))
+        .map_err(|e| anyhow!("cannot create {}: {}", opts.to.join(&stage_name).display(), e.desc()))?;
+    let stage_path = opts.to.join(&stage_name);
+    let result = (|| -> Result<Summary> {
+        let stage = File::from(fsx::open_beneath(to, Path::new(&stage_name))?);
+        let mut unpack =
+            tar::Archive::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                File::open(archive).with_context(|| archive.display().to_string())?,
+            )));
+        unpack.set_preserve_permissions(true);
+        unpack.set_preserve_ownerships(nix::unistd::geteuid().is_root());
+        unpack.set_preserve_mtime(true);
+        unpack.set_unpack_xattrs(true);
+        unpack.set_overwrite(false);
+        let mut skipped = 0;
+        let mut left = members.len();
+        let mut dir_times = Vec::new();
+        for entry in unpack.entries()? {
+            if left == 0 {
+                break;
+            }
+            let mut entry = entry?;
+            let path: PathBuf =
+                entry.path()?.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+            if !wanted.iter().any(|w| path.starts_with(w)) {
+                continue;
+            }
+            left -= 1;
+            if entry.header().entry_type().is_dir() {
+                dir_times.push((path.clone(), entry.header().mtime().unwrap_or(0)));
+            }
+            // unpack_in refuses `..` and writing through a symbolic link out of the folder.
+            if let Err(e) = entry.unpack_in(&stage_path) {
+                eprintln!("tetras-back: {}/{}: {e}", archive.display(), path.display());
+                skipped += 1;
+            }
         }
-        None
-    } else {
-        let to = fsx::make_dirs_strict(&opts.to).with_context(|| format!("--to {}", opts.to.display()))?;
-        if !opts.overwrite {
-            refuse_existing(&opts.backup, &opts.paths, to.as_fd())?;
+        // A directory's time is set once everything is in it, deepest first.
+        for (dir, mtime) in dir_times.iter().rev() {
+            let t = nix::sys::time::TimeSpec::new(*mtime as i64, 0);
+            let _ = nix::sys::stat::utimensat(
+                stage.as_fd(),
+                dir,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            );
         }
-        for path in &opts.paths {
-            make_parents(backup.as_fd(), to.as_fd(), path)?;
+        drop(stage);
+        let stage_fd = fsx::open_beneath(to, Path::new(&stage_name))?;
+        // The extracted directories on the way keep the archive's metadata.
+        let mut tops: Vec<PathBuf> = wanted.iter().filter(|w| !w.as_os_str().is_empty()).cloned().collect();
+        if tops.len() < wanted.len() {
+            tops = fsx::read_names(stage_fd.as_fd())?.into_iter().map(PathBuf::from).collect();
         }
-        Some(to)
-    };
-    snapshot::copy_into(roots, dest, &mut summary, opts.overwrite)?;
-    Ok(summary)
+        let roots = roots(stage_fd.as_fd(), &stage_path, &tops)?;
+        for path in &tops {
+            make_parents(stage_fd.as_fd(), to, path)?;
+        }
+        let mut part = Summary::default();
+        snapshot::copy_into(roots, Some(fsx::open_beneath(to, Path::new(""))?), &mut part, opts.overwrite)?;
+        part.skipped += skipped;
+        Ok(part)
+    })();
+    if let Err(e) = std::fs::remove_dir_all(&stage_path) {
+        eprintln!("tetras-back: warning: cannot remove {}: {e}", stage_path.display());
+    }
+    result
 }
 
 /// A path inside the backup: relative, plain names only.
@@ -98,23 +279,29 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
     }
 }
 
-/// Refuses, naming them, the entries of the backup's `paths` that `to`
+/// The entries of the backup folder at and below `path`, relative to the
+/// folder, and whether each is a directory (manifests left out).
+fn backup_entries<'a>(backup: &'a Path, path: &Path) -> impl Iterator<Item = (PathBuf, bool)> + 'a {
+    let walk = walkdir::WalkDir::new(backup.join(path)).follow_links(false);
+    walk.into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != manifest::NAME)
+        .map(move |e| (e.path().strip_prefix(backup).unwrap_or(e.path()).to_owned(), e.file_type().is_dir()))
+}
+
+/// Refuses, naming them, the `entries` (path, is a directory) that `to`
 /// already has (directories are merged into, not refused).
-fn refuse_existing(backup: &Path, paths: &[PathBuf], to: BorrowedFd) -> Result<()> {
+fn refuse_existing(entries: impl Iterator<Item = (PathBuf, bool)>, to: BorrowedFd) -> Result<()> {
     let mut found = Vec::new();
-    for path in paths {
-        let walk = walkdir::WalkDir::new(backup.join(path)).follow_links(false);
-        for entry in walk.into_iter().filter_map(|e| e.ok()).filter(|e| e.file_name() != manifest::NAME) {
-            let rel = entry.path().strip_prefix(backup).unwrap_or(entry.path());
-            let (parent, name) = match (rel.parent(), rel.file_name()) {
-                (Some(p), Some(n)) => (p, n),
-                _ => continue,
-            };
-            let Ok(dir) = fsx::open_beneath(to, parent) else { continue };
-            let Ok(st) = fsx::lstat_at(dir.as_fd(), name) else { continue };
-            if !(entry.file_type().is_dir() && fsx::is_dir(&st)) {
-                found.push(rel.to_owned());
-            }
+    for (rel, is_dir) in entries {
+        let (parent, name) = match (rel.parent(), rel.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => continue,
+        };
+        let Ok(dir) = fsx::open_beneath(to, parent) else { continue };
+        let Ok(st) = fsx::lstat_at(dir.as_fd(), name) else { continue };
+        if !(is_dir && fsx::is_dir(&st)) {
+            found.push(rel);
         }
     }
     if found.is_empty() {

@@ -33,6 +33,18 @@ impl Report {
         self.missing.is_empty() && self.changed.is_empty() && self.extra.is_empty()
     }
 
+    /// Each difference as a line: `missing: P`, `changed: P (what)`,
+    /// `extra: P`, with the paths below `under`.
+    pub fn problems<'a>(&'a self, under: &'a Path) -> impl Iterator<Item = String> + 'a {
+        let missing = self.missing.iter().map(move |p| format!("missing: {}", under.join(p).display()));
+        let changed = self
+            .changed
+            .iter()
+            .map(move |(p, what)| format!("changed: {} ({what})", under.join(p).display()));
+        let extra = self.extra.iter().map(move |p| format!("extra: {}", under.join(p).display()));
+        missing.chain(changed).chain(extra)
+    }
+
     fn add(&mut self, mut part: Report) {
         self.entries += part.entries;
         self.files += part.files;

@@ -63,6 +63,7 @@ impl BackupMail {
             Status::Success => "succeeded",
             Status::Failed => "FAILED",
             Status::Removed => "disk removed during backup",
+            Status::Damaged => "DAMAGED: the restore drill found differences",
             Status::Running | Status::Interrupted => "interrupted",
             Status::Refused => {
                 return format!(
@@ -109,6 +110,21 @@ impl BackupMail {
             ));
             for p in &r.totals.pruned {
                 out.push_str(&format!("             {p}\n"));
+            }
+        }
+        match &r.drill {
+            None => {}
+            Some(d) => {
+                out.push_str(&format!("Restore drill: {}\n", d.summary()));
+                for p in &d.problems {
+                    out.push_str(&format!("             {p}\n"));
+                }
+                if d.problem_count > d.problems.len() as u64 {
+                    out.push_str(&format!(
+                        "             ... and {} more (see the log)\n",
+                        d.problem_count - d.problems.len() as u64
+                    ));
+                }
             }
         }
         out.push_str("\nScripts:\n");
@@ -355,6 +371,7 @@ mod tests {
                 free_after: None,
                 totals: Default::default(),
                 identity: None,
+                drill: None,
             },
         };
         assert_eq!(m.subject(), "[tetras-back] host1: backup on 'office' FAILED");

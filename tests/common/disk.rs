@@ -118,10 +118,20 @@ impl LoopDisk {
     /// Mounts the image read-only in `dir` (detached first), calls `look`
     /// with the mount point, and unmounts it again, even if `look` panics.
     pub fn inspect<T>(&mut self, dir: &Path, look: impl FnOnce(&Path) -> T) -> T {
+        self.mount_image(dir, "ro,loop", look)
+    }
+
+    /// As [`LoopDisk::inspect`], mounted read-write: `change` alters the disk
+    /// behind the daemon's back.
+    pub fn modify<T>(&mut self, dir: &Path, change: impl FnOnce(&Path) -> T) -> T {
+        self.mount_image(dir, "loop", change)
+    }
+
+    fn mount_image<T>(&mut self, dir: &Path, options: &str, look: impl FnOnce(&Path) -> T) -> T {
         self.detach();
         let mnt = dir.join("verify-mnt");
         fs::create_dir_all(&mnt).unwrap();
-        sh("mount", &["-o", "ro,loop", self.image.to_str().unwrap(), mnt.to_str().unwrap()]);
+        sh("mount", &["-o", options, self.image.to_str().unwrap(), mnt.to_str().unwrap()]);
         struct Unmount<'a>(&'a Path);
         impl Drop for Unmount<'_> {
             fn drop(&mut self) {

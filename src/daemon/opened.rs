@@ -1,0 +1,238 @@
+//! Disks opened for restore: mounted read-only (`nosuid,nodev,noexec,ro`)
+//! at `<mount_dir>/<uuid>` so that `backups`, `restore` and the web console
+//! read them, never backed up or pruned while they are.
+//!
+//! ```text
+//!  hold NAME + plug, or open NAME ─> mount ro ─ identity proved ─> disk_opened
+//!  close NAME ─────────────────────> unmount (refused while busy) ─> disk_closed, safe_to_remove
+//!  open_timeout without a `locate` and not busy ─> the same, why "timeout"
+//!  pulled out ─────────────────────> detach ─> disk_closed (unplugged), disk_unplugged
+//! ```
+//!
+//! Mounting and unmounting happen on the daemon's loop: they take
+//! milliseconds, and a read-only mount writes nothing to wait for.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use super::Daemon;
+use crate::backup::identity;
+use crate::backup::report::{Job, PowerOff};
+use crate::backup::{self};
+use crate::control::DiskLocation;
+use crate::events::Event;
+use crate::mount::Mounted;
+
+/// An opened disk: its read-only mount and when it was last used.
+pub struct OpenDisk {
+    job: Job,
+    mounted: Mounted,
+    last_used: Instant,
+}
+
+/// The opened disks, by UUID.
+pub type OpenDisks = HashMap<String, OpenDisk>;
+
+impl Daemon {
+    /// `hold NAME` / `release NAME`.
+    pub(super) fn hold(&mut self, name: &str, held: bool) -> Result<String> {
+        let (uuid, changed) = self.edit_state(|s| s.set_held(name, held))?;
+        let mut message = crate::state::held_message(name, held, changed);
+        if held && self.disks.pipeline.is_connected(&uuid) && self.disks.pipeline.opened(&uuid).is_none() {
+            message.push_str(&format!("; it is plugged in now: `tetras-back open {name}` opens it"));
+        }
+        if changed {
+            log::info!("{message}");
+            self.broadcast(&self.disks_event());
+        }
+        Ok(message)
+    }
+
+    /// `open NAME`.
+    pub(super) fn open_by_name(&mut self, name: &str) -> Result<String> {
+        let uuid = self.state.disk_named(name)?.uuid.clone();
+        if let Some(o) = self.disks.open.get_mut(&uuid) {
+            o.last_used = Instant::now();
+            return Ok(format!("disk {name} is already opened at {}", o.mounted.target().display()));
+        }
+        let outcome = self.disks.pipeline.open(&uuid, name)?;
+        self.carry_out(outcome.actions);
+        match self.disks.open.get(&uuid) {
+            Some(o) => Ok(format!("disk {name} is opened read-only at {}", o.mounted.target().display())),
+            None => bail!("disk {name} could not be opened (see the daemon's log)"),
+        }
+    }
+
+    /// Mounts the disk of `job` read-only (the pipeline counts it as opened
+    /// already; it is told otherwise when this fails).
+    pub(super) fn open_disk(&mut self, mut job: Job) {
+        job.identity = self.state.disk(&job.uuid).and_then(|d| d.identity.clone());
+        let mounted = match backup::mount_known(&job, &self.config, true) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("cannot open disk {}: {e:#}", job.name);
+                self.disks.pipeline.closed(&job.uuid);
+                self.broadcast(&self.disks_event());
+                return;
+            }
+        };
+        if let Some(expected) = &job.identity {
+            if let Err(why) = identity::check(mounted.target(), expected) {
+                let why = identity::refusal(&job, &why);
+                log::warn!("{why}");
+                let mut mounted = mounted;
+                if let Err(e) = mounted.unmount_unless_busy(15) {
+                    log::error!("{e:#}");
+                }
+                self.disks.pipeline.closed(&job.uuid);
+                self.broadcast(&Event::DiskMismatch {
+                    uuid: job.uuid.clone(),
+                    name: job.name.clone(),
+                    device: job.device.clone(),
+                    why,
+                });
+                self.broadcast(&self.disks_event());
+                return;
+            }
+        }
+        let mount = mounted.target().to_owned();
+        log::info!("disk {} opened read-only for restore at {}", job.name, mount.display());
+        let event = Event::DiskOpened {
+            uuid: job.uuid.clone(),
+            name: job.name.clone(),
+            device: job.device.clone(),
+            mount,
+        };
+        self.disks.open.insert(job.uuid.clone(), OpenDisk { job, mounted, last_used: Instant::now() });
+        self.broadcast(&event);
+    }
+
+    /// `close NAME`: refused while something still reads the disk.
+    pub(super) fn close_by_name(&mut self, name: &str) -> Result<String> {
+        let uuid = self.state.disk_named(name)?.uuid.clone();
+        if !self.disks.open.contains_key(&uuid) {
+            bail!("disk {name} is not opened");
+        }
+        if !self.close(&uuid, "close", 15)? {
+            bail!(
+                "disk {name} is still in use (a restore, a shell or a program in {}); \
+                 close it again once that has ended",
+                self.config.mount_dir.join(&uuid).display()
+            );
+        }
+        Ok(format!("disk {name} is closed and safe to remove"))
+    }
+
+    /// Unmounts the opened disk `uuid`; `Ok(false)` when it stayed busy
+    /// (it stays opened).
+    fn close(&mut self, uuid: &str, why: &str, attempts: u32) -> Result<bool> {
+        let Some(o) = self.disks.open.get_mut(uuid) else { return Ok(true) };
+        if !o.mounted.unmount_unless_busy(attempts)? {
+            return Ok(false);
+        }
+        let OpenDisk { job, .. } = self.disks.open.remove(uuid).expect("found above");
+        self.disks.pipeline.closed(uuid);
+        log::info!("disk {} closed ({why}); it is safe to remove", job.name);
+        let power_off = if self.config.power_off {
+            self.bus.power_off(&job.device)
+        } else {
+            PowerOff::Not("power_off = false in the configuration".into())
+        };
+        self.broadcast(&Event::DiskClosed {
+            uuid: job.uuid.clone(),
+            name: job.name.clone(),
+            why: why.into(),
+        });
+        self.broadcast(&Event::SafeToRemove {
+            uuid: job.uuid,
+            name: job.name,
+            device: job.device,
+            powered_off: power_off.done(),
+            power_off_error: power_off.reason().map(str::to_owned),
+        });
+        self.broadcast(&self.disks_event());
+        Ok(true)
+    }
+
+    /// The opened disk `uuid` was pulled out.
+    pub(super) fn detach_opened(&mut self, uuid: &str) {
+        let Some(OpenDisk { job, mounted, .. }) = self.disks.open.remove(uuid) else { return };
+        log::warn!("disk {} was pulled out while opened; detaching its mount", job.name);
+        if let Err(e) = mounted.detach() {
+            log::error!("{e:#}");
+        }
+        self.broadcast(&Event::DiskClosed { uuid: job.uuid, name: job.name, why: "unplugged".into() });
+    }
+
+    /// `locate NAME`: where the disk is mounted now; a use of an opened disk.
+    pub(super) fn locate(&mut self, name: &str) -> Result<DiskLocation> {
+        let uuid = self.state.disk_named(name)?.uuid.clone();
+        if let Some(o) = self.disks.open.get_mut(&uuid) {
+            o.last_used = Instant::now();
+            return Ok(DiskLocation {
+                name: name.into(),
+                uuid,
+                mount: o.mounted.target().to_owned(),
+                opened: true,
+            });
+        }
+        if self.disks.pipeline.running.as_ref().is_some_and(|r| r.job.uuid == uuid) {
+            return Ok(DiskLocation {
+                name: name.into(),
+                mount: self.config.mount_dir.join(&uuid),
+                uuid,
+                opened: false,
+            });
+        }
+        let how = if self.disks.pipeline.is_connected(&uuid) {
+            format!("it is plugged in: `tetras-back open {name}` opens it")
+        } else {
+            format!("`tetras-back hold {name}`, then plug it in, opens it without a backup")
+        };
+        bail!("disk {name} is not opened; {how}")
+    }
+
+    /// Closes the opened disks unused for `open_timeout` (a disk still being
+    /// read counts as used); returns when the next one is due.
+    pub(super) fn close_unused_disks(&mut self) -> Option<Instant> {
+        let timeout = self.config.open_timeout;
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .disks
+            .open
+            .iter()
+            .filter(|(_, o)| o.last_used + timeout <= now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uuid in due {
+            match self.close(&uuid, "timeout", 1) {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::info!("an opened disk is still being read; it stays opened");
+                    if let Some(o) = self.disks.open.get_mut(&uuid) {
+                        o.last_used = now;
+                    }
+                }
+                Err(e) => log::error!("{e:#}"),
+            }
+        }
+        self.disks.open.values().map(|o| o.last_used + timeout).min()
+    }
+
+    /// At shutdown: nothing stays mounted.
+    pub(super) fn close_all_disks(&mut self) {
+        for uuid in self.disks.open.keys().cloned().collect::<Vec<_>>() {
+            match self.close(&uuid, "daemon stopping", 15) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => {
+                    if let Some(OpenDisk { job, mounted, .. }) = self.disks.open.remove(&uuid) {
+                        log::warn!("disk {} is still in use as the daemon stops; detaching it", job.name);
+                        let _ = mounted.detach();
+                    }
+                }
+            }
+        }
+    }
+}
