@@ -163,6 +163,53 @@ fn shipped_script_keeps_setuid_xattrs_and_owners(c: &mut Ctx) {
     });
 }
 
+/// Getting files back under the unit: a held disk is mounted read-only by
+/// the service (its system call filter allows the mount, nothing can
+/// write), listed and restored from by the CLI, closed, released.
+fn a_held_disk_is_opened_read_only_and_restored_from(c: &mut Ctx) {
+    let alice = c.b.path("home/alice");
+    fs::create_dir_all(&alice).unwrap();
+    fs::write(alice.join("setuid-tool"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(alice.join("setuid-tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(alice.join("noted"), b"with an extended attribute").unwrap();
+    xattr::set(alice.join("noted"), "user.note", b"kept").unwrap();
+    let mut disk = c.disk("restorable");
+    disk.attach_low();
+    let finished = c.events_until("backup_finished", &disk).pop().unwrap();
+    assert_eq!(finished["status"], "success", "{finished}");
+    c.events_until("safe_to_remove", &disk);
+    c.b.sh("tetras-back hold restorable").ok();
+    disk.detach();
+    c.events_until("disk_unplugged", &disk);
+
+    let dev = disk.attach_low();
+    let opened = c.events_until("disk_opened", &disk);
+    assert!(opened.iter().all(|e| e["event"] != "backup_started"), "{opened:?}");
+    let mount = opened.last().unwrap()["mount"].as_str().unwrap().to_owned();
+    let options = c.b.sh(&format!("findmnt -rn -o OPTIONS -S {dev}")).ok().stdout;
+    assert!(options.split(',').any(|o| o == "ro") && options.contains("nosuid"), "{options}");
+    let write = c.b.sh(&format!("touch {mount}/scribble"));
+    assert!(write.code != 0 && write.stderr.contains("Read-only file system"), "{write:?}");
+    let list = c.b.sh("tetras-back backups restorable").ok().stdout;
+    assert!(list.contains("complete") && list.contains("Donnees/ (snapshot)"), "{list}");
+    c.b.sh(&format!("rm -rf {TEST_DIR}/restored")).ok();
+    c.b.sh(&format!("tetras-back restore restorable Donnees/alice --to {TEST_DIR}/restored")).ok();
+    let suid =
+        fs::symlink_metadata(c.b.path(&format!("{TEST_DIR}/restored/Donnees/alice/setuid-tool"))).unwrap();
+    assert_eq!(suid.permissions().mode() & 0o7777, 0o4755, "set-uid restored under the unit");
+    assert_eq!(
+        xattr::get(c.b.path(&format!("{TEST_DIR}/restored/Donnees/alice/noted")), "user.note")
+            .unwrap()
+            .unwrap(),
+        b"kept"
+    );
+
+    c.b.sh("tetras-back close restorable").ok();
+    c.events_until("safe_to_remove", &disk);
+    assert_eq!(c.mounts_of(&dev), "", "nothing is left mounted");
+    c.b.sh("tetras-back release restorable").ok();
+}
+
 fn reload_says_whether_the_configuration_is_good(c: &mut Ctx) {
     c.configure(Some(&slow(1)));
     let status = c.b.sh("tetras-back status").ok();
@@ -337,6 +384,7 @@ type Scenario = (&'static str, fn(&mut Ctx));
 const SCENARIOS: &[Scenario] = &[
     ("installed_unit_starts_and_answers", installed_unit_starts_and_answers),
     ("shipped_script_keeps_setuid_xattrs_and_owners", shipped_script_keeps_setuid_xattrs_and_owners),
+    ("a_held_disk_is_opened_read_only_and_restored_from", a_held_disk_is_opened_read_only_and_restored_from),
     ("reload_says_whether_the_configuration_is_good", reload_says_whether_the_configuration_is_good),
     ("sleep_and_shutdown_wait_for_a_backup", sleep_and_shutdown_wait_for_a_backup),
     ("the_watchdog_keeps_a_long_backup_alive", the_watchdog_keeps_a_long_backup_alive),
