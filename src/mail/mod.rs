@@ -390,9 +390,37 @@ mod tests {
         assert!(left
             .body("")
             .contains("safe to remove (it was left powered: udisks is not on the system bus)"));
-        let removed = BackupMail { report: Report { status: Status::Removed, ..m.report.clone() }, ..m };
+        let removed =
+            BackupMail { report: Report { status: Status::Removed, ..m.report.clone() }, ..m.clone() };
         assert!(removed.subject().ends_with("backup on 'office' disk removed during backup"));
         assert!(removed.body("").contains("removed during the backup: this backup is incomplete"));
+        let problems: Vec<String> =
+            (0..60).map(|i| format!("changed: Donnees/f{i} (content differs)")).collect();
+        let drill = crate::backup::report::Drill {
+            folder: "2026-11-24_02-00-00_Sauvegarde_srv".into(),
+            passed: false,
+            entries: 100,
+            bytes: 1 << 20,
+            problem_count: 60,
+            problems: problems[..crate::backup::report::Drill::SHOWN].to_vec(),
+        };
+        let damaged = BackupMail {
+            report: Report { status: Status::Damaged, drill: Some(drill), ..m.report.clone() },
+            ..m
+        };
+        assert!(damaged
+            .subject()
+            .ends_with("backup on 'office' DAMAGED: the restore drill found differences"));
+        let body = damaged.body("");
+        for needle in [
+            "Restore drill: DAMAGED: 2026-11-24_02-00-00_Sauvegarde_srv differs",
+            "changed: Donnees/f0 (content differs)",
+            "changed: Donnees/f49 (content differs)",
+            "... and 10 more (see the log)",
+        ] {
+            assert!(body.contains(needle), "{needle:?} missing from:\n{body}");
+        }
+        assert!(!body.contains("Donnees/f50 "), "at most 50 named:\n{body}");
     }
 
     #[test]
