@@ -228,6 +228,14 @@ fn a_held_disk_opens_read_only_lists_its_backups_and_gives_everything_back() {
     assert!(mounts_of(&dev).is_empty() && !r.mount_point().exists());
     r.env.cli(&["restore", "office", "Donnees", "--to", s(&to)]).fails_with(&["not opened", "open office"]);
 
+    // Mounted elsewhere by hand: `open` refuses and says why.
+    let elsewhere = r.env.path("by-hand");
+    fs::create_dir_all(&elsewhere).unwrap();
+    sh("mount", &["-o", "ro", &dev, s(&elsewhere)]);
+    let refused = r.env.cli(&["open", "office"]);
+    sh("umount", &[s(&elsewhere)]);
+    refused.fails_with(&["could not be opened", "already mounted at", s(&elsewhere)]);
+
     // Opened again by hand, then pulled out: detached, nothing left.
     r.env.cli(&["open", "office"]).ok();
     r.flow_until("disk_opened");

@@ -237,6 +237,13 @@ impl Backup<'_> {
         } else {
             failed |= self.scripts(&target, progress);
         }
+        // The restore drill, once the scripts succeeded; a disk pulled out
+        // during it is caught below like one pulled out during a script.
+        let stopped = || self.cancel.stop.load(Ordering::SeqCst);
+        if !failed && !stopped() && self.job.drill {
+            self.drill = self.drill(&target);
+        }
+        let damaged = self.drill.as_ref().is_some_and(|d| !d.passed);
 
         if self.cancel.disk_removed.load(Ordering::SeqCst) {
             self.log.info("the disk was removed during the backup; detaching its mount");
@@ -245,19 +252,9 @@ impl Backup<'_> {
             }
             return (Status::Removed, None, false);
         }
-        if self.cancel.stop.load(Ordering::SeqCst) {
+        if stopped() {
             self.log.line("tetras-back", "ERROR: the daemon is stopping: backup interrupted");
             failed = true;
-        }
-        let mut damaged = false;
-        if !failed && self.job.drill {
-            self.drill = self.drill(&target);
-            damaged = self.drill.as_ref().is_some_and(|d| !d.passed);
-            if self.cancel.disk_removed.load(Ordering::SeqCst) {
-                self.log.info("the disk was removed during the restore drill; detaching its mount");
-                let _ = mounted.detach();
-                return (Status::Removed, None, false);
-            }
         }
         // Its first successful backup (or one after `save --adopt`) gives the disk its identity.
         if !failed && self.job.identity.is_none() {

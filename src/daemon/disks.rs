@@ -135,7 +135,10 @@ impl Daemon {
                     }
                 }
                 Do::Table => self.broadcast(&self.disks_event()),
-                Do::Open(job) => self.open_disk(job),
+                Do::Open(job) => {
+                    // Said in the log; a held disk plugged in has no one to answer.
+                    let _ = self.open_disk(job);
+                }
                 Do::Detach { uuid } => self.detach_opened(&uuid),
             }
         }

@@ -15,12 +15,13 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
+use super::pipeline::Do;
 use super::Daemon;
+use crate::backup;
 use crate::backup::identity;
 use crate::backup::report::{Job, PowerOff};
-use crate::backup::{self};
 use crate::control::DiskLocation;
 use crate::events::Event;
 use crate::mount::Mounted;
@@ -58,43 +59,45 @@ impl Daemon {
             return Ok(format!("disk {name} is already opened at {}", o.mounted.target().display()));
         }
         let outcome = self.disks.pipeline.open(&uuid, name)?;
-        self.carry_out(outcome.actions);
-        match self.disks.open.get(&uuid) {
-            Some(o) => Ok(format!("disk {name} is opened read-only at {}", o.mounted.target().display())),
-            None => bail!("disk {name} could not be opened (see the daemon's log)"),
+        let mut opened = Ok(());
+        for action in outcome.actions {
+            match action {
+                Do::Open(job) => opened = self.open_disk(job),
+                other => self.carry_out(vec![other]),
+            }
         }
+        opened.with_context(|| format!("disk {name} could not be opened"))?;
+        let mount = self.disks.open.get(&uuid).map(|o| o.mounted.target().display().to_string());
+        Ok(format!("disk {name} is opened read-only at {}", mount.unwrap_or_default()))
     }
 
     /// Mounts the disk of `job` read-only (the pipeline counts it as opened
-    /// already; it is told otherwise when this fails).
-    pub(super) fn open_disk(&mut self, mut job: Job) {
+    /// already; it is told otherwise when this fails, and the error says why).
+    pub(super) fn open_disk(&mut self, mut job: Job) -> Result<()> {
         job.identity = self.state.disk(&job.uuid).and_then(|d| d.identity.clone());
-        let mounted = match backup::mount_known(&job, &self.config, true) {
+        let refused = |d: &mut Daemon, e: anyhow::Error| {
+            log::error!("cannot open disk {}: {e:#}", job.name);
+            d.disks.pipeline.closed(&job.uuid);
+            d.broadcast(&d.disks_event());
+            Err(e)
+        };
+        let mut mounted = match backup::mount_known(&job, &self.config, true) {
             Ok(m) => m,
-            Err(e) => {
-                log::error!("cannot open disk {}: {e:#}", job.name);
-                self.disks.pipeline.closed(&job.uuid);
-                self.broadcast(&self.disks_event());
-                return;
-            }
+            Err(e) => return refused(self, e),
         };
         if let Some(expected) = &job.identity {
             if let Err(why) = identity::check(mounted.target(), expected) {
                 let why = identity::refusal(&job, &why);
-                log::warn!("{why}");
-                let mut mounted = mounted;
                 if let Err(e) = mounted.unmount_unless_busy(15) {
                     log::error!("{e:#}");
                 }
-                self.disks.pipeline.closed(&job.uuid);
                 self.broadcast(&Event::DiskMismatch {
                     uuid: job.uuid.clone(),
                     name: job.name.clone(),
                     device: job.device.clone(),
-                    why,
+                    why: why.clone(),
                 });
-                self.broadcast(&self.disks_event());
-                return;
+                return refused(self, anyhow::anyhow!(why));
             }
         }
         let mount = mounted.target().to_owned();
@@ -107,6 +110,7 @@ impl Daemon {
         };
         self.disks.open.insert(job.uuid.clone(), OpenDisk { job, mounted, last_used: Instant::now() });
         self.broadcast(&event);
+        Ok(())
     }
 
     /// `close NAME`: refused while something still reads the disk.

@@ -200,7 +200,7 @@ fn from_archive(
         .map_err(|e| anyhow!("cannot create {}: {}", opts.to.join(&stage_name).display(), e.desc()))?;
     let stage_path = opts.to.join(&stage_name);
     let result = (|| -> Result<Summary> {
-        let stage = File::from(fsx::open_beneath(to, Path::new(&stage_name))?);
+        let stage = fsx::open_beneath(to, Path::new(&stage_name))?;
         let mut unpack =
             tar::Archive::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(
                 1 << 20,
@@ -245,16 +245,14 @@ fn from_archive(
                 nix::sys::stat::UtimensatFlags::NoFollowSymlink,
             );
         }
-        drop(stage);
-        let stage_fd = fsx::open_beneath(to, Path::new(&stage_name))?;
         // The extracted directories on the way keep the archive's metadata.
         let mut tops: Vec<PathBuf> = wanted.iter().filter(|w| !w.as_os_str().is_empty()).cloned().collect();
         if tops.len() < wanted.len() {
-            tops = fsx::read_names(stage_fd.as_fd())?.into_iter().map(PathBuf::from).collect();
+            tops = fsx::read_names(stage.as_fd())?.into_iter().map(PathBuf::from).collect();
         }
-        let roots = roots(stage_fd.as_fd(), &stage_path, &tops)?;
+        let roots = roots(stage.as_fd(), &stage_path, &tops)?;
         for path in &tops {
-            make_parents(stage_fd.as_fd(), to, path)?;
+            make_parents(stage.as_fd(), to, path)?;
         }
         let mut part = Summary::default();
         snapshot::copy_into(roots, Some(fsx::open_beneath(to, Path::new(""))?), &mut part, opts.overwrite)?;
