@@ -6,12 +6,15 @@
 //! durations, known enum values). Every error names the file and the key.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Local, NaiveTime};
 use lettre::message::Mailbox;
 use serde::Deserialize;
+
+use crate::lang::Language;
 
 /// Where the configuration lives unless `--config` or `TETRAS_BACK_CONFIG` say otherwise.
 pub const DEFAULT_PATH: &str = "/etc/tetras-back/tetras-back.toml";
@@ -48,6 +51,30 @@ pub struct Config {
     /// The newest backup is verified after every this many backups of a
     /// disk (0: never).
     pub verify_every: u32,
+    /// The language of the mail reports and of the web console.
+    pub language: Language,
+    /// `[web]`: the web console (`tetras-back web`).
+    pub web: Web,
+}
+
+/// `[web]`: the web console, its own process (`tetras-back web`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Web {
+    pub listen: SocketAddr,
+    /// `name:bcrypt-hash` lines, as `htpasswd -B` writes them.
+    pub users_file: PathBuf,
+    /// HTTPS (PEM files); required when `listen` is not a loopback address.
+    pub tls: Option<WebTls>,
+    /// A session not used for this long is logged out.
+    pub session_timeout: Duration,
+    /// The console's language (default: the top-level `language`).
+    pub language: Language,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[schedule]`: when a known disk that stays plugged in is backed up again
@@ -120,6 +147,8 @@ pub struct Script {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mail {
+    /// The reports' language (the top-level `language`).
+    pub language: Language,
     /// `mail.to`, parsed (a bare user name is `name@localhost`).
     pub to: Vec<Mailbox>,
     pub from: Mailbox,
@@ -243,6 +272,19 @@ struct RawConfig {
     keep_logs: Option<String>,
     open_timeout: Option<String>,
     verify_every: Option<u32>,
+    language: Option<Language>,
+    web: Option<RawWeb>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<String>,
+    users_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    session_timeout: Option<String>,
+    language: Option<Language>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -521,7 +563,9 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
     if max_attempts == 0 {
         return Err(err("mail.max_attempts", "expected at least 1 attempt, got 0".into()));
     }
+    let language = raw.language.unwrap_or_default();
     let mail = Mail {
+        language,
         to,
         from,
         when: raw_mail.when.unwrap_or(MailWhen::Always),
@@ -569,6 +613,7 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         },
     };
     let udev_rule = optional_file("udev_rule", raw.udev_rule, Some(DEFAULT_UDEV_RULE))?;
+    let web = web(raw.web.unwrap_or_default(), language).map_err(|(key, m)| err(key, m))?;
 
     Ok(Config {
         source: source.map(Path::to_owned),
@@ -595,7 +640,60 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
             Some(t) => parse_duration(&t).map_err(|m| err("open_timeout", m))?,
         },
         verify_every: raw.verify_every.unwrap_or(4),
+        language,
+        web,
     })
+}
+
+/// The default `web.listen`: loopback only, so that no password crosses
+/// the network in clear unless TLS is set up.
+pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8750";
+/// The default `web.users_file`.
+pub const DEFAULT_WEB_USERS: &str = "/etc/tetras-back/web-users";
+
+/// Validates `[web]`; an error names its key.
+fn web(raw: RawWeb, language: Language) -> Result<Web, (&'static str, String)> {
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_WEB_LISTEN);
+    let listen: SocketAddr = text.parse().map_err(|_| {
+        (
+            "web.listen",
+            format!("expected an address and port such as \"127.0.0.1:8750\" or \"[::]:8750\", got {text:?}"),
+        )
+    })?;
+    let absolute = |key: &'static str, p: PathBuf| {
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err((key, format!("expected an absolute path, got {:?}", p.display().to_string())))
+        }
+    };
+    let users_file = absolute("web.users_file", raw.users_file.unwrap_or_else(|| DEFAULT_WEB_USERS.into()))?;
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(("web.tls_key", "`tls_cert` is set: give the PEM file of its private key".into()))
+        }
+        (None, Some(_)) => {
+            return Err(("web.tls_cert", "`tls_key` is set: give the PEM file of its certificate".into()))
+        }
+        (Some(cert), Some(key)) => {
+            Some(WebTls { cert: absolute("web.tls_cert", cert)?, key: absolute("web.tls_key", key)? })
+        }
+    };
+    if tls.is_none() && !listen.ip().is_loopback() {
+        return Err((
+            "web.listen",
+            format!(
+                "{listen} is reachable from the network: set `tls_cert` and `tls_key` so that passwords \
+                 do not cross it in clear, or listen on a loopback address such as {DEFAULT_WEB_LISTEN}"
+            ),
+        ));
+    }
+    let session_timeout = match raw.session_timeout {
+        None => Duration::from_secs(8 * 3600),
+        Some(t) => parse_duration(&t).map_err(|m| ("web.session_timeout", m))?,
+    };
+    Ok(Web { listen, users_file, tls, session_timeout, language: raw.language.unwrap_or(language) })
 }
 
 /// Parses `mail.to`: addresses separated by commas; a bare name such as
@@ -660,6 +758,33 @@ mod tests {
         let c = parse(shipped).unwrap();
         let d = parse("").unwrap();
         assert_eq!(Config { source: None, ..c }, Config { source: None, ..d });
+    }
+
+    #[test]
+    fn web_defaults_and_refusals_name_the_key() {
+        let c = parse("").unwrap();
+        assert_eq!(c.web.listen, "127.0.0.1:8750".parse().unwrap());
+        assert_eq!(c.web.users_file, PathBuf::from(DEFAULT_WEB_USERS));
+        assert_eq!(c.web.session_timeout, Duration::from_secs(8 * 3600));
+        assert_eq!((c.language, c.web.language), (Language::En, Language::En));
+        let c = parse("language = \"fr\"\n").unwrap();
+        assert_eq!(c.web.language, Language::Fr, "the console follows the top-level language");
+        let c = parse("language = \"fr\"\n[web]\nlanguage = \"en\"\nlisten = \"[::1]:9000\"\n").unwrap();
+        assert_eq!((c.language, c.web.language), (Language::Fr, Language::En));
+        for (text, key) in [
+            ("[web]\nlisten = \"0.0.0.0:8750\"\n", "web.listen"),
+            ("[web]\nlisten = \"localhost\"\n", "web.listen"),
+            ("[web]\ntls_cert = \"/etc/c.pem\"\n", "web.tls_key"),
+            ("[web]\ntls_cert = \"c.pem\"\ntls_key = \"/k\"\n", "web.tls_cert"),
+            ("[web]\nusers_file = \"users\"\n", "web.users_file"),
+            ("[web]\nsession_timeout = \"0s\"\n", "web.session_timeout"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(&format!("key `{key}`")), "{text:?}: {e}");
+        }
+        assert!(parse("language = \"de\"\n").unwrap_err().contains("language"));
+        let tls = "[web]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n";
+        assert_eq!(parse(tls).unwrap().web.tls, Some(WebTls { cert: "/c.pem".into(), key: "/k.pem".into() }));
     }
 
     #[test]

@@ -156,6 +156,18 @@ pub enum Event {
     DaemonStopping,
 }
 
+/// A plugged-in filesystem that is not a known disk (it can be saved).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnknownRow {
+    pub uuid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub fstype: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    pub device: PathBuf,
+}
+
 /// One disk in the `disks` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskRow {

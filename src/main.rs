@@ -25,6 +25,8 @@ mod fault;
 mod fifo;
 /// The backup history and mail outbox in SQLite.
 mod history;
+/// English and French: the message catalogue of the mails and the web console.
+mod lang;
 /// Log output for the terminal and journald.
 mod logging;
 /// Backup reports, reminders and test mails; the outbox thread.
@@ -37,6 +39,9 @@ mod mount;
 mod state;
 /// The udev rule keeping desktop automounters off the known disks.
 mod udev_rule;
+
+// The message catalogue, compiled in (see `lang`).
+rust_i18n::i18n!("src/i18n", fallback = "en");
 
 fn main() -> std::process::ExitCode {
     fault::setup();

@@ -176,7 +176,7 @@ fn disks(config: &Config, json: bool) -> Result<ExitCode> {
     // The daemon knows which disks are connected; without it the state file
     // still tells what is known.
     let (rows, live): (Vec<DiskRow>, bool) = match client::send(config, &Request::Disks) {
-        Ok(Reply { ok: true, data: Some(Data::Disks { disks }), .. }) => (disks, true),
+        Ok(Reply { ok: true, data: Some(Data::Disks { disks, .. }), .. }) => (disks, true),
         Ok(reply) if reply.ok => bail!("the daemon's disks reply has no disk table"),
         Ok(reply) => bail!("{}", reply.error.unwrap_or_default()),
         Err(e) if e.is::<NotRunning>() => {

@@ -22,7 +22,7 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::report::Status;
-use crate::events::DiskRow;
+use crate::events::{DiskRow, UnknownRow};
 
 /// A command sent to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,8 +86,15 @@ pub struct Reply {
 #[serde(untagged)]
 pub enum Data {
     Status(Box<StatusInfo>),
-    Disks { disks: Vec<DiskRow> },
-    Located { disk: DiskLocation },
+    Disks {
+        disks: Vec<DiskRow>,
+        /// The plugged-in filesystems that are not known disks.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown: Vec<UnknownRow>,
+    },
+    Located {
+        disk: DiskLocation,
+    },
 }
 
 /// Where a known disk is mounted now, and why (`locate`).
@@ -340,8 +347,18 @@ mod tests {
             Reply::ok("saved"),
             Reply::error("no such disk"),
             Reply::data(Data::Status(Box::new(status))),
-            Reply::data(Data::Disks { disks: vec![row] }),
-            Reply::data(Data::Disks { disks: vec![] }),
+            Reply::data(Data::Disks { disks: vec![row], unknown: vec![] }),
+            Reply::data(Data::Disks { disks: vec![], unknown: vec![] }),
+            Reply::data(Data::Disks {
+                disks: vec![],
+                unknown: vec![UnknownRow {
+                    uuid: "u2".into(),
+                    label: Some("<b>x</b>".into()),
+                    fstype: "ext4".into(),
+                    size: Some(1 << 30),
+                    device: "/dev/sdc1".into(),
+                }],
+            }),
             Reply::data(Data::Located {
                 disk: DiskLocation {
                     name: "office".into(),

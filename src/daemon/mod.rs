@@ -445,7 +445,10 @@ impl Daemon {
             Request::Close { name } => Ok(Reply::ok(self.close_by_name(&name)?)),
             Request::Locate { name } => Ok(Reply::data(Data::Located { disk: self.locate(&name)? })),
             Request::Status => Ok(Reply::data(Data::Status(Box::new(self.status())))),
-            Request::Disks => Ok(Reply::data(Data::Disks { disks: self.disk_rows() })),
+            Request::Disks => {
+                let unknown = self.disks.pipeline.unknown(|uuid| self.state.disk(uuid).is_some());
+                Ok(Reply::data(Data::Disks { disks: self.disk_rows(), unknown }))
+            }
             Request::Reload => Ok(Reply::ok(self.reload()?)),
             Request::Stop => {
                 log::info!("stop requested");

@@ -31,7 +31,7 @@ use anyhow::{bail, Result};
 use crate::backup::report::Job;
 use crate::control::RunningBackup;
 use crate::devices::{BlockEvent, Filesystem};
-use crate::events::Event;
+use crate::events::{Event, UnknownRow};
 
 /// What the daemon does about an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +75,8 @@ struct Plugged {
     uuid: String,
     device: PathBuf,
     fstype: String,
+    /// An unknown filesystem offered to be saved (`unknown_disk`).
+    offered: Option<Filesystem>,
 }
 
 /// The backup running now.
@@ -102,6 +104,27 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn is_connected(&self, uuid: &str) -> bool {
         self.plugged.values().any(|p| p.uuid == uuid)
+    }
+
+    /// The plugged-in filesystems that were offered to be saved and are
+    /// still not known disks (`is_known`), by device.
+    pub fn unknown(&self, is_known: impl Fn(&str) -> bool) -> Vec<UnknownRow> {
+        let mut rows: Vec<UnknownRow> = self
+            .plugged
+            .values()
+            .filter_map(|p| {
+                let fs = p.offered.as_ref().filter(|fs| !is_known(&fs.uuid))?;
+                Some(UnknownRow {
+                    uuid: fs.uuid.clone(),
+                    label: fs.label.clone(),
+                    fstype: fs.fstype.clone(),
+                    size: fs.size,
+                    device: p.device.clone(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.device.cmp(&b.device));
+        rows
     }
 
     pub fn busy(&self) -> bool {
@@ -144,13 +167,21 @@ impl Pipeline {
         }
         self.plugged.insert(
             ev.devnum,
-            Plugged { uuid: fs.uuid.clone(), device: ev.device.clone(), fstype: fs.fstype.clone() },
+            Plugged {
+                uuid: fs.uuid.clone(),
+                device: ev.device.clone(),
+                fstype: fs.fstype.clone(),
+                offered: None,
+            },
         );
         let Some(Known { name, held }) = name_of(&fs.uuid) else {
             if mounted_by_system(ev.devnum) {
                 out.message =
                     format!("{} is mounted by the system and not a known disk", ev.device.display());
                 return out;
+            }
+            if let Some(p) = self.plugged.get_mut(&ev.devnum) {
+                p.offered = Some(fs.clone());
             }
             let Filesystem { uuid, label, fstype, size } = fs.clone();
             out.message =
@@ -458,6 +489,14 @@ mod tests {
         let out = p.on_event(&ev(4, Some("root-fs"), Action::Add), known, |_| true);
         assert!(out.actions.is_empty(), "{:?}", out.actions);
         assert!(!p.busy());
+        // Listed until saved or unplugged; the system's own never.
+        let uuids = |p: &Pipeline, known: &str| -> Vec<String> {
+            p.unknown(|u| u == known).into_iter().map(|r| r.uuid).collect()
+        };
+        assert_eq!(uuids(&p, ""), ["stranger"]);
+        assert!(uuids(&p, "stranger").is_empty(), "a saved disk is not unknown");
+        p.on_event(&ev(3, None, Action::Remove), known, |_| false);
+        assert!(uuids(&p, "").is_empty());
     }
 
     #[test]

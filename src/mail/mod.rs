@@ -7,6 +7,7 @@
 
 pub mod outbox;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,9 +19,12 @@ use lettre::message::{Attachment, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Message, SendmailTransport, SmtpTransport, Transport as _};
 
-use crate::backup::report::{Report, Status};
+use rust_i18n::t;
+
+use crate::backup::report::{Drill, Report, Status};
 use crate::config::{self, MailWhen, SmtpTls, Transport};
 use crate::engine::human;
+use crate::lang::Language;
 
 /// A log larger than this is attached cut to its end (the end says how it finished).
 const MAX_ATTACHMENT: u64 = 8 << 20;
@@ -58,83 +62,115 @@ pub struct BackupMail {
 }
 
 impl BackupMail {
-    pub fn subject(&self) -> String {
+    pub fn subject(&self, lang: Language) -> String {
+        let locale = lang.code();
         let what = match self.report.status {
-            Status::Success => "succeeded",
-            Status::Failed => "FAILED",
-            Status::Removed => "disk removed during backup",
-            Status::Damaged => "DAMAGED: the restore drill found differences",
-            Status::Running | Status::Interrupted => "interrupted",
+            Status::Success => t!("mail.what_success", locale = locale),
+            Status::Failed => t!("mail.what_failed", locale = locale),
+            Status::Removed => t!("mail.what_removed", locale = locale),
+            Status::Damaged => t!("mail.what_damaged", locale = locale),
+            Status::Running | Status::Interrupted => t!("mail.what_interrupted", locale = locale),
             Status::Refused => {
-                return format!(
-                    "[tetras-back] {}: a disk claiming to be '{}' is not the disk that was saved",
-                    self.host, self.disk
-                )
+                return t!("mail.subject_refused", locale = locale, host = self.host, disk = self.disk)
+                    .into_owned()
             }
         };
-        format!("[tetras-back] {}: backup on '{}' {what}", self.host, self.disk)
+        t!("mail.subject_backup", locale = locale, host = self.host, disk = self.disk, what = what)
+            .into_owned()
     }
 
-    pub fn body(&self, log_tail: &str) -> String {
+    pub fn body(&self, lang: Language, log_tail: &str) -> String {
+        let locale = lang.code();
         let r = &self.report;
         let when = |t: DateTime<Local>| t.format("%Y-%m-%d %H:%M:%S %:z").to_string();
-        let size = |b: Option<u64>| b.map_or("unknown".to_owned(), human);
-        let mut out = format!(
-            "Backup of {host} on disk '{disk}': {status}\n\n\
-             Disk:        {disk} (UUID {uuid}) on {device}\n\
-             Started:     {started}\n\
-             Finished:    {finished}\n\
-             Duration:    {duration}\n\
-             Free space:  {before} before, {after} after\n\
-             Written:     {written} in {files} files\n",
+        let unknown = t!("mail.unknown", locale = locale);
+        let size = |b: Option<u64>| b.map_or(unknown.to_string(), human);
+        let mut rows: Vec<(Cow<str>, String)> = vec![
+            (
+                t!("mail.disk", locale = locale),
+                t!(
+                    "mail.disk_value",
+                    locale = locale,
+                    disk = self.disk,
+                    uuid = self.uuid,
+                    device = self.device.display()
+                )
+                .into_owned(),
+            ),
+            (t!("mail.started", locale = locale), when(r.started)),
+            (t!("mail.finished", locale = locale), when(r.finished)),
+            (t!("mail.duration", locale = locale), whole_seconds(r.duration)),
+            (
+                t!("mail.free", locale = locale),
+                t!(
+                    "mail.free_value",
+                    locale = locale,
+                    before = size(r.free_before),
+                    after = size(r.free_after)
+                )
+                .into_owned(),
+            ),
+            (
+                t!("mail.written", locale = locale),
+                t!(
+                    "mail.written_value",
+                    locale = locale,
+                    bytes = human(r.totals.bytes_written),
+                    files = r.totals.files
+                )
+                .into_owned(),
+            ),
+        ];
+        let mut more: Vec<String> = Vec::new();
+        let pruned = if r.totals.pruned.is_empty() {
+            t!("mail.pruned_nothing", locale = locale).into_owned()
+        } else {
+            more.extend(r.totals.pruned.iter().cloned());
+            t!(
+                "mail.pruned_value",
+                locale = locale,
+                count = r.totals.pruned.len(),
+                freed = human(r.totals.freed)
+            )
+            .into_owned()
+        };
+        rows.push((t!("mail.pruned", locale = locale), pruned));
+        let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0) + 2;
+        let indent = " ".repeat(width);
+        let mut out = t!(
+            "mail.heading",
+            locale = locale,
             host = self.host,
             disk = self.disk,
-            status = r.status.as_str(),
-            uuid = self.uuid,
-            device = self.device.display(),
-            started = when(r.started),
-            finished = when(r.finished),
-            duration = whole_seconds(r.duration),
-            before = size(r.free_before),
-            after = size(r.free_after),
-            written = human(r.totals.bytes_written),
-            files = r.totals.files,
-        );
-        if r.totals.pruned.is_empty() {
-            out.push_str("Pruned:      nothing\n");
-        } else {
-            out.push_str(&format!(
-                "Pruned:      {} folders, {} freed\n",
-                r.totals.pruned.len(),
-                human(r.totals.freed)
-            ));
-            for p in &r.totals.pruned {
-                out.push_str(&format!("             {p}\n"));
+            status = lang.status(r.status)
+        )
+        .into_owned();
+        out.push_str("\n\n");
+        for (label, value) in &rows {
+            out.push_str(&format!("{:<width$}{value}\n", format!("{label}:")));
+        }
+        for p in &more {
+            out.push_str(&format!("{indent}{p}\n"));
+        }
+        if let Some(d) = &r.drill {
+            out.push_str(&format!("{}: {}\n", t!("mail.drill", locale = locale), drill_summary(lang, d)));
+            for p in &d.problems {
+                out.push_str(&format!("{indent}{p}\n"));
+            }
+            let left = d.problem_count.saturating_sub(d.problems.len() as u64);
+            if left > 0 {
+                out.push_str(&format!("{indent}{}\n", t!("mail.and_more", locale = locale, count = left)));
             }
         }
-        match &r.drill {
-            None => {}
-            Some(d) => {
-                out.push_str(&format!("Restore drill: {}\n", d.summary()));
-                for p in &d.problems {
-                    out.push_str(&format!("             {p}\n"));
-                }
-                if d.problem_count > d.problems.len() as u64 {
-                    out.push_str(&format!(
-                        "             ... and {} more (see the log)\n",
-                        d.problem_count - d.problems.len() as u64
-                    ));
-                }
-            }
-        }
-        out.push_str("\nScripts:\n");
+        out.push_str(&format!("\n{}:\n", t!("mail.scripts", locale = locale)));
         if r.scripts.is_empty() {
-            out.push_str("  none ran\n");
+            out.push_str(&format!("  {}\n", t!("mail.none_ran", locale = locale)));
         }
+        let exit = t!("mail.exit", locale = locale);
         for s in &r.scripts {
             let code = s.exit_code.map_or("-".to_owned(), |c| c.to_string());
             out.push_str(&format!(
-                "  {:<28} exit {:<4} {:<10} {}\n",
+                "  {:<28} {exit} {:<4} {:<10} {}\n",
                 s.script,
                 code,
                 whole_seconds(Duration::from_secs_f64(s.duration_secs)),
@@ -142,42 +178,48 @@ impl BackupMail {
             ));
         }
         if let Some(e) = &r.error {
-            out.push_str(&format!("\nError: {e}\n"));
+            out.push_str(&format!("\n{}: {e}\n", t!("mail.error", locale = locale)));
         }
         out.push_str(&format!(
-            "\nLast lines of the log ({}, attached in full):\n{log_tail}\n",
-            r.log.display()
+            "\n{}\n{log_tail}\n",
+            t!("mail.log_tail", locale = locale, log = r.log.display())
         ));
-        out.push_str(&match (r.safe_to_remove, r.status) {
+        let end = match (r.safe_to_remove, r.status) {
             (true, _) => match r.power_off.as_ref().and_then(|p| p.reason()) {
-                None => "\nThe disk is safe to remove: it was unmounted and powered off.\n".to_owned(),
-                Some(why) => format!("\nThe disk is safe to remove (it was left powered: {why}).\n"),
+                None => t!("mail.safe_powered_off", locale = locale),
+                Some(why) => t!("mail.safe_left_powered", locale = locale, why = why),
             },
-            (false, Status::Removed) => {
-                "\nThe disk was removed during the backup: this backup is incomplete.\n".to_owned()
-            }
-            (false, _) => "\nThe disk is NOT safe to remove: it could not be cleanly unmounted.\n".to_owned(),
-        });
+            (false, Status::Removed) => t!("mail.removed_incomplete", locale = locale),
+            (false, _) => t!("mail.not_safe", locale = locale),
+        };
+        out.push_str(&format!("\n{end}\n"));
         out
     }
 
-    /// The report with the log attached.
+    /// The report with the log attached, in the configured language.
     pub fn compose(&self, cfg: &config::Mail) -> Result<Composed> {
         let (log, cut) = read_log(&self.report.log);
         let tail = tail(&log, TAIL_LINES);
-        let mut body = self.body(&tail);
+        let mut body = self.body(cfg.language, &tail);
         if cut {
-            body.push_str(&format!(
-                "\nThe attached log is the last {} of the file.\n",
-                human(MAX_ATTACHMENT)
-            ));
+            let note = t!("mail.log_cut", locale = cfg.language.code(), size = human(MAX_ATTACHMENT));
+            body.push_str(&format!("\n{note}\n"));
         }
         let name =
             self.report.log.file_name().map_or("backup.log".into(), |n| n.to_string_lossy().into_owned());
         let parts = MultiPart::mixed()
             .singlepart(SinglePart::plain(body))
             .singlepart(Attachment::new(name).body(log, ContentType::TEXT_PLAIN));
-        build(cfg, self.subject(), |b| b.multipart(parts))
+        build(cfg, self.subject(cfg.language), |b| b.multipart(parts))
+    }
+}
+
+/// The restore drill's outcome in one line, in `lang`.
+pub fn drill_summary(lang: Language, d: &Drill) -> Cow<'static, str> {
+    if d.passed {
+        t!("mail.drill_passed", locale = lang.code(), folder = d.folder, entries = d.entries)
+    } else {
+        t!("mail.drill_damaged", locale = lang.code(), folder = d.folder, count = d.problem_count)
     }
 }
 
@@ -190,37 +232,30 @@ pub fn reminder(
     last_success: Option<DateTime<Local>>,
     known_since: DateTime<Local>,
 ) -> Result<Composed> {
+    let locale = cfg.language.code();
     let day = |t: DateTime<Local>| t.format("%Y-%m-%d %H:%M").to_string();
     let (subject, since) = match last_success {
         Some(t) => (
-            format!("[tetras-back] {host}: no backup on '{disk}' since {}", day(t)),
-            format!("The last successful backup on disk '{disk}' (UUID {uuid}) finished on {}.", day(t)),
+            t!("mail.reminder_subject_since", locale = locale, host = host, disk = disk, date = day(t)),
+            t!("mail.reminder_since", locale = locale, disk = disk, uuid = uuid, date = day(t)),
         ),
         None => (
-            format!("[tetras-back] {host}: no backup on '{disk}' yet"),
-            format!(
-                "Disk '{disk}' (UUID {uuid}) has been known since {} and has never been backed up successfully.",
-                day(known_since)
-            ),
+            t!("mail.reminder_subject_never", locale = locale, host = host, disk = disk),
+            t!("mail.reminder_never", locale = locale, disk = disk, uuid = uuid, date = day(known_since)),
         ),
     };
-    let body = format!(
-        "{since}\n\nPlug it into {host} to back the server up; the backup starts by itself.\n\
-         `tetras-back history --disk {disk}` shows its past backups.\n\n\
-         This reminder is sent once a day after {} days without a backup (`remind_after_days`).\n",
-        cfg.remind_after_days
-    );
-    build(cfg, subject, |b| b.header(ContentType::TEXT_PLAIN).body(body))
+    let rest =
+        t!("mail.reminder_body", locale = locale, host = host, disk = disk, days = cfg.remind_after_days);
+    let body = format!("{since}\n\n{rest}");
+    build(cfg, subject.into_owned(), |b| b.header(ContentType::TEXT_PLAIN).body(body))
 }
 
 /// The `mail-test` message.
 pub fn test_message(cfg: &config::Mail, host: &str) -> Result<Composed> {
-    let body = format!(
-        "This is a test mail from tetras-back on {host}, sent by `tetras-back mail-test` through {}.\n\
-         Backup reports will reach this address.\n",
-        cfg.transport
-    );
-    build(cfg, format!("[tetras-back] {host}: test mail"), |b| b.header(ContentType::TEXT_PLAIN).body(body))
+    let locale = cfg.language.code();
+    let body = t!("mail.test_body", locale = locale, host = host, transport = cfg.transport).into_owned();
+    let subject = t!("mail.test_subject", locale = locale, host = host).into_owned();
+    build(cfg, subject, |b| b.header(ContentType::TEXT_PLAIN).body(body))
 }
 
 fn build(
@@ -374,8 +409,8 @@ mod tests {
                 drill: None,
             },
         };
-        assert_eq!(m.subject(), "[tetras-back] host1: backup on 'office' FAILED");
-        let body = m.body("  last line\n");
+        assert_eq!(m.subject(Language::En), "[tetras-back] host1: backup on 'office' FAILED");
+        let body = m.body(Language::En, "  last line\n");
         for needle in
             ["Error: cannot mount /dev/sdb1 (ext4): EUCLEAN", "none ran", "unknown before", "NOT safe"]
         {
@@ -384,16 +419,18 @@ mod tests {
         let safe =
             |power_off| Report { safe_to_remove: true, power_off: Some(power_off), ..m.report.clone() };
         let powered = BackupMail { report: safe(PowerOff::Done), ..m.clone() };
-        assert!(powered.body("").contains("safe to remove: it was unmounted and powered off"));
+        assert!(powered.body(Language::En, "").contains("safe to remove: it was unmounted and powered off"));
         let left =
             BackupMail { report: safe(PowerOff::Not("udisks is not on the system bus".into())), ..m.clone() };
         assert!(left
-            .body("")
+            .body(Language::En, "")
             .contains("safe to remove (it was left powered: udisks is not on the system bus)"));
         let removed =
             BackupMail { report: Report { status: Status::Removed, ..m.report.clone() }, ..m.clone() };
-        assert!(removed.subject().ends_with("backup on 'office' disk removed during backup"));
-        assert!(removed.body("").contains("removed during the backup: this backup is incomplete"));
+        assert!(removed.subject(Language::En).ends_with("backup on 'office' disk removed during backup"));
+        assert!(removed
+            .body(Language::En, "")
+            .contains("removed during the backup: this backup is incomplete"));
         let problems: Vec<String> =
             (0..60).map(|i| format!("changed: Donnees/f{i} (content differs)")).collect();
         let drill = crate::backup::report::Drill {
@@ -409,9 +446,9 @@ mod tests {
             ..m
         };
         assert!(damaged
-            .subject()
+            .subject(Language::En)
             .ends_with("backup on 'office' DAMAGED: the restore drill found differences"));
-        let body = damaged.body("");
+        let body = damaged.body(Language::En, "");
         for needle in [
             "Restore drill: DAMAGED: 2026-11-24_02-00-00_Sauvegarde_srv differs",
             "changed: Donnees/f0 (content differs)",
