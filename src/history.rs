@@ -325,22 +325,59 @@ impl History {
 
     /// The newest backups first, of one disk (by name) or all.
     pub fn backups(&self, disk: Option<&str>, limit: usize) -> Result<Vec<BackupRow>> {
-        self.select_backups("?1 IS NULL OR disk = ?1", disk, limit)
+        self.select_backups("?1 IS NULL OR disk = ?1", params![disk], limit, 0)
     }
 
     /// The last backup of the disk `uuid`.
     pub fn last_backup(&self, uuid: &str) -> Result<Option<BackupRow>> {
-        Ok(self.select_backups("uuid = ?1", Some(uuid), 1)?.pop())
+        Ok(self.select_backups("uuid = ?1", params![uuid], 1, 0)?.pop())
     }
 
-    fn select_backups(&self, condition: &str, key: Option<&str>, limit: usize) -> Result<Vec<BackupRow>> {
+    /// One backup by its id.
+    pub fn backup(&self, id: i64) -> Result<Option<BackupRow>> {
+        Ok(self.select_backups("id = ?1", params![id], 1, 0)?.pop())
+    }
+
+    /// One page of backups, newest first, of one disk (by name) and/or
+    /// with one status; and how many there are in all.
+    pub fn page(
+        &self,
+        disk: Option<&str>,
+        status: Option<Status>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<BackupRow>, u64)> {
+        const FILTER: &str = "(?1 IS NULL OR disk = ?1) AND (?2 IS NULL OR status = ?2)";
+        let status = status.map(Status::as_str);
+        let total: i64 = self.conn.query_row(
+            &format!("SELECT COUNT(*) FROM backups WHERE {FILTER}"),
+            params![disk, status],
+            |r| r.get(0),
+        )?;
+        Ok((self.select_backups(FILTER, params![disk, status], limit, offset)?, total as u64))
+    }
+
+    /// The names of the disks in the history, for filters.
+    pub fn disk_names(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT DISTINCT disk FROM backups ORDER BY disk")?;
+        let names = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(names)
+    }
+
+    fn select_backups(
+        &self,
+        condition: &str,
+        params: impl rusqlite::Params,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<BackupRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT id, disk, uuid, device, started, finished, status, duration_secs, bytes_written, files,
                     free_before, free_after, pruned, log, error, drill
-             FROM backups WHERE {condition} ORDER BY started DESC, id DESC LIMIT ?2"
+             FROM backups WHERE {condition} ORDER BY started DESC, id DESC LIMIT {limit} OFFSET {offset}"
         ))?;
         let count = |v: Option<i64>| v.map(|b| b as u64);
-        let rows = stmt.query_map(params![key, limit as i64], |r| {
+        let rows = stmt.query_map(params, |r| {
             let pruned: Option<String> = r.get(12)?;
             Ok(BackupRow {
                 id: r.get(0)?,

@@ -39,6 +39,8 @@ mod mount;
 mod state;
 /// The udev rule keeping desktop automounters off the known disks.
 mod udev_rule;
+/// The web console (`tetras-back web`), a client of the daemon.
+mod web;
 
 // The message catalogue, compiled in (see `lang`).
 rust_i18n::i18n!("src/i18n", fallback = "en");

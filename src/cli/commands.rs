@@ -113,6 +113,8 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Disks { json } => disks(&config, json),
         Action::Status { json } => status(&config, json),
         Action::Watch { json } => super::watch::run(&config, json),
+        Action::Web => crate::web::run(config),
+        Action::WebPasswd { name, delete } => crate::web::passwd(&config, &name, delete),
         Action::History(a) => super::history::run(&config, &a),
         Action::MailTest => mail_test(&config),
     }

@@ -226,6 +226,26 @@ enum Command {
         Sent at once (not through the outbox); the transport's error is printed as it is."
     )]
     MailTest,
+    /// Serve the web console (its own process; the unit tetras-back-web.service)
+    #[command(after_help = "Examples:\n  tetras-back web\n  tetras-back web-passwd alice\n\n\
+        The console listens on `[web] listen` (127.0.0.1:8750 by default) and talks to the \
+        daemon like the command line does. Nobody can log in until `web-passwd` has made a user.")]
+    Web,
+    /// Set (or with --delete remove) a web console user's password
+    #[command(
+        name = "web-passwd",
+        after_help = "Examples:\n  tetras-back web-passwd alice\n  \
+        echo 'secret' | tetras-back web-passwd alice\n  tetras-back web-passwd --delete alice\n\n\
+        On a terminal the password is asked twice; otherwise one line is read from stdin. \
+        The users file (`[web] users_file`) is written 0600 with bcrypt hashes, as `htpasswd -B` does."
+    )]
+    WebPasswd {
+        /// User name
+        name: String,
+        /// Remove the user
+        #[arg(long)]
+        delete: bool,
+    },
     /// Write the man pages or a shell completion script (used by `make install`)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -322,6 +342,8 @@ pub enum Action {
     Watch { json: bool },
     History(HistoryArgs),
     MailTest,
+    Web,
+    WebPasswd { name: String, delete: bool },
     Generate(GenerateArgs),
     Snapshot(engines::SnapshotArgs),
     Archive(engines::ArchiveArgs),
@@ -360,6 +382,8 @@ impl Cli {
                 Command::Watch { json } => Action::Watch { json },
                 Command::History(a) => Action::History(a),
                 Command::MailTest => Action::MailTest,
+                Command::Web => Action::Web,
+                Command::WebPasswd { name, delete } => Action::WebPasswd { name, delete },
                 Command::Generate(a) => Action::Generate(a),
                 Command::Snapshot(a) => Action::Snapshot(a),
                 Command::Archive(a) => Action::Archive(a),
@@ -412,7 +436,7 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(verbose, action == Action::Daemon);
+    crate::logging::init(verbose, matches!(action, Action::Daemon | Action::Web));
     match commands::run(action, config_path, explicit) {
         Ok(code) => code,
         Err(e) => {
