@@ -32,7 +32,8 @@ DEB_DEPS    := $(BUILD_DEPS) dpkg-dev binutils gzip
 # The service tests boot a Debian with systemd as PID 1 (../shared/tools/systemd-box).
 TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup time \
                python3-aiosmtpd python3-prometheus-client systemd make openssl \
-               systemd-container mmdebstrap lintian
+               systemd-container mmdebstrap lintian \
+               chromium chromium-driver btrfs-progs curl apache2-utils
 LINT_DEPS   := $(BUILD_DEPS) shellcheck
 BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils time
 
@@ -89,9 +90,10 @@ install: deps build
 	install -d -m 0755 $(DESTDIR)$(SCRIPTSDIR)
 	install -m 0755 scripts/backup_*.sh $(DESTDIR)$(SCRIPTSDIR)/
 	install -m 0644 scripts/tetras-back-common.sh $(DESTDIR)$(SCRIPTSDIR)/
-	sed 's|@SBINDIR@|$(SBINDIR)|g' units/tetras-back.service > units/.tetras-back.service.tmp
-	install -D -m 0644 units/.tetras-back.service.tmp $(DESTDIR)$(UNITDIR)/tetras-back.service
-	rm -f units/.tetras-back.service.tmp
+	@for u in tetras-back.service tetras-back-web.service; do \
+	  sed 's|@SBINDIR@|$(SBINDIR)|g' units/$$u > units/.$$u.tmp && \
+	  install -D -m 0644 units/.$$u.tmp $(DESTDIR)$(UNITDIR)/$$u && rm -f units/.$$u.tmp || exit 1; \
+	done
 	install -D -m 0644 rules/61-tetras-back.rules $(DESTDIR)$(UDEVDIR)/rules.d/61-tetras-back.rules
 	@# Man pages and completions come from the CLI's own description.
 	$(BIN) generate man $(DESTDIR)$(MANDIR)/man8
@@ -113,19 +115,21 @@ install: deps build
 	  echo "Installed into $(DESTDIR); not starting the service."; \
 	elif [ -d /run/systemd/system ]; then \
 	  udevadm control --reload || true; \
-	  systemctl daemon-reload && systemctl enable --now tetras-back.service && \
-	  echo "tetras-back.service is enabled and running."; \
+	  systemctl daemon-reload && systemctl enable --now tetras-back.service tetras-back-web.service && \
+	  echo "tetras-back.service and tetras-back-web.service are enabled and running."; \
+	  echo "Create a web console user with: $(SBINDIR)/tetras-back web-passwd NAME"; \
 	else \
 	  udevadm control --reload 2>/dev/null || true; \
 	  echo "systemd is not running as PID 1 here: the service was installed but not started."; \
 	  echo "Start the daemon by hand with: $(SBINDIR)/tetras-back daemon"; \
+	  echo "and the web console with: $(SBINDIR)/tetras-back web"; \
 	fi
 
 uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
-	  systemctl disable --now tetras-back.service || true; fi
+	  systemctl disable --now tetras-back-web.service tetras-back.service || true; fi
 	rm -f $(DESTDIR)$(SBINDIR)/tetras-back
-	rm -f $(DESTDIR)$(UNITDIR)/tetras-back.service
+	rm -f $(DESTDIR)$(UNITDIR)/tetras-back.service $(DESTDIR)$(UNITDIR)/tetras-back-web.service
 	rm -f $(DESTDIR)$(UDEVDIR)/rules.d/61-tetras-back.rules
 	rm -f $(DESTDIR)$(MANDIR)/man8/tetras-back.8 $(DESTDIR)$(MANDIR)/man8/tetras-back-*.8
 	rm -f $(DESTDIR)$(BASHCOMPDIR)/tetras-back $(DESTDIR)$(ZSHCOMPDIR)/_tetras-back \

@@ -61,20 +61,24 @@ fn make_install_and_uninstall_with_destdir() {
     let unit = fs::read_to_string(root.join("usr/lib/systemd/system/tetras-back.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/sbin/tetras-back daemon"), "{unit}");
     assert!(unit.contains("ExecReload=/usr/sbin/tetras-back reload"), "{unit}");
+    let web = fs::read_to_string(root.join("usr/lib/systemd/system/tetras-back-web.service")).unwrap();
+    assert!(web.contains("ExecStart=/usr/sbin/tetras-back web"), "{web}");
     let check = root.join("check");
     fs::create_dir(&check).unwrap();
-    let staged = unit.replace("=/usr/sbin/", &format!("={}/usr/sbin/", root.display()));
-    fs::write(check.join("tetras-back.service"), staged).unwrap();
-    let v = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(check.join("tetras-back.service"))
-        .output()
-        .expect("systemd-analyze");
-    assert!(
-        v.status.success() && v.stderr.is_empty(),
-        "systemd-analyze verify: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    for (name, text) in [("tetras-back.service", &unit), ("tetras-back-web.service", &web)] {
+        let staged = text.replace("=/usr/sbin/", &format!("={}/usr/sbin/", root.display()));
+        fs::write(check.join(name), staged).unwrap();
+        let v = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(check.join(name))
+            .output()
+            .expect("systemd-analyze");
+        assert!(
+            v.status.success() && v.stderr.is_empty(),
+            "systemd-analyze verify {name}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
     fs::remove_dir_all(&check).unwrap();
 
     // An edited configuration survives a reinstall.

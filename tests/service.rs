@@ -16,6 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::browser::{curl, curl_csrf, curl_login};
 use common::disk::*;
 use common::sdbox::SystemdBox;
 use common::tree::{self, Compare};
@@ -210,6 +211,50 @@ fn a_held_disk_is_opened_read_only_and_restored_from(c: &mut Ctx) {
     c.b.sh("tetras-back release restorable").ok();
 }
 
+/// The console under its installed, sandboxed unit: it reaches the daemon's
+/// control FIFO, follows its events across a restart, reads the history.
+fn the_web_console_runs_under_its_unit(c: &mut Ctx) {
+    let url = "http://127.0.0.1:8750";
+    c.b.sh("systemctl enable --now tetras-back-web").ok();
+    let (code, page) = curl(&[&format!("{url}/")]);
+    assert_eq!(code, 503, "no user yet: {page}");
+    assert!(page.contains("tetras-back web-passwd NAME"), "{page}");
+    c.b.sh("echo 'box password' | tetras-back web-passwd alice").ok();
+    let users = fs::metadata(c.b.path("/etc/tetras-back/web-users")).unwrap();
+    assert_eq!(users.permissions().mode() & 0o777, 0o600);
+
+    let mut disk = c.disk("webbox");
+    disk.attach_low();
+    assert_eq!(c.events_until("backup_finished", &disk).pop().unwrap()["status"], "success");
+    c.events_until("safe_to_remove", &disk);
+    let jar = c.images.path().join("jar");
+    assert_eq!(curl_login(url, &jar, "alice", "box password"), 303);
+    let cookies = ["-b", jar.to_str().unwrap()];
+    let (_, disks) = curl(&[&cookies[..], &[&format!("{url}/api/disks")]].concat());
+    assert!(disks.contains("\"name\":\"webbox\"") && disks.contains("\"daemon\":true"), "{disks}");
+    let (_, history) = curl(&[&cookies[..], &[&format!("{url}/api/history?disk=webbox")]].concat());
+    assert!(history.contains("\"status\":\"success\""), "the history is readable under the unit: {history}");
+    // A backup asked from the console.
+    let form = format!("csrf={}", curl_csrf(url, &jar));
+    let (code, _) =
+        curl(&[&cookies[..], &["-d", &form, &format!("{url}/disks/{}/backup", disk.uuid)]].concat());
+    assert_eq!(code, 303);
+    assert_eq!(c.events_until("backup_finished", &disk).pop().unwrap()["status"], "success");
+    c.events_until("safe_to_remove", &disk);
+
+    // The daemon restarts: the console registers its FIFO again.
+    c.b.sh("systemctl restart tetras-back").ok();
+    c.b.wait_until(30, "the console follows the restarted daemon", |b| {
+        b.sh("journalctl -u tetras-back-web -o cat").stdout.matches("following its events").count() >= 2
+    });
+    let (_, status) = curl(&[&cookies[..], &[&format!("{url}/api/status")]].concat());
+    assert!(status.contains("\"daemon\":true"), "{status}");
+    let exposure = c.b.sh("systemd-analyze security tetras-back-web --no-pager | tail -n 1").stdout;
+    println!("    systemd-analyze security tetras-back-web: {}", exposure.trim());
+    disk.detach();
+    c.events_until("disk_unplugged", &disk);
+}
+
 fn reload_says_whether_the_configuration_is_good(c: &mut Ctx) {
     c.configure(Some(&slow(1)));
     let status = c.b.sh("tetras-back status").ok();
@@ -348,6 +393,8 @@ fn debian_package(images: &Path) {
     b.sh("dpkg -i /root/tetras-back.deb").ok();
     assert_eq!(b.sh("systemctl is-active tetras-back").stdout.trim(), "active");
     assert_eq!(b.sh("systemctl is-enabled tetras-back").stdout.trim(), "enabled");
+    assert_eq!(b.sh("systemctl is-active tetras-back-web").stdout.trim(), "active");
+    assert_eq!(b.sh("systemctl is-enabled tetras-back-web").stdout.trim(), "enabled");
     assert!(b.sh("dpkg-query -W -f '${Conffiles}' tetras-back").ok().stdout.contains(CONFIG));
 
     fs::create_dir_all(b.path(TEST_DIR)).unwrap();
@@ -370,6 +417,7 @@ fn debian_package(images: &Path) {
 
     b.sh("dpkg -r tetras-back").ok();
     assert_ne!(b.sh("systemctl is-active tetras-back").stdout.trim(), "active");
+    assert_ne!(b.sh("systemctl is-active tetras-back-web").stdout.trim(), "active");
     assert!(!b.path("/usr/sbin/tetras-back").exists());
     assert!(b.path(CONFIG).exists(), "dpkg -r keeps the configuration");
     assert!(b.path("/var/lib/tetras-back/state.json").exists(), "dpkg -r keeps the state");
@@ -385,6 +433,7 @@ const SCENARIOS: &[Scenario] = &[
     ("installed_unit_starts_and_answers", installed_unit_starts_and_answers),
     ("shipped_script_keeps_setuid_xattrs_and_owners", shipped_script_keeps_setuid_xattrs_and_owners),
     ("a_held_disk_is_opened_read_only_and_restored_from", a_held_disk_is_opened_read_only_and_restored_from),
+    ("the_web_console_runs_under_its_unit", the_web_console_runs_under_its_unit),
     ("reload_says_whether_the_configuration_is_good", reload_says_whether_the_configuration_is_good),
     ("sleep_and_shutdown_wait_for_a_backup", sleep_and_shutdown_wait_for_a_backup),
     ("the_watchdog_keeps_a_long_backup_alive", the_watchdog_keeps_a_long_backup_alive),

@@ -176,11 +176,15 @@ pub async fn login_form(State(app): AppState, headers: HeaderMap) -> Response {
     if cookie_value(&headers, SESSION_COOKIE).and_then(|id| app.sessions.get(&id)).is_some() {
         return Redirect::to("/").into_response();
     }
-    login_page(&app, StatusCode::OK, None)
+    login_page(&app, &headers, StatusCode::OK, None)
 }
 
-fn login_page(app: &App, status: StatusCode, error: Option<&str>) -> Response {
-    let token = session::token();
+/// The login form. Its token is kept while the browser has one, so that
+/// another tab (or a redirected favicon request) does not void the form.
+fn login_page(app: &App, headers: &HeaderMap, status: StatusCode, error: Option<&str>) -> Response {
+    let token = cookie_value(headers, LOGIN_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(session::token);
     let mut res = html(status, pages::login(&app.ctx(None), &token, error));
     res.headers_mut().append(header::SET_COOKIE, app.cookie(LOGIN_COOKIE, token, "/login", Some(3600)));
     res
@@ -197,12 +201,12 @@ pub async fn login(
         log::warn!("web: login from {ip} refused: too many failures");
         let minutes = wait.as_secs().div_ceil(60);
         let text = t!("web.throttled", locale = app.lang.code(), minutes = minutes);
-        return login_page(&app, StatusCode::TOO_MANY_REQUESTS, Some(&text));
+        return login_page(&app, &headers, StatusCode::TOO_MANY_REQUESTS, Some(&text));
     }
     let f = form(&body);
     let expected = cookie_value(&headers, LOGIN_COOKIE).unwrap_or_default();
     if !f.csrf.as_deref().is_some_and(|t| !expected.is_empty() && session::same_token(t, &expected)) {
-        return login_page(&app, StatusCode::FORBIDDEN, Some(&app.t("web.csrf_text")));
+        return login_page(&app, &headers, StatusCode::FORBIDDEN, Some(&app.t("web.csrf_text")));
     }
     let (name, password) = (f.username.unwrap_or_default(), f.password.unwrap_or_default());
     let users_file = app.config.web.users_file.clone();
@@ -216,7 +220,7 @@ pub async fn login(
         if count >= MAX_FAILURES {
             log::warn!("web: {ip} may not log in for the next 15 minutes");
         }
-        return login_page(&app, StatusCode::UNAUTHORIZED, Some(&app.t("web.login_failed")));
+        return login_page(&app, &headers, StatusCode::UNAUTHORIZED, Some(&app.t("web.login_failed")));
     }
     app.throttle.succeeded(ip);
     let s = app.sessions.create(&name);

@@ -146,6 +146,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/disks/{uuid}/forget", post(forget))
         .route("/static/app.css", get(stylesheet))
         .route("/static/app.js", get(script))
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), need_users))
         .layer(middleware::from_fn_with_state(app.clone(), security_headers))
@@ -155,7 +156,7 @@ fn router(app: Arc<App>) -> Router {
 /// With no user in the users file, the console says how to create one and
 /// serves nothing else.
 async fn need_users(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with("/static/") {
+    if req.uri().path().starts_with("/static/") || req.uri().path() == "/favicon.ico" {
         return next.run(req).await;
     }
     match users::Users::load(&app.config.web.users_file) {

@@ -267,17 +267,22 @@ fn known_row(ctx: &Ctx, d: &Dashboard, disk: &DiskRow) -> Markup {
     } else {
         ("off", "web.state_away")
     };
+    let seen = match disk.last_seen {
+        None if disk.connected => ctx.t("web.now"),
+        t => when(t, ctx.lang).into_owned(),
+    };
     html! {
         tr data-uuid=(disk.uuid) {
             td class="name" { strong { (disk.name) } br; small class="uuid" { (disk.uuid) } }
-            td {
+            td data-label=(ctx.t("web.state")) {
                 span class={"badge " (class)} { (ctx.t(word)) }
                 @if disk.held { " " span class="badge info" { (ctx.t("web.held")) } }
             }
-            td { (when(disk.last_seen, ctx.lang)) }
-            td { (when(disk.last_success, ctx.lang)) }
-            td {
+            td data-label=(ctx.t("web.last_seen")) { (seen) }
+            td data-label=(ctx.t("web.last_success")) { (when(disk.last_success, ctx.lang)) }
+            td data-label=(ctx.t("web.last_backup")) {
                 @match disk.last_backup {
+                    Some(Status::Running) => { (status_badge(ctx.lang, Status::Running)) }
                     Some(s) => { (status_badge(ctx.lang, s)) " " small { (when(disk.last_backup_finished, ctx.lang)) } }
                     None => { (ctx.t("web.never")) }
                 }
@@ -355,18 +360,22 @@ pub fn history(ctx: &Ctx, v: &HistoryView) -> Markup {
         section class="card" {
             h1 { (ctx.t("web.history")) }
             form method="get" action="/history" class="filters" {
-                label for="disk" { (ctx.t("web.disk")) }
-                select id="disk" name="disk" {
-                    option value="" { (ctx.t("web.all")) }
-                    @for n in &v.disk_names {
-                        option value=(n) selected[v.disk.as_deref() == Some(n)] { (n) }
+                div {
+                    label for="disk" { (ctx.t("web.disk")) }
+                    select id="disk" name="disk" {
+                        option value="" { (ctx.t("web.all")) }
+                        @for n in &v.disk_names {
+                            option value=(n) selected[v.disk.as_deref() == Some(n)] { (n) }
+                        }
                     }
                 }
-                label for="status" { (ctx.t("web.status")) }
-                select id="status" name="status" {
-                    option value="" { (ctx.t("web.all")) }
-                    @for s in Status::ALL {
-                        option value=(s.as_str()) selected[v.status == Some(s)] { (ctx.lang.status(s)) }
+                div {
+                    label for="status" { (ctx.t("web.status")) }
+                    select id="status" name="status" {
+                        option value="" { (ctx.t("web.all")) }
+                        @for s in Status::ALL {
+                            option value=(s.as_str()) selected[v.status == Some(s)] { (ctx.lang.status(s)) }
+                        }
                     }
                 }
                 button type="submit" { (ctx.t("web.filter")) }
@@ -383,10 +392,10 @@ pub fn history(ctx: &Ctx, v: &HistoryView) -> Markup {
                         @for b in &v.rows {
                             tr {
                                 td { a href={"/history/" (b.id)} { (when(Some(b.started), ctx.lang)) } }
-                                td { (b.disk) }
-                                td { (status_badge(ctx.lang, b.status)) }
-                                td { (b.duration_secs.map(duration).unwrap_or_default()) }
-                                td { (b.bytes_written.map(human).unwrap_or_default()) }
+                                td data-label=(ctx.t("web.disk")) { (b.disk) }
+                                td data-label=(ctx.t("web.status")) { (status_badge(ctx.lang, b.status)) }
+                                td data-label=(ctx.t("web.duration")) { (b.duration_secs.map(duration).unwrap_or_default()) }
+                                td data-label=(ctx.t("web.written")) { (b.bytes_written.map(human).unwrap_or_default()) }
                             }
                         }
                     }
@@ -438,7 +447,7 @@ pub fn backup(ctx: &Ctx, b: &BackupRow, log: Option<&str>, cut: bool) -> Markup 
                 p { (ctx.t("mail.none_ran")) }
             } @else {
                 table class="scripts" {
-                    thead { tr { th { (ctx.t("web.script")) } th { (ctx.t("mail.exit")) } th { (ctx.t("web.duration")) } th { (ctx.t("web.outcome")) } } }
+                    thead { tr { th { (ctx.t("web.script")) } th { (ctx.t("web.exit_code")) } th { (ctx.t("web.duration")) } th { (ctx.t("web.outcome")) } } }
                     tbody {
                         @for s in &b.scripts {
                             tr {

@@ -363,6 +363,7 @@ pub fn names(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect()
 }
 
+pub mod browser;
 pub mod disk;
 pub mod rig;
 pub mod sdbox;

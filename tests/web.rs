@@ -1,0 +1,295 @@
+//! The web console in a real headless Chromium, against `tetras-back web`
+//! talking to a real daemon, with real loop disks and udev events.
+//! Screenshots of the main pages are kept in target/tmp/web-screenshots/.
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::{add_user, curl, curl_login, Browser, WebConsole};
+use common::disk::*;
+use common::smtp::{free_port, SmtpServer};
+use common::*;
+
+const XSS: &str = "<script>alert(1)</script>";
+
+/// A btrfs disk (its label may be long) labelled with an HTML injection.
+fn hostile_disk(env: &TestEnv) -> LoopDisk {
+    let uuid = random_uuid();
+    let image = env.path(&format!("{uuid}.img"));
+    sh("truncate", &["-s", "128M", image.to_str().unwrap()]);
+    sh("mkfs.btrfs", &["-q", "-f", "-U", &uuid, "-L", XSS, image.to_str().unwrap()]);
+    LoopDisk { image, uuid, dev: None }
+}
+
+fn cookie_header(value: &str) -> String {
+    format!("Cookie: tb_session={value}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_real_browser() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let port = free_port();
+    script(
+        &env.path("scripts"),
+        "backup_web.sh",
+        &format!("echo 'copying {XSS} and the rest'\nsleep 4\necho 'all done'"),
+        0o755,
+    );
+    env.write_config(&format!(
+        "[[scripts]]\nname = \"backup_web.sh\"\n[mail]\nwhen = \"never\"\n{}",
+        WebConsole::config(&env, port, None)
+    ));
+    let mut daemon = Some(env.start_daemon());
+    // No user yet: the console says how to make one, and serves nothing else.
+    let web = WebConsole::start(&env, port, false);
+    let (code, page) = curl(&[&format!("{}/", web.url)]);
+    assert_eq!(code, 503, "{page}");
+    assert!(page.contains("web-passwd NAME"), "{page}");
+    add_user(&env, "alice", "correct horse");
+
+    // Not logged in: pages go to /login, the API and events answer 401.
+    for path in ["/", "/history", "/history/1", "/history/1/log", "/nowhere", "/disks"] {
+        let (code, head) = curl(&[&format!("{}{path}", web.url)]);
+        assert_eq!(code, 303, "{path}: {head}");
+        assert!(head.to_lowercase().contains("location: /login"), "{path}: {head}");
+    }
+    for path in ["/api/status", "/api/disks", "/api/history", "/events"] {
+        assert_eq!(curl(&[&format!("{}{path}", web.url)]).0, 401, "{path}");
+    }
+    let (_, login) = curl(&[&format!("{}/login", web.url)]);
+    for header in ["content-security-policy: default-src 'none'", "x-frame-options: deny"] {
+        assert!(login.to_lowercase().contains(header), "{header} missing:\n{login}");
+    }
+
+    let b = Browser::start(false).await;
+    // A wrong password is refused.
+    b.login(&web.url, "alice", "wrong").await;
+    b.wait_text(".notice.bad", "Wrong user name or password").await;
+    assert_eq!(b.path().await, "/login");
+    b.login(&web.url, "alice", "correct horse").await;
+    b.wait_text("#daemon", "Running").await;
+    assert_eq!(b.path().await, "/");
+    let session = b.client.get_named_cookie("tb_session").await.unwrap();
+    assert_eq!(session.http_only(), Some(true));
+    assert_eq!(session.same_site(), Some(cookie::SameSite::Strict));
+    assert_eq!(session.value().len(), 64, "a 256-bit id in hex");
+    assert_ne!(session.secure(), Some(true), "not Secure over plain HTTP");
+
+    // An unknown disk appears without the page being loaded again; its
+    // label is text, not markup.
+    b.mark().await;
+    let mut disk = hostile_disk(&env);
+    disk.attach();
+    b.wait_text("form.unknown", &disk.uuid).await;
+    assert!(b.still_marked().await, "the page was reloaded");
+    assert_eq!(b.find("form.unknown .label").await.text().await.unwrap(), XSS);
+    let scripts = b.client.execute("return document.scripts.length;", vec![]).await.unwrap();
+    assert_eq!(scripts, serde_json::json!(1), "only the console's own script");
+    assert!(b.client.get_alert_text().await.is_err(), "an alert opened");
+    b.shots("dashboard-unknown-disk").await;
+
+    // Name it and save it: it moves to the known disks.
+    let form = format!("form.unknown[data-uuid='{}']", disk.uuid);
+    b.type_in(&format!("{form} input[name=name]"), "office").await;
+    b.click(&format!("{form} button[type=submit]")).await;
+    let row = b.wait_text("#known tr", "office").await;
+    assert!(row.text().await.unwrap().contains("Connected"));
+    b.wait_gone("form.unknown").await;
+    b.wait_text(".notice.ok", "office").await;
+    assert!(env.cli(&["disks"]).ok().stdout.contains("office"));
+
+    // Back up now: the running script shows live, then the success.
+    b.mark().await;
+    b.click(&format!("tr[data-uuid='{}'] button.backup", disk.uuid)).await;
+    b.wait_text("#daemon .activity", "backup_web.sh").await;
+    b.wait_text("#daemon pre.tail", "copying").await;
+    b.shots("dashboard-backing-up").await;
+    b.mark().await;
+    b.wait_text(&format!("tr[data-uuid='{}']", disk.uuid), "Succeeded").await;
+    assert!(b.still_marked().await, "the success came without a reload");
+    b.shots("dashboard").await;
+
+    // The history lists it; its page shows the script's output, as text.
+    b.client.goto(&format!("{}/history", web.url)).await.unwrap();
+    b.wait_text("table.history td", "office").await;
+    b.shots("history").await;
+    b.click("table.history td a").await;
+    let log = b.wait_text("pre.log", "copying").await;
+    assert!(log.text().await.unwrap().contains(&format!("copying {XSS} and the rest")));
+    assert!(b.client.get_alert_text().await.is_err(), "an alert opened");
+    let scripts = b.client.execute("return document.scripts.length;", vec![]).await.unwrap();
+    assert_eq!(scripts, serde_json::json!(1));
+    b.wait_text("table.scripts", "backup_web.sh").await;
+    b.shots("backup-log").await;
+    let id = b.path().await.rsplit('/').next().unwrap().to_owned();
+    let cookie = cookie_header(session.value());
+    let (code, whole) = curl(&["-H", &cookie, &format!("{}/history/{id}/log", web.url)]);
+    assert_eq!(code, 200);
+    assert!(whole.contains("all done") && whole.contains("attachment"), "{whole}");
+
+    // JSON for other tools.
+    let (code, api) = curl(&["-H", &cookie, &format!("{}/api/history?disk=office", web.url)]);
+    assert_eq!(code, 200);
+    assert!(api.contains("\"status\":\"success\"") && api.contains("\"total\":1"), "{api}");
+    let (_, api) = curl(&["-H", &cookie, &format!("{}/api/disks", web.url)]);
+    assert!(api.contains("\"name\":\"office\"") && api.contains("\"daemon\":true"), "{api}");
+
+    // A POST without, or with a wrong, CSRF token is refused and changes nothing.
+    let forget = format!("{}/disks/{}/forget", web.url, disk.uuid);
+    for data in ["confirm=yes", "confirm=yes&csrf=0000"] {
+        let (code, page) = curl(&["-H", &cookie, "-d", data, &forget]);
+        assert_eq!(code, 403, "{data}: {page}");
+    }
+    let (code, _) = curl(&["-H", &cookie, "-X", "POST", &format!("{}/disks/{}/backup", web.url, disk.uuid)]);
+    assert_eq!(code, 403);
+    assert!(env.cli(&["disks"]).ok().stdout.contains("office"), "the disk was forgotten");
+
+    // Forget, with a confirmation.
+    b.client.goto(&format!("{}/", web.url)).await.unwrap();
+    b.click(&format!("tr[data-uuid='{}'] button.forget", disk.uuid)).await;
+    b.wait_text("h1", "Forget the disk office?").await;
+    assert!(env.cli(&["disks"]).ok().stdout.contains("office"), "forgotten before the confirmation");
+    b.click("#confirm-forget").await;
+    b.wait_text(".notice.ok", "office").await;
+    b.wait_gone("#known tr[data-uuid]").await;
+    assert!(!env.cli(&["disks"]).ok().stdout.contains("office"));
+    // Still plugged in: offered to be saved again.
+    b.wait_text("form.unknown", &disk.uuid).await;
+
+    // The daemon stops: the dashboard says so; it comes back: so does the page.
+    b.mark().await;
+    daemon.take().unwrap().signal(nix::libc::SIGTERM);
+    b.wait_text("#daemon", "not running").await;
+    b.shots("dashboard-daemon-stopped").await;
+    daemon = Some(env.start_daemon());
+    b.wait_text("#daemon .badge.ok", "Running").await;
+    assert!(b.still_marked().await, "the page recovered by reloading");
+
+    // Logging out ends the session on the server.
+    b.click("header form button").await;
+    b.wait_text("h1", "Log in").await;
+    assert_eq!(curl(&["-H", &cookie, &format!("{}/api/status", web.url)]).0, 401);
+    b.client.clone().close().await.unwrap();
+    drop(b);
+
+    // After 10 failures the address is throttled, even with the right password.
+    for _ in 0..10 {
+        assert_eq!(login_by_curl(&env, &web, "alice", "nope"), 401);
+    }
+    assert_eq!(login_by_curl(&env, &web, "alice", "correct horse"), 429);
+    let log = web.log_text();
+    assert!(log.contains("failed login as \"alice\" from 127.0.0.1 (10 in a row)"), "{log}");
+    assert!(log.contains("may not log in for the next 15 minutes"), "{log}");
+    drop(daemon);
+    disk.detach();
+}
+
+/// A login through the form by curl: the status of the POST.
+fn login_by_curl(env: &TestEnv, web: &WebConsole, user: &str, password: &str) -> u16 {
+    curl_login(&web.url, &env.path("curl-jar"), user, password)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_french() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let (cert, key) = (env.path("cert.pem"), env.path("key.pem"));
+    sh(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    let (port, smtp_port) = (free_port(), free_port());
+    let smtp = SmtpServer::start(env.root(), smtp_port);
+    script(&env.path("scripts"), "backup_ok.sh", "echo sauvegarde", 0o755);
+    env.write_config(&format!(
+        "language = \"fr\"\n[[scripts]]\nname = \"backup_ok.sh\"\n\
+         [mail]\ntransport = \"smtp\"\nto = \"admin@example.org\"\n\
+         [mail.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n{}",
+        WebConsole::config(&env, port, Some((&cert, &key)))
+    ));
+    let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 32);
+    env.cli(&["save", &disk.uuid, "bureau"]).ok();
+    let _daemon = env.start_daemon();
+    add_user(&env, "alice", "mot de passe");
+    let web = WebConsole::start(&env, port, true);
+
+    let b = Browser::start(true).await;
+    b.login(&web.url, "alice", "mot de passe").await;
+    b.wait_text("#daemon", "En marche").await;
+    let session = b.client.get_named_cookie("tb_session").await.unwrap();
+    assert_eq!(session.secure(), Some(true), "the session cookie is Secure under TLS");
+    for words in ["Tableau de bord", "Disques de sauvegarde", "Non branché", "Se déconnecter (alice)"] {
+        b.wait_text("body", words).await;
+    }
+    let (_, head) = curl(&[&format!("{}/login", web.url)]);
+    assert!(head.to_lowercase().contains("strict-transport-security"), "{head}");
+
+    // A backup: its report mail is in French, and so is the console.
+    disk.attach();
+    b.wait_text(&format!("tr[data-uuid='{}']", disk.uuid), "Réussie").await;
+    b.shots("dashboard-fr").await;
+    let mail = smtp.wait_for(1, Duration::from_secs(30)).remove(0);
+    let parsed = mailparse::parse_mail(&mail).unwrap();
+    let subject = parsed.headers.iter().find(|h| h.get_key() == "Subject").unwrap().get_value();
+    assert!(subject.contains(": sauvegarde sur « bureau » réussie"), "{subject}");
+    let body = parsed.subparts[0].get_body().unwrap();
+    assert!(body.contains("Sauvegarde de ") && body.contains("Espace libre"), "{body}");
+    b.client.goto(&format!("{}/history", web.url)).await.unwrap();
+    b.wait_text("h1", "Historique").await;
+    b.client.clone().close().await.unwrap();
+    disk.detach();
+}
+
+#[test]
+fn refusals_name_the_key_or_the_file() {
+    let env = TestEnv::new();
+    env.write_config("[web]\nlisten = \"0.0.0.0:18751\"\n");
+    env.cli(&["web"]).fails_with(&["web.listen", "0.0.0.0:18751", "tls_cert"]);
+    let users = env.path("web-users");
+    env.write_config(&format!(
+        "[web]\nlisten = \"127.0.0.1:{}\"\nusers_file = \"{}\"\n",
+        free_port(),
+        users.display()
+    ));
+    std::fs::write(&users, "alice:$2y$05$abcdefghijklmnopqrstuu5Ck0VZoJ6kYMaxmVvRr0ZVpDVW9.0Ca\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.cli(&["web"]).fails_with(&[users.to_str().unwrap(), "0644", "chmod 600"]);
+    let out = env.cmd(&["web-passwd", "a:b"]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn an_htpasswd_file_works() {
+    // `htpasswd -B` (apache2-utils) writes the hashes the console reads.
+    let env = TestEnv::new();
+    let users = env.path("web-users");
+    sh("htpasswd", &["-cbB", users.to_str().unwrap(), "bob", "from htpasswd"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_port();
+    env.write_config(&WebConsole::config(&env, port, None));
+    let web = WebConsole::start(&env, port, false);
+    assert_eq!(login_by_curl(&env, &web, "bob", "from htpasswd"), 303);
+    assert_eq!(login_by_curl(&env, &web, "bob", "wrong"), 401);
+    // web-passwd changes it in place, keeping the file private.
+    add_user(&env, "bob", "changed");
+    assert_eq!(login_by_curl(&env, &web, "bob", "changed"), 303);
+    assert_eq!(std::fs::metadata(&users).unwrap().permissions().mode() & 0o777, 0o600);
+}
