@@ -292,4 +292,30 @@ fn an_htpasswd_file_works() {
     add_user(&env, "bob", "changed");
     assert_eq!(login_by_curl(&env, &web, "bob", "changed"), 303);
     assert_eq!(std::fs::metadata(&users).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // On a terminal (script(1) gives it one) the password is asked twice.
+    let on_tty = |answers: &str| {
+        let cmd = format!("TETRAS_BACK_CONFIG={} {BIN} web-passwd carol", env.config_path().display());
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for line in answers.lines() {
+            std::thread::sleep(Duration::from_millis(300));
+            writeln!(stdin, "{line}").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, said) = on_tty("one\nother");
+    assert!(!ok && said.contains("Again:") && said.contains("differ"), "{said}");
+    assert_eq!(login_by_curl(&env, &web, "carol", "one"), 401);
+    let (ok, said) = on_tty("same pw\nsame pw");
+    assert!(ok && said.contains("New password for carol:"), "{said}");
+    assert_eq!(login_by_curl(&env, &web, "carol", "same pw"), 303);
 }

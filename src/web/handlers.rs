@@ -553,3 +553,23 @@ fn asset(kind: &'static str, text: &'static str) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_log_is_shown_from_a_whole_line_near_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("b.log");
+        let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, &text).unwrap();
+        let (shown, cut) = read_end(&log, LOG_SHOWN).unwrap();
+        assert!(cut && shown.len() <= LOG_SHOWN as usize);
+        assert!(shown.starts_with("line ") && shown.ends_with("line 99999\n"));
+        assert!(text.ends_with(&shown));
+        let (all, cut) = read_end(&log, 10 << 20).unwrap();
+        assert!(!cut && all == text);
+        assert_eq!(tail_lines(&log, 2), ["line 99998", "line 99999"]);
+    }
+}
