@@ -135,7 +135,8 @@ impl BackupMail {
             .into_owned()
         };
         rows.push((t!("mail.pruned", locale = locale), pruned));
-        let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0) + 2;
+        // "Label:" and at least two spaces: the English labels line up at 13.
+        let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0) + 3;
         let indent = " ".repeat(width);
         let mut out = t!(
             "mail.heading",

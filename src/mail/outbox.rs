@@ -88,6 +88,9 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, rx: Receiver<Work>) {
+        // Opened now rather than at the first mail: the daemon's descriptors
+        // are then the same before and after its first backups.
+        self.history();
         loop {
             self.send_due();
             let wait = self.next_wait();
