@@ -16,7 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::browser::{curl, curl_csrf, curl_login};
+use common::browser::{curl, curl_csrf, curl_login, curl_to};
 use common::disk::*;
 use common::sdbox::SystemdBox;
 use common::tree::{self, Compare};
@@ -223,6 +223,8 @@ fn the_web_console_runs_under_its_unit(c: &mut Ctx) {
     let users = fs::metadata(c.b.path("/etc/tetras-back/web-users")).unwrap();
     assert_eq!(users.permissions().mode() & 0o777, 0o600);
 
+    fs::create_dir_all(c.b.path("home/webuser")).unwrap();
+    fs::write(c.b.path("home/webuser/hello.txt"), "from the box\n").unwrap();
     let mut disk = c.disk("webbox");
     disk.attach_low();
     assert_eq!(c.events_until("backup_finished", &disk).pop().unwrap()["status"], "success");
@@ -240,6 +242,31 @@ fn the_web_console_runs_under_its_unit(c: &mut Ctx) {
         curl(&[&cookies[..], &["-d", &form, &format!("{url}/disks/{}/backup", disk.uuid)]].concat());
     assert_eq!(code, 303);
     assert_eq!(c.events_until("backup_finished", &disk).pop().unwrap()["status"], "success");
+    c.events_until("safe_to_remove", &disk);
+
+    // Opened from the console: its sandbox sees the daemon's mount, a file
+    // comes back as a download, and a restore is done by the daemon.
+    let form = format!("csrf={}", curl_csrf(url, &jar));
+    let (code, _) =
+        curl(&[&cookies[..], &["-d", &form, &format!("{url}/disks/{}/open", disk.uuid)]].concat());
+    assert_eq!(code, 303);
+    c.events_until("disk_opened", &disk);
+    let (code, page) = curl(&[&cookies[..], &[&format!("{url}/disks/{}/browse", disk.uuid)]].concat());
+    assert!(code == 200 && page.contains("Sauvegarde"), "{code}: {page}");
+    let found = c.b.sh(&format!("find /run/tetras-back/mnt/{} -name hello.txt", disk.uuid)).ok().stdout;
+    let rel = found.trim().strip_prefix(&format!("/run/tetras-back/mnt/{}/", disk.uuid)).unwrap().to_owned();
+    let out = c.images.path().join("hello.txt");
+    let file = format!("{url}/disks/{}/file/{rel}", disk.uuid);
+    assert_eq!(curl_to(&out, &[&cookies[..], &[file.as_str()]].concat()), 200);
+    assert_eq!(fs::read_to_string(&out).unwrap(), "from the box\n");
+    let restore = format!("{url}/disks/{}/restore/{}", disk.uuid, rel.rsplit_once('/').unwrap().0);
+    let form = format!("csrf={}&to={TEST_DIR}/web-restored&confirm=yes", curl_csrf(url, &jar));
+    assert_eq!(curl(&[&cookies[..], &["-d", &form, &restore]].concat()).0, 303);
+    let inner = rel.split_once('/').unwrap().1.rsplit_once('/').unwrap().0;
+    let restored = c.b.path(&format!("{TEST_DIR}/web-restored/{inner}/hello.txt"));
+    assert_eq!(fs::read_to_string(&restored).unwrap(), "from the box\n", "restored by the daemon");
+    let form = format!("csrf={}", curl_csrf(url, &jar));
+    curl(&[&cookies[..], &["-d", &form, &format!("{url}/disks/{}/close", disk.uuid)]].concat());
     c.events_until("safe_to_remove", &disk);
 
     // The daemon restarts: the console registers its FIFO again.

@@ -4,9 +4,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use common::browser::{add_user, curl, curl_login, Browser, WebConsole};
+use common::browser::{add_user, curl, curl_login, curl_to, Browser, WebConsole};
 use common::disk::*;
 use common::smtp::{free_port, SmtpServer};
 use common::*;
@@ -318,4 +319,117 @@ fn an_htpasswd_file_works() {
     let (ok, said) = on_tty("same pw\nsame pw");
     assert!(ok && said.contains("New password for carol:"), "{said}");
     assert_eq!(login_by_curl(&env, &web, "carol", "same pw"), 303);
+}
+
+/// Getting files back in the browser: an opened disk's backups, a folder,
+/// a file (whole and a range), a folder as .tar.gz, "restore to..." with
+/// a confirmation; no way out of the disk through the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_come_back_through_the_console() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let port = free_port();
+    install_shipped_scripts(&env.path("scripts"));
+    env.write_config(&format!(
+        "[[scripts]]\nname = \"backup_nocloud.sh\"\nargs = [\"--data\"]\n[mail]\nwhen = \"never\"\n{}",
+        WebConsole::config(&env, port, None)
+    ));
+    let data = env.path("data");
+    std::fs::create_dir_all(data.join("docs/sub")).unwrap();
+    let report: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(data.join("docs/report.txt"), &report).unwrap();
+    std::fs::write(data.join("docs/sub/notes.md"), "# notes\n").unwrap();
+    std::fs::write(data.join("docs/tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(data.join("docs/tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::symlink("/etc", data.join("docs/escape")).unwrap();
+    let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 64);
+    env.cli(&["save", &disk.uuid, "office"]).ok();
+    let _daemon = env.start_daemon_with(&[("NOCLOUD_DATA", data.to_str().unwrap())]);
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    add_user(&env, "alice", "pw");
+    let web = WebConsole::start(&env, port, false);
+    disk.attach();
+    let done = sub.until_about("backup_finished", &disk.uuid).pop().unwrap();
+    assert_eq!(done["status"], "success", "{done}");
+    sub.until_about("safe_to_remove", &disk.uuid);
+
+    let b = Browser::start(false).await;
+    b.login(&web.url, "alice", "pw").await;
+    let row = format!("tr[data-uuid='{}']", disk.uuid);
+    // Not opened yet: browsing says how to open it.
+    let cookie = cookie_header(b.client.get_named_cookie("tb_session").await.unwrap().value());
+    let base = format!("{}/disks/{}", web.url, disk.uuid);
+    assert_eq!(curl(&["-H", &cookie, &format!("{base}/browse")]).0, 409);
+    b.click(&format!("{row} button.open")).await;
+    sub.until_about("disk_opened", &disk.uuid);
+    b.wait_text("h1", "Backups on office").await;
+    let folder = b.wait_text("table.browse td a", "_").await.text().await.unwrap();
+    b.wait_text("table.browse", "Complete").await;
+    // Where the shipped script put the data tree inside the folder.
+    let mount = env.path("mnt").join(&disk.uuid);
+    let found = sh("find", &[mount.join(&folder).to_str().unwrap(), "-name", "report.txt"]);
+    let rel_file = found.trim().strip_prefix(&format!("{}/", mount.display())).unwrap().to_owned();
+    let rel_docs = rel_file.strip_suffix("/report.txt").unwrap().to_owned();
+    b.client.goto(&format!("{base}/browse/{rel_docs}")).await.unwrap();
+    b.wait_text("table.browse td.name", "report.txt").await;
+    b.wait_text("table.browse", "symbolic link").await;
+    b.shots("browse").await;
+
+    // A file, whole and a range of it; a folder as .tar.gz.
+    let out = env.path("downloaded");
+    let code = |to: &Path, args: &[&str]| curl_to(to, &[&["-H", cookie.as_str()][..], args].concat());
+    assert_eq!(code(&out, &[&format!("{base}/file/{rel_file}")]), 200);
+    assert!(std::fs::read(&out).unwrap() == report, "the downloaded bytes are not the file's");
+    assert_eq!(code(&out, &["-r", "1000-1999", &format!("{base}/file/{rel_file}")]), 206);
+    assert!(std::fs::read(&out).unwrap() == report[1000..2000], "the range is not the file's bytes");
+    assert_eq!(code(Path::new("/dev/null"), &["-r", "400000-", &format!("{base}/file/{rel_file}")]), 416);
+    let tgz = env.path("docs.tar.gz");
+    assert_eq!(code(&tgz, &[&format!("{base}/tar/{rel_docs}")]), 200);
+    let listing = sh("tar", &["-tzvf", tgz.to_str().unwrap()]);
+    for member in ["docs/report.txt", "docs/sub/notes.md", "docs/escape -> /etc", "-rwsr-xr-x"] {
+        assert!(listing.contains(member), "{member} missing from GNU tar's listing:\n{listing}");
+    }
+    // Nothing outside the disk, nothing through a symbolic link.
+    for path in [
+        format!("browse/{folder}/../../../../etc"),
+        format!("browse/{folder}/%2e%2e/%2e%2e"),
+        format!("file/{rel_docs}/escape/passwd"),
+        format!("browse/{rel_docs}/escape"),
+        format!("tar/{rel_docs}/escape"),
+        format!("file/{rel_docs}/../../../../../../etc/passwd"),
+    ] {
+        assert_eq!(code(Path::new("/dev/null"), &["--path-as-is", &format!("{base}/{path}")]), 404, "{path}");
+    }
+
+    // Restore to a folder of the server, with a confirmation.
+    let to = env.path("restored");
+    b.click(&format!("a.restore[href$='{}']", rel_docs.rsplit('/').next().unwrap())).await;
+    b.wait_text("h1", "Restore").await;
+    b.type_in("#to", to.to_str().unwrap()).await;
+    b.click("main form button[type=submit]").await;
+    b.wait_text(".confirm", &format!("into {}?", to.display())).await;
+    assert!(!to.exists(), "restored before the confirmation");
+    b.click("#confirm-restore").await;
+    b.wait_text(".notice.ok", "restored").await;
+    let inner = rel_docs.split_once('/').unwrap().1;
+    assert_eq!(std::fs::read(to.join(inner).join("report.txt")).unwrap(), report);
+    let tool = std::fs::symlink_metadata(to.join(inner).join("tool")).unwrap();
+    assert_eq!(tool.permissions().mode() & 0o7777, 0o4755, "set-uid kept");
+    assert_eq!(std::fs::read_link(to.join(inner).join("escape")).unwrap(), Path::new("/etc"));
+    // Again: what is there is refused, and said so.
+    b.client.goto(&format!("{base}/restore/{rel_docs}")).await.unwrap();
+    b.type_in("#to", to.to_str().unwrap()).await;
+    b.click("main form button[type=submit]").await;
+    b.click("#confirm-restore").await;
+    b.wait_text(".notice.bad", "already there").await;
+    assert!(web.log_text().contains("web: alice restored"), "{}", web.log_text());
+
+    // Closing makes it safe to remove.
+    b.click("nav.crumbs button").await;
+    sub.until_about("safe_to_remove", &disk.uuid);
+    assert_eq!(curl(&["-H", &cookie, &format!("{base}/browse")]).0, 409);
+    b.client.clone().close().await.unwrap();
+    disk.detach();
 }

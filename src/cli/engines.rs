@@ -334,11 +334,6 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
 /// mount point for a name).
 pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
     engine::init(None);
-    if a.to == Path::new("/") && !a.in_place {
-        anyhow::bail!(
-            "--to / puts the files back where they were, over the running system: say --in-place too"
-        );
-    }
     let from = if a.from == Path::new("latest") {
         let newest = prune::newest_complete(&a.disk)?;
         PathBuf::from(newest.with_context(|| format!("no complete backup folder in {}", a.disk.display()))?)
@@ -352,23 +347,13 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
         to: a.to,
         overwrite: a.overwrite,
         dry_run: a.dry_run,
+        in_place: a.in_place,
     };
     let s = restore::run(&opts)?;
     if a.json {
         print_json(&s);
     } else {
-        let verb = if s.dry_run { "would restore" } else { "restored" };
-        println!(
-            "{verb} {} files ({}), {} directories, {} symlinks, {} special from {} into {}; {:.2} s",
-            s.files,
-            human(s.bytes),
-            s.dirs,
-            s.symlinks,
-            s.specials,
-            backup.display(),
-            s.dest.display(),
-            s.seconds
-        );
+        println!("{}", restore::describe(&s, &backup));
     }
     Ok(partial_exit(s.skipped))
 }

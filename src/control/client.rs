@@ -46,8 +46,17 @@ pub fn send(config: &Config, request: &Request) -> Result<Reply> {
     send_in(&config.run_dir, request)
 }
 
+/// `send`, waiting up to `patience` for the answer (a restore answers when done).
+pub fn send_waiting(config: &Config, request: &Request, patience: Duration) -> Result<Reply> {
+    send_for(&config.run_dir, request, patience)
+}
+
 /// `send` to the daemon whose control FIFO is in `run_dir`.
 pub fn send_in(run_dir: &Path, request: &Request) -> Result<Reply> {
+    send_for(run_dir, request, REPLY_TIMEOUT)
+}
+
+fn send_for(run_dir: &Path, request: &Request, patience: Duration) -> Result<Reply> {
     let control = config::control_path(run_dir);
     let mut writer = match fifo::open_writer(&control) {
         Ok(w) => w,
@@ -86,7 +95,7 @@ pub fn send_in(run_dir: &Path, request: &Request) -> Result<Reply> {
         bail!("the command is longer than {} bytes", fifo::MAX_LINE);
     }
     // The pipe can be momentarily full when many clients talk at once.
-    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let mut deadline = Instant::now() + REPLY_TIMEOUT;
     loop {
         match fifo::write_line(&mut writer, &line) {
             Delivery::Written => break,
@@ -96,19 +105,16 @@ pub fn send_in(run_dir: &Path, request: &Request) -> Result<Reply> {
         }
     }
     drop(writer);
-    read_reply(&mut reader, &guard.path, deadline)
+    deadline = Instant::now() + patience;
+    read_reply(&mut reader, &guard.path, deadline, patience)
 }
 
-fn read_reply(reader: &mut fs::File, path: &Path, deadline: Instant) -> Result<Reply> {
+fn read_reply(reader: &mut fs::File, path: &Path, deadline: Instant, patience: Duration) -> Result<Reply> {
     let mut lines = fifo::LineReader::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || !fifo::wait_readable(reader, Some(left))? {
-            bail!(
-                "the daemon did not answer within {}s (reply FIFO {})",
-                REPLY_TIMEOUT.as_secs(),
-                path.display()
-            );
+            bail!("the daemon did not answer within {}s (reply FIFO {})", patience.as_secs(), path.display());
         }
         let got = lines.read_from(reader).context("cannot read the daemon's reply")?;
         if let Some(first) = got.into_iter().flatten().next() {

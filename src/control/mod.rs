@@ -59,6 +59,19 @@ pub enum Request {
     /// Where the disk is mounted now (opened, or being backed up), for
     /// `backups` and `restore`; counts as a use of an opened disk.
     Locate { name: String },
+    /// Restore `paths` of the backup folder `backup` of an opened disk into
+    /// `to`, with `restore`'s rules (the web console's "restore to..."). The
+    /// reply comes when it is done; `user` is who asked, for the log.
+    Restore {
+        name: String,
+        backup: String,
+        paths: Vec<PathBuf>,
+        to: PathBuf,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        overwrite: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
     /// What the daemon is doing.
     Status,
     /// The known disks, with whether they are connected.
@@ -289,6 +302,14 @@ mod tests {
             Request::Open { name: "n".into() },
             Request::Close { name: "n".into() },
             Request::Locate { name: "n".into() },
+            Request::Restore {
+                name: "n".into(),
+                backup: "2026-11-24_02-00-00_Sauvegarde_srv".into(),
+                paths: vec!["Donnees/etc".into()],
+                to: "/srv/restored".into(),
+                overwrite: true,
+                user: Some("alice".into()),
+            },
             Request::Status,
             Request::Disks,
             Request::Reload,

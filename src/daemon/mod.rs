@@ -321,6 +321,20 @@ impl Daemon {
     }
 }
 
+/// Writes `reply` on the client's reply FIFO.
+pub(super) fn answer(path: &std::path::Path, reply: &Reply) {
+    let line = serde_json::to_vec(reply).expect("replies serialise");
+    let line = if line.len() < fifo::MAX_LINE {
+        line
+    } else {
+        serde_json::to_vec(&Reply::error("the reply is too large for one line")).expect("serialise")
+    };
+    match fifo::send_line(path, &line) {
+        fifo::Delivery::Written => {}
+        other => log::warn!("control: could not answer on {}: {other:?}", path.display()),
+    }
+}
+
 impl Daemon {
     fn handle_line(&mut self, line: Line) {
         let incoming = match line {
@@ -331,6 +345,14 @@ impl Daemon {
             Line::Complete(bytes) => control::parse_line(&bytes, &self.config.replies_dir()),
         };
         let reply = match incoming.request {
+            // Answered by its own thread once done (or at once when refused).
+            Ok(Request::Restore { name, backup, paths, to, overwrite, user }) => {
+                let request = opened::RestoreRequest { name, backup, paths, to, overwrite, user };
+                match self.restore(request, incoming.reply.clone()) {
+                    Ok(()) => return,
+                    Err(e) => Reply::error(format!("{e:#}")),
+                }
+            }
             Ok(request) => {
                 log::debug!("control: {request:?}");
                 self.handle(request).unwrap_or_else(|e| Reply::error(format!("{e:#}")))
@@ -341,16 +363,7 @@ impl Daemon {
             log::warn!("control: {}", reply.error.as_deref().unwrap_or_default());
         }
         if let Some(path) = incoming.reply {
-            let line = serde_json::to_vec(&reply).expect("replies serialise");
-            let line = if line.len() < fifo::MAX_LINE {
-                line
-            } else {
-                serde_json::to_vec(&Reply::error("the reply is too large for one line")).expect("serialise")
-            };
-            match fifo::send_line(&path, &line) {
-                fifo::Delivery::Written => {}
-                other => log::warn!("control: could not answer on {}: {other:?}", path.display()),
-            }
+            answer(&path, &reply);
         }
     }
 
@@ -443,6 +456,7 @@ impl Daemon {
             Request::Release { name } => Ok(Reply::ok(self.hold(&name, false)?)),
             Request::Open { name } => Ok(Reply::ok(self.open_by_name(&name)?)),
             Request::Close { name } => Ok(Reply::ok(self.close_by_name(&name)?)),
+            Request::Restore { .. } => unreachable!("answered by its own thread (handle_line)"),
             Request::Locate { name } => Ok(Reply::data(Data::Located { disk: self.locate(&name)? })),
             Request::Status => Ok(Reply::data(Data::Status(Box::new(self.status())))),
             Request::Disks => {

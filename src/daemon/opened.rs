@@ -13,6 +13,7 @@
 //! milliseconds, and a read-only mount writes nothing to wait for.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +23,8 @@ use super::Daemon;
 use crate::backup;
 use crate::backup::identity;
 use crate::backup::report::{Job, PowerOff};
-use crate::control::DiskLocation;
+use crate::control::{DiskLocation, Reply};
+use crate::engine::restore;
 use crate::events::Event;
 use crate::mount::Mounted;
 
@@ -198,6 +200,52 @@ impl Daemon {
         bail!("disk {name} is not opened; {how}")
     }
 
+    /// Starts restoring from an opened disk on a thread of its own, which
+    /// answers on `reply` when done; refuses at once what cannot be.
+    pub(super) fn restore(&mut self, r: RestoreRequest, reply: Option<PathBuf>) -> Result<()> {
+        let disk = self.locate(&r.name)?;
+        if !disk.opened {
+            bail!("disk {} is being backed up; restore from it once its backup has finished", r.name);
+        }
+        let mut parts = Path::new(&r.backup).components();
+        if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
+            bail!("{:?} is not a backup folder of disk {}", r.backup, r.name);
+        }
+        let opts = restore::Options {
+            backup: disk.mount.join(&r.backup),
+            paths: r.paths,
+            to: r.to,
+            overwrite: r.overwrite,
+            dry_run: false,
+            in_place: false,
+        };
+        let who = r.user.map_or("root".to_owned(), |u| format!("web user {u}"));
+        log::info!(
+            "restore of {:?} from {} into {}, asked by {who}",
+            opts.paths,
+            opts.backup.display(),
+            opts.to.display()
+        );
+        crate::engine::init(None);
+        std::thread::Builder::new().name("restore".into()).spawn(move || {
+            let outcome = match restore::run(&opts) {
+                Ok(s) => {
+                    let said = restore::describe(&s, &opts.backup);
+                    log::info!("{said} (asked by {who})");
+                    Reply::ok(said)
+                }
+                Err(e) => {
+                    log::warn!("restore into {} (asked by {who}) failed: {e:#}", opts.to.display());
+                    Reply::error(format!("{e:#}"))
+                }
+            };
+            if let Some(path) = reply {
+                super::answer(&path, &outcome);
+            }
+        })?;
+        Ok(())
+    }
+
     /// Closes the opened disks unused for `open_timeout` (a disk still being
     /// read counts as used); returns when the next one is due.
     pub(super) fn close_unused_disks(&mut self) -> Option<Instant> {
@@ -239,4 +287,14 @@ impl Daemon {
             }
         }
     }
+}
+
+/// `Request::Restore`'s fields.
+pub(super) struct RestoreRequest {
+    pub name: String,
+    pub backup: String,
+    pub paths: Vec<PathBuf>,
+    pub to: PathBuf,
+    pub overwrite: bool,
+    pub user: Option<String>,
 }

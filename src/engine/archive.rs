@@ -67,19 +67,10 @@ pub fn run(opts: &Options) -> Result<Summary> {
         bail!("nothing to archive: give paths or --glob patterns");
     }
     let target = Output::create(&opts.output)?;
-    let gz = ParGz::new(target.file.try_clone()?, Compression::new(opts.level), rayon::current_num_threads());
-    let mut w = Writer {
-        tar: tar::Builder::new(gz),
-        exclude: &opts.exclude,
-        links: HashMap::new(),
-        skipped: Skipped::default(),
-        summary: Summary {
-            output: std::path::absolute(&opts.output).unwrap_or(opts.output.clone()),
-            ..Summary::default()
-        },
-    };
+    let mut w = Writer::new(target.file.try_clone()?, opts.level, &opts.exclude);
+    w.summary.output = std::path::absolute(&opts.output).unwrap_or(opts.output.clone());
     for input in &inputs {
-        w.add_tree(input)
+        w.add_tree(input, &member_name(input))
             .with_context(|| format!("cannot write {}", target.target.partial_path.display()))?;
     }
     let gz = w.tar.into_inner().context("cannot finish the tar stream")?;
@@ -118,8 +109,23 @@ impl Output {
     }
 }
 
-struct Writer<'a> {
-    tar: tar::Builder<ParGz<File>>,
+/// Streams the tree `top` as a `.tar.gz` into `out` (a download of the web
+/// console): its members are named from `base` down, with the fidelity of
+/// `archive`; unreadable entries are skipped and counted.
+pub fn stream<W: Write>(out: W, top: &Path, base: &Path, level: u32) -> Result<Summary> {
+    let none = Exclude::default();
+    let mut w = Writer::new(out, level, &none);
+    w.add_tree(top, base)?;
+    let gz = w.tar.into_inner().context("cannot finish the tar stream")?;
+    let mut out = gz.finish()?;
+    out.flush()?;
+    let mut summary = w.summary;
+    summary.skipped = w.skipped.count();
+    Ok(summary)
+}
+
+struct Writer<'a, W: Write> {
+    tar: tar::Builder<ParGz<W>>,
     exclude: &'a Exclude,
     /// Member name of the first path of each inode with several links.
     links: HashMap<(u64, u64), PathBuf>,
@@ -132,11 +138,23 @@ fn member_name(path: &Path) -> PathBuf {
     path.components().filter(|c| matches!(c, Component::Normal(_))).collect()
 }
 
-impl Writer<'_> {
-    /// Adds a path and, for a directory, everything below it. Unreadable
-    /// entries are reported and skipped; only a failure to write is an error.
-    fn add_tree(&mut self, top: &Path) -> io::Result<()> {
-        let base = member_name(top);
+impl<'a, W: Write> Writer<'a, W> {
+    fn new(out: W, level: u32, exclude: &'a Exclude) -> Writer<'a, W> {
+        let gz = ParGz::new(out, Compression::new(level), rayon::current_num_threads());
+        Writer {
+            tar: tar::Builder::new(gz),
+            exclude,
+            links: HashMap::new(),
+            skipped: Skipped::default(),
+            summary: Summary::default(),
+        }
+    }
+
+    /// Adds a path and, for a directory, everything below it, named from
+    /// `base`. Unreadable entries are reported and skipped; only a failure
+    /// to write is an error.
+    fn add_tree(&mut self, top: &Path, base: &Path) -> io::Result<()> {
+        let base = base.to_path_buf();
         let walker = walkdir::WalkDir::new(top).follow_links(false).sort_by_file_name();
         let exclude = self.exclude;
         let base_for_filter = base.clone();

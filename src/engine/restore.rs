@@ -31,14 +31,35 @@ pub struct Options {
     pub to: PathBuf,
     pub overwrite: bool,
     pub dry_run: bool,
+    /// `to` may be `/` (the files go back where they were).
+    pub in_place: bool,
 }
 
 /// At most this many entries already in `--to` are named in the refusal.
 const NAMED: usize = 10;
 
+/// What a restore did, in one line.
+pub fn describe(s: &Summary, backup: &Path) -> String {
+    format!(
+        "{} {} files ({}), {} directories, {} symlinks, {} special from {} into {}; {:.2} s",
+        if s.dry_run { "would restore" } else { "restored" },
+        s.files,
+        super::human(s.bytes),
+        s.dirs,
+        s.symlinks,
+        s.specials,
+        backup.display(),
+        s.dest.display(),
+        s.seconds
+    )
+}
+
 pub fn run(opts: &Options) -> Result<Summary> {
     if opts.paths.is_empty() {
         bail!("say what to restore: one or more paths inside the backup");
+    }
+    if opts.to == Path::new("/") && !opts.in_place {
+        bail!("--to / puts the files back where they were, over the running system: say --in-place too");
     }
     for (i, a) in opts.paths.iter().enumerate() {
         if let Some(b) = opts.paths[i + 1..].iter().find(|b| a.starts_with(b) || b.starts_with(a)) {

@@ -49,7 +49,7 @@ const PER_PAGE: u64 = 25;
 type AppState = State<Arc<App>>;
 
 impl App {
-    fn ctx(&self, session: Option<&Session>) -> Ctx {
+    pub fn ctx(&self, session: Option<&Session>) -> Ctx {
         Ctx {
             lang: self.lang,
             host: self.host.clone(),
@@ -58,7 +58,7 @@ impl App {
         }
     }
 
-    fn t(&self, key: &str) -> String {
+    pub fn t(&self, key: &str) -> String {
         t!(key, locale = self.lang.code()).into_owned()
     }
 
@@ -98,12 +98,18 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
-fn html(status: StatusCode, markup: Markup) -> Response {
+pub fn html(status: StatusCode, markup: Markup) -> Response {
     (status, markup).into_response()
 }
 
 /// A logged-in user.
 pub struct User(Session);
+
+impl User {
+    pub fn session(&self) -> &Session {
+        &self.0
+    }
+}
 
 impl FromRequestParts<Arc<App>> for User {
     type Rejection = Response;
@@ -128,16 +134,18 @@ pub struct Form {
     csrf: Option<String>,
     username: Option<String>,
     password: Option<String>,
-    name: Option<String>,
-    confirm: Option<String>,
+    pub name: Option<String>,
+    pub confirm: Option<String>,
+    pub to: Option<String>,
+    pub overwrite: Option<String>,
 }
 
-fn form(body: &Bytes) -> Form {
+pub fn form(body: &Bytes) -> Form {
     serde_urlencoded::from_bytes(body).unwrap_or_default()
 }
 
 /// The session's token must come with every POST: the refusal when it did not.
-fn csrf_refusal(app: &App, user: &User, form: &Form) -> Option<Response> {
+pub fn csrf_refusal(app: &App, user: &User, form: &Form) -> Option<Response> {
     match &form.csrf {
         Some(t) if session::same_token(t, &user.0.csrf) => None,
         _ => {
@@ -163,11 +171,15 @@ pub fn failure(app: &App, text: &str) -> Response {
     html(StatusCode::INTERNAL_SERVER_ERROR, pages::message(&app.ctx(None), &app.t("web.error_title"), text))
 }
 
-pub async fn not_found(State(app): AppState, user: User) -> Response {
+pub fn not_found(app: &App, user: &User) -> Response {
     html(
         StatusCode::NOT_FOUND,
         pages::message(&app.ctx(Some(&user.0)), &app.t("web.not_found"), &app.t("web.not_found_text")),
     )
+}
+
+pub async fn fallback(State(app): AppState, user: User) -> Response {
+    not_found(&app, &user)
 }
 
 // ---------------------------------------------------------------- login
@@ -402,7 +414,7 @@ fn log_is_ours(config: &Config, log: &Path) -> bool {
 }
 
 pub async fn backup(State(app): AppState, user: User, UrlPath(id): UrlPath<String>) -> Response {
-    let Ok(id) = id.parse::<i64>() else { return not_found(State(app), user).await };
+    let Ok(id) = id.parse::<i64>() else { return not_found(&app, &user) };
     let config = app.config.clone();
     let found = blocking(move || {
         let Some(b) = find_backup(&config, id)? else { return Ok(None) };
@@ -418,21 +430,21 @@ pub async fn backup(State(app): AppState, user: User, UrlPath(id): UrlPath<Strin
             };
             html(StatusCode::OK, pages::backup(&app.ctx(Some(&user.0)), &b, text, cut))
         }
-        Ok(None) => not_found(State(app), user).await,
+        Ok(None) => not_found(&app, &user),
         Err(e) => failure(&app, &format!("{e:#}")),
     }
 }
 
 /// The whole log file, as a download.
 pub async fn backup_log(State(app): AppState, user: User, UrlPath(id): UrlPath<String>) -> Response {
-    let Ok(id) = id.parse::<i64>() else { return not_found(State(app), user).await };
+    let Ok(id) = id.parse::<i64>() else { return not_found(&app, &user) };
     let config = app.config.clone();
     let found =
         blocking(move || Ok(find_backup(&config, id)?.filter(|b| log_is_ours(&config, &b.log)))).await;
-    let Ok(Some(b)) = found else { return not_found(State(app), user).await };
+    let Ok(Some(b)) = found else { return not_found(&app, &user) };
     let file = match tokio::fs::File::open(&b.log).await {
         Ok(f) => f,
-        Err(_) => return not_found(State(app), user).await,
+        Err(_) => return not_found(&app, &user),
     };
     let name = b.log.file_name().map(|n| n.to_string_lossy().replace(['"', '\\'], "_")).unwrap_or_default();
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
@@ -472,21 +484,27 @@ pub async fn api_history(State(app): AppState, _user: User, Query(q): Query<Hist
 
 // ---------------------------------------------------------------- actions
 
-/// Sends `request` for `user` and leaves its outcome as the next page's notice.
-async fn act(app: &App, user: &User, what: String, request: Request) -> Response {
-    let notice = match app.ask(request).await {
+/// The daemon's answer as a notice for the next page.
+pub fn notice_of(app: &App, reply: anyhow::Result<Reply>) -> Notice {
+    match reply {
         Ok(Reply { ok: true, message, .. }) => Notice { ok: true, text: message.unwrap_or_default() },
         Ok(Reply { error, .. }) => Notice { ok: false, text: error.unwrap_or_default() },
         Err(e) if e.is::<NotRunning>() => Notice { ok: false, text: app.t("web.daemon_down_text") },
         Err(e) => Notice { ok: false, text: format!("{e:#}") },
-    };
+    }
+}
+
+/// Sends `request` for `user`, leaves its outcome as the next page's
+/// notice, and goes `back`.
+pub async fn act(app: &App, user: &User, what: String, request: Request, back: &str) -> Response {
+    let notice = notice_of(app, app.ask(request).await);
     log::info!("web: {} {what}: {}", user.0.user, notice.text);
     app.sessions.notify(&user.0.id, notice);
-    Redirect::to("/").into_response()
+    Redirect::to(back).into_response()
 }
 
 /// The disk's UUID from the URL, checked; and its name when it is known.
-fn known_name(config: &Config, uuid: &str) -> Option<String> {
+pub fn known_name(config: &Config, uuid: &str) -> Option<String> {
     DiskState::load(&config.state_path()).ok()?.disk(uuid).map(|d| d.name.clone())
 }
 
@@ -495,9 +513,10 @@ pub async fn save(State(app): AppState, user: User, UrlPath(uuid): UrlPath<Strin
     if let Some(r) = csrf_refusal(&app, &user, &f) {
         return r;
     }
-    let Ok(uuid) = state::check_uuid(&uuid) else { return not_found(State(app), user).await };
+    let Ok(uuid) = state::check_uuid(&uuid) else { return not_found(&app, &user) };
     let name = f.name.unwrap_or_default().trim().to_owned();
-    act(&app, &user, format!("saved {uuid} as {name:?}"), Request::Save { uuid, name, adopt: false }).await
+    act(&app, &user, format!("saved {uuid} as {name:?}"), Request::Save { uuid, name, adopt: false }, "/")
+        .await
 }
 
 pub async fn backup_now(
@@ -510,9 +529,9 @@ pub async fn backup_now(
         return r;
     }
     let Some(name) = state::check_uuid(&uuid).ok().and_then(|u| known_name(&app.config, &u)) else {
-        return not_found(State(app), user).await;
+        return not_found(&app, &user);
     };
-    act(&app, &user, format!("asked for a backup of {name}"), Request::Backup { name }).await
+    act(&app, &user, format!("asked for a backup of {name}"), Request::Backup { name }, "/").await
 }
 
 pub async fn forget(
@@ -528,12 +547,12 @@ pub async fn forget(
     let Some((uuid, name)) =
         state::check_uuid(&uuid).ok().and_then(|u| known_name(&app.config, &u).map(|n| (u, n)))
     else {
-        return not_found(State(app), user).await;
+        return not_found(&app, &user);
     };
     if f.confirm.as_deref() != Some("yes") {
         return html(StatusCode::OK, pages::confirm_forget(&app.ctx(Some(&user.0)), &uuid, &name));
     }
-    act(&app, &user, format!("forgot {name} ({uuid})"), Request::Forget { uuid }).await
+    act(&app, &user, format!("forgot {name} ({uuid})"), Request::Forget { uuid }, "/").await
 }
 
 // ---------------------------------------------------------------- assets

@@ -9,6 +9,7 @@
 //!      └──────────────────┘  history.sqlite (read-only)
 //! ```
 
+mod browse;
 mod handlers;
 mod link;
 mod pages;
@@ -144,10 +145,17 @@ fn router(app: Arc<App>) -> Router {
         .route("/disks/{uuid}/save", post(save))
         .route("/disks/{uuid}/backup", post(backup_now))
         .route("/disks/{uuid}/forget", post(forget))
+        .route("/disks/{uuid}/open", post(browse::open))
+        .route("/disks/{uuid}/close", post(browse::close))
+        .route("/disks/{uuid}/browse", get(browse::backups_page))
+        .route("/disks/{uuid}/browse/{*path}", get(browse::folder_page))
+        .route("/disks/{uuid}/file/{*path}", get(browse::file))
+        .route("/disks/{uuid}/tar/{*path}", get(browse::folder_tar))
+        .route("/disks/{uuid}/restore/{*path}", get(browse::restore_form).post(browse::restore))
         .route("/static/app.css", get(stylesheet))
         .route("/static/app.js", get(script))
         .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
-        .fallback(not_found)
+        .fallback(fallback)
         .layer(middleware::from_fn_with_state(app.clone(), need_users))
         .layer(middleware::from_fn_with_state(app.clone(), security_headers))
         .with_state(app)

@@ -288,10 +288,21 @@ fn known_row(ctx: &Ctx, d: &Dashboard, disk: &DiskRow) -> Markup {
                 }
             }
             td class="actions" {
+                @if disk.opened {
+                    a href={"/disks/" (disk.uuid) "/browse"} class="browse" { (ctx.t("web.browse")) }
+                    form method="post" action={"/disks/" (disk.uuid) "/close"} class="inline" {
+                        (ctx.csrf())
+                        button type="submit" class="secondary close" { (ctx.t("web.close_disk")) }
+                    }
+                }
                 @if disk.connected && !running && !queued && !disk.opened && d.status.is_some() {
                     form method="post" action={"/disks/" (disk.uuid) "/backup"} class="inline" {
                         (ctx.csrf())
                         button type="submit" class="backup" { (ctx.t("web.backup_now")) }
+                    }
+                    form method="post" action={"/disks/" (disk.uuid) "/open"} class="inline" {
+                        (ctx.csrf())
+                        button type="submit" class="secondary open" { (ctx.t("web.open_disk")) }
                     }
                 }
                 form method="post" action={"/disks/" (disk.uuid) "/forget"} class="inline" {

@@ -106,6 +106,17 @@ pub fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// An HTTP request by curl whose body goes to `out`: the status code.
+pub fn curl_to(out: &Path, args: &[&str]) -> u16 {
+    let o = Command::new("curl")
+        .args(["-sk", "--max-time", "60", "-w", "%{http_code}", "-o"])
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("curl (make test installs it)");
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)
+}
+
 /// Logs in through the form with curl (its cookies in `jar`): the status of the POST.
 pub fn curl_login(url: &str, jar: &Path, user: &str, password: &str) -> u16 {
     let jar = jar.to_str().unwrap();
