@@ -72,6 +72,22 @@ async fn opened(app: &App, user: &User, uuid: &str) -> Result<Opened, Response> 
     }
 }
 
+/// The opened disk `uuid` and the path `path` of the URL within it, made
+/// of at least `depth` names; or the page saying why not.
+async fn target(
+    app: &App,
+    user: &User,
+    uuid: &str,
+    path: &str,
+    depth: usize,
+) -> Result<(Opened, PathBuf), Response> {
+    let disk = opened(app, user, uuid).await?;
+    match relative(path).filter(|r| r.components().count() >= depth) {
+        Some(rel) => Ok((disk, rel)),
+        None => Err(not_found(app, user)),
+    }
+}
+
 /// A path from the URL, relative, made only of plain names (`None`: refused).
 fn relative(path: &str) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -238,11 +254,10 @@ pub async fn folder_page(
     UrlPath((uuid, path)): UrlPath<(String, String)>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let disk = match opened(&app, &user, &uuid).await {
-        Ok(d) => d,
+    let (disk, rel) = match target(&app, &user, &uuid, &path, 0).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    let Some(rel) = relative(&path) else { return not_found(&app, &user) };
     let (mount, at) = (disk.mount.clone(), rel.clone());
     let entries = tokio::task::spawn_blocking(move || open_dir(&mount, &at).map(|d| list(&d))).await;
     let Ok(Some(Ok(entries))) = entries else { return not_found(&app, &user) };
@@ -317,11 +332,10 @@ pub async fn file(
     UrlPath((uuid, path)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let disk = match opened(&app, &user, &uuid).await {
-        Ok(d) => d,
+    let (disk, rel) = match target(&app, &user, &uuid, &path, 0).await {
+        Ok(t) => t,
         Err(r) => return r,
     };
-    let Some(rel) = relative(&path) else { return not_found(&app, &user) };
     let (mount, at) = (disk.mount.clone(), rel.clone());
     let Ok(Some((mut file, len))) = tokio::task::spawn_blocking(move || open_file(&mount, &at)).await else {
         return not_found(&app, &user);
@@ -392,12 +406,9 @@ pub async fn folder_tar(
     user: User,
     UrlPath((uuid, path)): UrlPath<(String, String)>,
 ) -> Response {
-    let disk = match opened(&app, &user, &uuid).await {
-        Ok(d) => d,
+    let (disk, rel) = match target(&app, &user, &uuid, &path, 1).await {
+        Ok(t) => t,
         Err(r) => return r,
-    };
-    let Some(rel) = relative(&path).filter(|r| r.file_name().is_some()) else {
-        return not_found(&app, &user);
     };
     let (mount, at) = (disk.mount.clone(), rel.clone());
     if !matches!(tokio::task::spawn_blocking(move || open_dir(&mount, &at).is_some()).await, Ok(true)) {
@@ -431,12 +442,9 @@ pub async fn restore_form(
     user: User,
     UrlPath((uuid, path)): UrlPath<(String, String)>,
 ) -> Response {
-    let disk = match opened(&app, &user, &uuid).await {
-        Ok(d) => d,
+    let (disk, rel) = match target(&app, &user, &uuid, &path, 2).await {
+        Ok(t) => t,
         Err(r) => return r,
-    };
-    let Some(rel) = relative(&path).filter(|r| r.components().count() >= 2) else {
-        return not_found(&app, &user);
     };
     html(StatusCode::OK, restore_page(&app.ctx(Some(user.session())), &disk, &rel, None))
 }
@@ -492,12 +500,9 @@ pub async fn restore(
     if let Some(r) = csrf_refusal(&app, &user, &f) {
         return r;
     }
-    let disk = match opened(&app, &user, &uuid).await {
-        Ok(d) => d,
+    let (disk, rel) = match target(&app, &user, &uuid, &path, 2).await {
+        Ok(t) => t,
         Err(r) => return r,
-    };
-    let Some(rel) = relative(&path).filter(|r| r.components().count() >= 2) else {
-        return not_found(&app, &user);
     };
     let to = f.to.clone().unwrap_or_default().trim().to_owned();
     let overwrite = f.overwrite.as_deref() == Some("yes");
