@@ -5,7 +5,6 @@
 //! rules once confirmed. Paths come from the URL and are resolved beneath
 //! the disk's mount point: no `..`, no symbolic link followed (404).
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,13 +23,14 @@ use maud::{html, Markup};
 use rust_i18n::t;
 use serde::Deserialize;
 
-use super::handlers::{csrf_refusal, form, html, known_name, not_found, notice_of, User};
-use super::pages::{layout, Ctx};
+use super::handlers::{attachment, csrf_refusal, form, html, known_name, not_found, notice_of, User};
+use super::pages::{layout, stamp, Ctx};
 use super::App;
 use crate::control::client;
 use crate::control::{Data, Reply, Request};
 use crate::engine::{archive, backups, fsx, human};
 use crate::state;
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 type AppState = State<Arc<App>>;
 
@@ -120,18 +120,12 @@ fn open_file(mount: &Path, rel: &Path) -> Option<(File, u64)> {
     Some((file, len))
 }
 
+/// What a path keeps as it is in a URL: unreserved characters and `/`.
+const PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+
 /// Percent-encodes a path for a URL (its `/` kept).
 fn href(path: &Path) -> String {
-    path.as_os_str()
-        .as_bytes()
-        .iter()
-        .map(|&b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encode(path.as_os_str().as_bytes(), PATH).to_string()
 }
 
 /// One entry of a folder.
@@ -168,10 +162,6 @@ fn list(dir: &OwnedFd) -> std::io::Result<Vec<Entry>> {
     }
     out.sort_by(|a, b| b.dir.cmp(&a.dir).then_with(|| a.name.cmp(&b.name)));
     Ok(out)
-}
-
-fn when(t: Option<DateTime<Local>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default()
 }
 
 /// Breadcrumbs: the disk, then each folder of `rel`.
@@ -294,7 +284,7 @@ pub async fn folder_page(
                             }
                             td data-label=(t!("web.kind", locale = l)) { (t!(e.kind, locale = l)) }
                             @if e.dir { td {} } @else { td data-label=(t!("web.size", locale = l)) { (human(e.size)) } }
-                            td data-label=(t!("web.modified", locale = l)) { (when(e.modified)) }
+                            td data-label=(t!("web.modified", locale = l)) { (e.modified.map(stamp).unwrap_or_default()) }
                             td class="actions" {
                                 @if e.linkable {
                                     a href={(base) "/restore/" (href(&p))} { (t!("web.restore", locale = l)) }
@@ -314,15 +304,6 @@ pub async fn folder_page(
         }
     };
     html(StatusCode::OK, layout(&ctx, &title, None, body))
-}
-
-fn attachment(name: &OsStr) -> Option<HeaderValue> {
-    let safe: String = name
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_control() || c == '"' || c == '\\' { '_' } else { c })
-        .collect();
-    HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")).ok()
 }
 
 /// `/disks/{uuid}/file/{path}`: a file, streamed; one byte range on request.

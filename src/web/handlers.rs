@@ -319,12 +319,7 @@ fn read_end(path: &Path, max: u64) -> std::io::Result<(String, bool)> {
 
 async fn dashboard_data(app: &App) -> Dashboard {
     let config = app.config.clone();
-    tokio::task::spawn_blocking(move || gather(&config)).await.unwrap_or_else(|_| Dashboard {
-        status: None,
-        disks: Vec::new(),
-        unknown: Vec::new(),
-        log_tail: Vec::new(),
-    })
+    tokio::task::spawn_blocking(move || gather(&config)).await.unwrap_or_default()
 }
 
 pub async fn dashboard(State(app): AppState, user: User, headers: HeaderMap) -> Response {
@@ -446,15 +441,25 @@ pub async fn backup_log(State(app): AppState, user: User, UrlPath(id): UrlPath<S
         Ok(f) => f,
         Err(_) => return not_found(&app, &user),
     };
-    let name = b.log.file_name().map(|n| n.to_string_lossy().replace(['"', '\\'], "_")).unwrap_or_default();
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+    if let Some(v) = b.log.file_name().and_then(attachment) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     res
+}
+
+/// `Content-Disposition` of a download named `name` (quotes, backslashes
+/// and control characters replaced).
+pub fn attachment(name: &std::ffi::OsStr) -> Option<HeaderValue> {
+    let safe: String = name
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_control() || c == '"' || c == '\\' { '_' } else { c })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")).ok()
 }
 
 // ---------------------------------------------------------------- API

@@ -39,9 +39,14 @@ impl Ctx {
     }
 }
 
+/// A time as the console shows it: the server's local time, to the minute.
+pub fn stamp(t: DateTime<Local>) -> String {
+    t.format("%Y-%m-%d %H:%M").to_string()
+}
+
 fn when(t: Option<DateTime<Local>>, lang: Language) -> Cow<'static, str> {
     match t {
-        Some(t) => t.format("%Y-%m-%d %H:%M").to_string().into(),
+        Some(t) => stamp(t).into(),
         None => t!("web.never", locale = lang.code()),
     }
 }
@@ -152,6 +157,7 @@ pub fn message(ctx: &Ctx, title: &str, text: &str) -> Markup {
 }
 
 /// What the dashboard shows.
+#[derive(Default)]
 pub struct Dashboard {
     /// `None`: the daemon is not running.
     pub status: Option<StatusInfo>,
@@ -344,24 +350,16 @@ pub struct HistoryView {
 
 impl HistoryView {
     fn link(&self, page: u64) -> String {
-        let mut q = vec![format!("page={page}")];
+        let page = page.to_string();
+        let mut q = vec![("page", page.as_str())];
         if let Some(d) = &self.disk {
-            q.push(format!("disk={}", url_encode(d)));
+            q.push(("disk", d));
         }
         if let Some(s) = self.status {
-            q.push(format!("status={}", s.as_str()));
+            q.push(("status", s.as_str()));
         }
-        format!("/history?{}", q.join("&"))
+        format!("/history?{}", serde_urlencoded::to_string(&q).unwrap_or_default())
     }
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 pub fn history(ctx: &Ctx, v: &HistoryView) -> Markup {
