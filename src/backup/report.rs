@@ -146,16 +146,22 @@ pub struct Drill {
 impl Drill {
     pub const SHOWN: usize = 50;
 
-    /// One line for the report and the history.
-    pub fn summary(&self) -> String {
+    /// One line for the report, the history and the console, in `lang`.
+    pub fn summary_in(&self, lang: crate::lang::Language) -> String {
+        use rust_i18n::t;
+        let locale = lang.code();
         if self.passed {
-            format!("passed: {} read back intact ({} entries)", self.folder, self.entries)
+            t!("mail.drill_passed", locale = locale, folder = self.folder, entries = self.entries)
+                .into_owned()
         } else {
-            format!(
-                "DAMAGED: {} differs from what was written ({} problems)",
-                self.folder, self.problem_count
-            )
+            t!("mail.drill_damaged", locale = locale, folder = self.folder, count = self.problem_count)
+                .into_owned()
         }
+    }
+
+    /// The same in English, for the command line and the log.
+    pub fn summary(&self) -> String {
+        self.summary_in(crate::lang::Language::En)
     }
 }
 

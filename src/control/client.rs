@@ -14,7 +14,7 @@ use crate::config::{self, Config};
 use crate::fifo::{self, Delivery};
 
 /// How long the CLI waits for the daemon's answer.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The daemon is not there to answer.
 #[derive(Debug, thiserror::Error)]

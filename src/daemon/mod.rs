@@ -456,7 +456,8 @@ impl Daemon {
             Request::Release { name } => Ok(Reply::ok(self.hold(&name, false)?)),
             Request::Open { name } => Ok(Reply::ok(self.open_by_name(&name)?)),
             Request::Close { name } => Ok(Reply::ok(self.close_by_name(&name)?)),
-            Request::Restore { .. } => unreachable!("answered by its own thread (handle_line)"),
+            // Taken by handle_line, which answers it from its own thread.
+            Request::Restore { .. } => bail!("restore is answered by its own thread"),
             Request::Locate { name } => Ok(Reply::data(Data::Located { disk: self.locate(&name)? })),
             Request::Status => Ok(Reply::data(Data::Status(Box::new(self.status())))),
             Request::Disks => {

@@ -21,7 +21,7 @@ use lettre::{Message, SendmailTransport, SmtpTransport, Transport as _};
 
 use rust_i18n::t;
 
-use crate::backup::report::{Drill, Report, Status};
+use crate::backup::report::{Report, Status};
 use crate::config::{self, MailWhen, SmtpTls, Transport};
 use crate::engine::human;
 use crate::lang::Language;
@@ -154,7 +154,7 @@ impl BackupMail {
             out.push_str(&format!("{indent}{p}\n"));
         }
         if let Some(d) = &r.drill {
-            out.push_str(&format!("{}: {}\n", t!("mail.drill", locale = locale), drill_summary(lang, d)));
+            out.push_str(&format!("{}: {}\n", t!("mail.drill", locale = locale), d.summary_in(lang)));
             for p in &d.problems {
                 out.push_str(&format!("{indent}{p}\n"));
             }
@@ -212,15 +212,6 @@ impl BackupMail {
             .singlepart(SinglePart::plain(body))
             .singlepart(Attachment::new(name).body(log, ContentType::TEXT_PLAIN));
         build(cfg, self.subject(cfg.language), |b| b.multipart(parts))
-    }
-}
-
-/// The restore drill's outcome in one line, in `lang`.
-pub fn drill_summary(lang: Language, d: &Drill) -> Cow<'static, str> {
-    if d.passed {
-        t!("mail.drill_passed", locale = lang.code(), folder = d.folder, entries = d.entries)
-    } else {
-        t!("mail.drill_damaged", locale = lang.code(), folder = d.folder, count = d.problem_count)
     }
 }
 

@@ -26,7 +26,6 @@ use serde::Deserialize;
 use super::handlers::{attachment, csrf_refusal, form, html, known_name, not_found, notice_of, User};
 use super::pages::{layout, stamp, Ctx};
 use super::App;
-use crate::control::client;
 use crate::control::{Data, Reply, Request};
 use crate::engine::{archive, backups, fsx, human};
 use crate::state;
@@ -54,11 +53,8 @@ async fn opened(app: &App, user: &User, uuid: &str) -> Result<Opened, Response> 
     else {
         return Err(not_found(app, user));
     };
-    let config = app.config.clone();
-    let request = Request::Locate { name: name.clone() };
-    let reply = tokio::task::spawn_blocking(move || client::send(&config, &request)).await;
-    match reply {
-        Ok(Ok(Reply { ok: true, data: Some(Data::Located { disk }), .. })) if disk.opened => {
+    match app.ask(Request::Locate { name: name.clone() }).await {
+        Ok(Reply { ok: true, data: Some(Data::Located { disk }), .. }) if disk.opened => {
             Ok(Opened { uuid, name, mount: disk.mount })
         }
         _ => {
@@ -183,7 +179,7 @@ fn crumbs(ctx: &Ctx, disk: &Opened, rel: &Path) -> Markup {
             }
             " · "
             form method="post" action={"/disks/" (disk.uuid) "/close"} class="inline" {
-                @if let Some((_, csrf)) = &ctx.user { input type="hidden" name="csrf" value=(csrf); }
+                (ctx.csrf())
                 button type="submit" class="link dark" { (t!("web.close_disk", locale = ctx.lang.code())) }
             }
         }
@@ -441,7 +437,7 @@ fn restore_page(ctx: &Ctx, disk: &Opened, rel: &Path, confirm: Option<(&str, boo
             h1 { (title) }
             p { (t!("web.restore_text", locale = l, disk = disk.name)) }
             form method="post" action=(action) {
-                @if let Some((_, csrf)) = &ctx.user { input type="hidden" name="csrf" value=(csrf); }
+                (ctx.csrf())
                 @match confirm {
                     None => {
                         label for="to" { (t!("web.restore_to", locale = l)) }
@@ -505,12 +501,7 @@ pub async fn restore(
         overwrite,
         user: Some(user.session().user.clone()),
     };
-    let config = app.config.clone();
-    let reply =
-        tokio::task::spawn_blocking(move || client::send_waiting(&config, &request, RESTORE_PATIENCE))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r);
+    let reply = app.ask_waiting(request, RESTORE_PATIENCE).await;
     let notice = notice_of(&app, reply);
     log::info!(
         "web: {} restored {} from disk {} into {to}: {}",

@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, Query, State};
@@ -81,9 +82,14 @@ impl App {
     }
 
     /// Asks the daemon, off the async threads.
-    async fn ask(&self, request: Request) -> anyhow::Result<Reply> {
+    pub async fn ask(&self, request: Request) -> anyhow::Result<Reply> {
+        self.ask_waiting(request, client::REPLY_TIMEOUT).await
+    }
+
+    /// The same, waiting up to `patience` for the answer.
+    pub async fn ask_waiting(&self, request: Request, patience: Duration) -> anyhow::Result<Reply> {
         let config = self.config.clone();
-        tokio::task::spawn_blocking(move || client::send(&config, &request)).await?
+        blocking(move || client::send_waiting(&config, &request, patience)).await
     }
 }
 
@@ -381,7 +387,7 @@ fn history_view(config: &Config, q: HistoryQuery) -> anyhow::Result<HistoryView>
     Ok(HistoryView { rows, total, page, per_page: PER_PAGE, disk, status, disk_names: h.disk_names()? })
 }
 
-async fn blocking<T: Send + 'static>(
+pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f).await?

@@ -30,7 +30,7 @@ impl Ctx {
         t!(key, locale = self.lang.code()).into_owned()
     }
 
-    fn csrf(&self) -> Markup {
+    pub fn csrf(&self) -> Markup {
         html! {
             @if let Some((_, csrf)) = &self.user {
                 input type="hidden" name="csrf" value=(csrf);
@@ -443,7 +443,7 @@ pub fn backup(ctx: &Ctx, b: &BackupRow, log: Option<&str>, cut: bool) -> Markup 
                 }
                 @if let Some(d) = &b.drill {
                     dt { (ctx.t("mail.drill")) } dd {
-                        (crate::mail::drill_summary(ctx.lang, d))
+                        (d.summary_in(ctx.lang))
                         @for p in &d.problems { br; small { (p) } }
                     }
                 }
