@@ -85,19 +85,20 @@ async fn the_console_in_a_real_browser() {
     disk.attach();
     b.wait_text("form.unknown", &disk.uuid).await;
     assert!(b.still_marked().await, "the page was reloaded");
-    assert_eq!(b.find("form.unknown .label").await.text().await.unwrap(), XSS);
+    // (Other tests' disks, plugged in meanwhile, are offered here too.)
+    let form = format!("form.unknown[data-uuid='{}']", disk.uuid);
+    assert_eq!(b.find(&format!("{form} .label")).await.text().await.unwrap(), XSS);
     let scripts = b.client.execute("return document.scripts.length;", vec![]).await.unwrap();
     assert_eq!(scripts, serde_json::json!(1), "only the console's own script");
     assert!(b.client.get_alert_text().await.is_err(), "an alert opened");
     b.shots("dashboard-unknown-disk").await;
 
     // Name it and save it: it moves to the known disks.
-    let form = format!("form.unknown[data-uuid='{}']", disk.uuid);
     b.type_in(&format!("{form} input[name=name]"), "office").await;
     b.click(&format!("{form} button[type=submit]")).await;
     let row = b.wait_text("#known tr", "office").await;
     assert!(row.text().await.unwrap().contains("Connected"));
-    b.wait_gone("form.unknown").await;
+    b.wait_gone(&form).await;
     b.wait_text(".notice.ok", "office").await;
     assert!(env.cli(&["disks"]).ok().stdout.contains("office"));
 
