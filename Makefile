@@ -4,7 +4,8 @@
 #   sudo make install    install packages it needs, build, install, start the service
 #   make uninstall       remove what install put there (config and state are kept)
 #   make test            install what the tests need, run every test (as root for the disk tests)
-#   make lint            cargo fmt --check, clippy (warnings as errors), shellcheck on the scripts
+#   make lint            check-deps, cargo fmt --check, clippy (warnings as errors), shellcheck
+#   make check-deps      every program the tests, scripts, demo and bench call is installed by a *_DEPS list
 #   make deb             build target/tetras-back_<version>_<arch>.deb (then: sudo dpkg -i ...)
 #   make bench           the engines against cp, rsync, tar+gzip and rm on a generated tree
 #   sudo make demo       a tour: a disk image is saved, plugged in and backed up, events shown live
@@ -28,14 +29,16 @@ PROFILE     ?= release
 
 # Packages needed to build, and in addition to test (Debian names).
 BUILD_DEPS  := pkg-config libudev-dev gcc
-DEB_DEPS    := $(BUILD_DEPS) dpkg-dev binutils gzip
+DEB_DEPS    := $(BUILD_DEPS) dpkg-dev binutils gzip git
 # The service tests boot a Debian with systemd as PID 1 (../shared/tools/systemd-box).
+# Every program the tests, scripts, demo and bench call must come from these
+# lists or from an Essential/required package: `make check-deps` checks it.
 TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup time \
-               python3-aiosmtpd python3-prometheus-client systemd make openssl \
-               systemd-container mmdebstrap lintian \
+               python3-minimal python3-aiosmtpd python3-prometheus-client systemd make openssl \
+               systemd-container mmdebstrap lintian rsync procps \
                chromium chromium-driver btrfs-progs curl apache2-utils
-LINT_DEPS   := $(BUILD_DEPS) shellcheck
-BENCH_DEPS  := $(BUILD_DEPS) rsync python3 tar gzip coreutils time
+LINT_DEPS   := $(BUILD_DEPS) shellcheck python3-minimal
+BENCH_DEPS  := $(BUILD_DEPS) rsync python3-minimal python3 tar gzip coreutils time
 
 # make bench: where the generated tree and the copies go, and runs per figure.
 BENCH_DIR   ?= target/bench
@@ -57,7 +60,7 @@ VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
 DEB      := target/tetras-back_$(VERSION)_$(DEB_ARCH).deb
 
-.PHONY: all build deps test-deps install uninstall test lint bench demo deb check-cargo
+.PHONY: all build deps test-deps check-deps install uninstall test lint bench demo deb check-cargo
 
 all: build
 
@@ -150,7 +153,13 @@ deb: check-cargo
 	rm -rf target/deb-root
 	@echo "Built $(DEB); install it with: sudo dpkg -i $(DEB)"
 
-test: test-deps check-cargo
+# Fails, naming the program and the file that calls it, when a program that
+# the tests, scripts, demo or bench call comes from no package listed above.
+check-deps:
+	$(call apt_install,python3-minimal)
+	/usr/bin/python3 tests/check-deps "test=$(TEST_DEPS)" "bench=$(BENCH_DEPS)"
+
+test: test-deps check-deps check-cargo
 	@# The disk tests need real udev events: tests/with-udevd starts a udevd if none runs.
 	@# --features failpoints compiles in the fault-injection points (tests/faults.rs);
 	@# --show-output prints what passing tests measured (delays, the storm, the fault matrix).
@@ -158,6 +167,7 @@ test: test-deps check-cargo
 
 lint: check-cargo
 	$(call apt_install,$(LINT_DEPS))
+	@$(MAKE) --no-print-directory check-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets --features failpoints -- -D warnings

@@ -161,3 +161,38 @@ fn the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog() {
     // Four pings in well under four intervals: the loop wakes up by itself.
     assert!(start.elapsed() < std::time::Duration::from_secs(4), "{:?}: {said:?}", start.elapsed());
 }
+
+/// A Makefile variable's value, as make expands it.
+fn make_var(name: &str) -> String {
+    let eval = format!("print-var:;@echo $({name})");
+    let out = Command::new("make")
+        .args(["-s", "-C", env!("CARGO_MANIFEST_DIR"), "--eval", &eval, "print-var"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make --eval {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `make check-deps` passes with the Makefile's lists, and fails naming the
+/// program and its callers when a package is left out of TEST_DEPS (rsync,
+/// which only `make bench` installed once, and CI hid it).
+#[test]
+fn check_deps_names_a_program_whose_package_no_list_installs() {
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check-deps");
+    let (test, bench) = (make_var("TEST_DEPS"), make_var("BENCH_DEPS"));
+    let run = |test: &str| {
+        let out =
+            Command::new(&check).arg(format!("test={test}")).arg(format!("bench={bench}")).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, said) = run(&test);
+    assert!(ok, "check-deps fails with the Makefile's own lists:\n{said}");
+    let without: Vec<&str> = test.split_whitespace().filter(|p| *p != "rsync").collect();
+    let (ok, said) = run(&without.join(" "));
+    assert!(!ok, "check-deps passed without rsync in TEST_DEPS:\n{said}");
+    let line = said.lines().find(|l| l.starts_with("check-deps: rsync:")).unwrap_or_else(|| panic!("{said}"));
+    assert!(line.contains("tests/engines.rs") && line.contains("TEST_DEPS"), "{line}");
+}
