@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::browser::{add_user, curl, curl_login, curl_to, Browser, WebConsole};
+use common::browser::{
+    add_user, curl, curl_csrf, curl_login, curl_to, login_token, raw_login, Browser, WebConsole,
+};
 use common::disk::*;
 use common::smtp::{free_port, SmtpServer};
 use common::*;
@@ -40,7 +42,7 @@ async fn the_console_in_a_real_browser() {
     );
     env.write_config(&format!(
         "[[scripts]]\nname = \"backup_web.sh\"\n[mail]\nwhen = \"never\"\n{}",
-        WebConsole::config(&env, port, None)
+        WebConsole::config_with_admins(&env, port, None, &["alice"])
     ));
     let mut daemon = Some(env.start_daemon());
     // No user yet: the console says how to make one, and serves nothing else.
@@ -334,7 +336,7 @@ async fn files_come_back_through_the_console() {
     install_shipped_scripts(&env.path("scripts"));
     env.write_config(&format!(
         "[[scripts]]\nname = \"backup_nocloud.sh\"\nargs = [\"--data\"]\n[mail]\nwhen = \"never\"\n{}",
-        WebConsole::config(&env, port, None)
+        WebConsole::config_with_admins(&env, port, None, &["alice"])
     ));
     let data = env.path("data");
     std::fs::create_dir_all(data.join("docs/sub")).unwrap();
@@ -358,6 +360,7 @@ async fn files_come_back_through_the_console() {
 
     let b = Browser::start(false).await;
     b.login(&web.url, "alice", "pw").await;
+    b.wait_text("#daemon", "Running").await;
     let row = format!("tr[data-uuid='{}']", disk.uuid);
     // Not opened yet: browsing says how to open it.
     let cookie = cookie_header(b.client.get_named_cookie("tb_session").await.unwrap().value());
@@ -417,8 +420,16 @@ async fn files_come_back_through_the_console() {
     let inner = rel_docs.split_once('/').unwrap().1;
     assert_eq!(std::fs::read(to.join(inner).join("report.txt")).unwrap(), report);
     let tool = std::fs::symlink_metadata(to.join(inner).join("tool")).unwrap();
-    assert_eq!(tool.permissions().mode() & 0o7777, 0o4755, "set-uid kept");
+    assert_eq!(tool.permissions().mode() & 0o7777, 0o755, "a console restore makes no set-uid file");
     assert_eq!(std::fs::read_link(to.join(inner).join("escape")).unwrap(), Path::new("/etc"));
+    // Outside `[web] restore_to`: refused, naming the key.
+    let outside = format!("/var/tmp/tetras-console-escape-{}", std::process::id());
+    b.client.goto(&format!("{base}/restore/{rel_docs}")).await.unwrap();
+    b.type_in("#to", &outside).await;
+    b.click("main form button[type=submit]").await;
+    b.click("#confirm-restore").await;
+    b.wait_text(".notice.bad", "restore_to").await;
+    assert!(!Path::new(&outside).exists(), "nothing written outside the restore roots");
     // Again: what is there is refused, and said so.
     b.client.goto(&format!("{base}/restore/{rel_docs}")).await.unwrap();
     b.type_in("#to", to.to_str().unwrap()).await;
@@ -432,5 +443,258 @@ async fn files_come_back_through_the_console() {
     sub.until_about("safe_to_remove", &disk.uuid);
     assert_eq!(curl(&["-H", &cookie, &format!("{base}/browse")]).0, 409);
     b.client.clone().close().await.unwrap();
+    disk.detach();
+}
+
+/// Logins are throttled before their password is checked: 60 wrong ones at
+/// once from one address get at most 10 checked (401), the others 429;
+/// once 10 have failed, a burst with the right password among wrong ones
+/// does not log in.
+#[test]
+fn logins_at_once_are_throttled_before_they_are_checked() {
+    let env = TestEnv::new();
+    let port = free_port();
+    env.write_config(&WebConsole::config(&env, port, None));
+    add_user(&env, "alice", "right one");
+    let web = WebConsole::start(&env, port, false);
+    let token = login_token(&web.url);
+    let burst = |passwords: Vec<String>| -> Vec<u16> {
+        let start = std::sync::Arc::new(std::sync::Barrier::new(passwords.len()));
+        let threads: Vec<_> = passwords
+            .into_iter()
+            .map(|pw| {
+                let (start, token) = (start.clone(), token.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    raw_login(port, &token, "alice", &pw)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    let count = |codes: &[u16], code: u16| codes.iter().filter(|&&c| c == code).count();
+
+    let codes = burst((0..60).map(|i| format!("wrong {i}")).collect());
+    let (checked, refused) = (count(&codes, 401), count(&codes, 429));
+    println!("60 wrong logins at once: {checked} checked (401), {refused} refused (429)");
+    assert!((1..=10).contains(&checked), "{checked} passwords checked: {codes:?}");
+    assert_eq!(checked + refused, 60, "{codes:?}");
+
+    // One at a time, until the address is locked out: 10 checked in all.
+    let mut more = 0;
+    while raw_login(port, &token, "alice", "wrong again") == 401 {
+        more += 1;
+        assert!(checked + more <= 10, "more than 10 passwords were checked");
+    }
+    assert_eq!(checked + more, 10, "locked out before 10 failures");
+
+    // The right password in a burst of wrong ones: refused with them.
+    let mut passwords: Vec<String> = (0..50).map(|i| format!("guess {i}")).collect();
+    passwords.insert(25, "right one".into());
+    let codes = burst(passwords);
+    assert_eq!(count(&codes, 429), 51, "{codes:?}");
+    assert_eq!(raw_login(port, &token, "alice", "right one"), 429);
+    let log = web.log_text();
+    assert!(log.contains("failed login as \"alice\" from 127.0.0.1 (10 in a row)"), "{log}");
+    assert!(!log.contains("(11 in a row)"), "{log}");
+    assert!(!log.contains("alice (operator) logged in"), "{log}");
+}
+
+/// A session ends when its user is removed from the users file or given
+/// another password (the event stream too); other users' sessions go on.
+#[test]
+fn a_removed_user_or_a_new_password_ends_the_session() {
+    let env = TestEnv::new();
+    let port = free_port();
+    env.write_config(&WebConsole::config(&env, port, None));
+    for user in ["alice", "bob", "carol"] {
+        add_user(&env, user, "pw");
+    }
+    let web = WebConsole::start(&env, port, false);
+    let jar = |user: &str| env.path(&format!("jar-{user}"));
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(curl_login(&web.url, &jar(user), user, "pw"), 303, "{user}");
+    }
+    let get =
+        |user: &str, path: &str| curl(&["-b", jar(user).to_str().unwrap(), &format!("{}{path}", web.url)]);
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(get(user, "/").0, 200, "{user}");
+    }
+    // carol follows the live events meanwhile.
+    let mut events = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", "60", "-b", jar("carol").to_str().unwrap()])
+        .arg(format!("{}/events", web.url))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    env.cli(&["web-passwd", "alice", "--delete"]).ok();
+    let (code, head) = get("alice", "/");
+    assert_eq!(code, 303, "a removed user's session still works: {head}");
+    assert!(head.to_lowercase().contains("location: /login"), "{head}");
+    assert_eq!(get("alice", "/api/status").0, 401);
+    add_user(&env, "alice", "pw");
+    assert_eq!(get("alice", "/").0, 303, "the ended session came back with the user");
+
+    add_user(&env, "bob", "another pw");
+    assert_eq!(get("bob", "/").0, 303, "the session outlived the password");
+    assert_eq!(curl_login(&web.url, &jar("bob"), "bob", "pw"), 401);
+    assert_eq!(curl_login(&web.url, &jar("bob"), "bob", "another pw"), 303);
+    assert_eq!(get("bob", "/").0, 200);
+    assert_eq!(get("carol", "/").0, 200, "another user's session ended");
+    assert!(events.try_wait().unwrap().is_none(), "carol's event stream ended");
+
+    // Her event stream ends with her (within its 5 s check).
+    env.cli(&["web-passwd", "carol", "--delete"]).ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while events.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the event stream outlived its session");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get("carol", "/events").0, 401);
+    let log = web.log_text();
+    assert!(log.contains("the session of alice ended: they are no longer in the users file"), "{log}");
+    assert!(log.contains("the session of bob ended: their password changed"), "{log}");
+}
+
+/// Roles: an operator (a console user `web.admins` does not name) sees the
+/// disks, backs up, opens and closes, but is not shown Save, Forget nor
+/// Browse, and is refused (403) saving, forgetting, browsing, downloads and
+/// restores; an admin may. Nobody gets the disk's own folder, `.tetras-back/`
+/// (its identity token): 404 in browse, file, folder download and restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_and_admins_and_the_disks_own_folder() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let port = free_port();
+    script(&env.path("scripts"), "backup_note.sh", "echo kept > \"$TETRAS_BACK_MOUNT/note.txt\"", 0o755);
+    env.write_config(&format!(
+        "[[scripts]]\nname = \"backup_note.sh\"\n[mail]\nwhen = \"never\"\n{}",
+        WebConsole::config_with_admins(&env, port, None, &["alice"])
+    ));
+    let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 32);
+    env.cli(&["save", &disk.uuid, "office"]).ok();
+    let _daemon = env.start_daemon();
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    add_user(&env, "alice", "admin pw");
+    add_user(&env, "bob", "operator pw");
+    let web = WebConsole::start(&env, port, false);
+    disk.attach();
+    assert_eq!(sub.until_about("backup_finished", &disk.uuid).pop().unwrap()["status"], "success");
+    sub.until_about("safe_to_remove", &disk.uuid);
+    let mut stranger = LoopDisk::create(env.root(), "ext4", &random_uuid(), 32);
+    stranger.attach();
+    sub.until_about("unknown_disk", &stranger.uuid);
+
+    // The operator's dashboard: Back up now and Open, no Forget; the
+    // unknown disk is shown, without a way to save it.
+    let b = Browser::start(false).await;
+    b.login(&web.url, "bob", "operator pw").await;
+    let row = format!("tr[data-uuid='{}']", disk.uuid);
+    let unknown = format!(".unknown[data-uuid='{}']", stranger.uuid);
+    b.wait_text(&row, "Connected").await;
+    b.wait_text(&unknown, &stranger.uuid).await;
+    b.find(&format!("{row} button.backup")).await;
+    for absent in [
+        format!("{row} button.forget"),
+        format!("form{unknown}"),
+        format!("{unknown} input"),
+        format!("{unknown} button"),
+    ] {
+        assert_eq!(b.count(&absent).await, 0, "{absent} is shown");
+    }
+    b.shots("dashboard-operator").await;
+    // Open: it stays on the dashboard, with Close and without Browse.
+    b.click(&format!("{row} button.open")).await;
+    sub.until_about("disk_opened", &disk.uuid);
+    b.wait_text(&row, "Opened for restore").await;
+    assert_eq!(b.path().await, "/");
+    b.find(&format!("{row} button.close")).await;
+    assert_eq!(b.count(&format!("{row} a.browse")).await, 0, "Browse is shown");
+    let mount = env.path("mnt").join(&disk.uuid);
+    assert!(mount.join(".tetras-back/disk-id").is_file(), "the disk has no identity token to hide");
+
+    // What only admins may do: refused, whatever the operator sends.
+    let jar = env.path("jar-bob");
+    assert_eq!(curl_login(&web.url, &jar, "bob", "operator pw"), 303);
+    let csrf = curl_csrf(&web.url, &jar);
+    let base = format!("{}/disks/{}", web.url, disk.uuid);
+    let as_bob = |args: &[&str]| curl(&[&["-b", jar.to_str().unwrap()][..], args].concat());
+    for path in ["browse", "browse/x", "file/note.txt", "tar/x", "restore/x/y", "file/.tetras-back/disk-id"] {
+        let (code, page) = as_bob(&[&format!("{base}/{path}")]);
+        assert_eq!(code, 403, "{path}: {page}");
+        assert!(page.contains("Administrators only"), "{path}: {page}");
+    }
+    let to = env.path("restored-by-bob");
+    for (path, form) in [
+        (format!("{}/disks/{}/save", web.url, stranger.uuid), format!("csrf={csrf}&name=stolen")),
+        (format!("{base}/forget"), format!("csrf={csrf}&confirm=yes")),
+        (format!("{base}/restore/x/y"), format!("csrf={csrf}&to={}&confirm=yes", to.display())),
+    ] {
+        assert_eq!(as_bob(&["-d", &form, &path]).0, 403, "{path}");
+    }
+    let disks = env.cli(&["disks"]).ok().stdout;
+    assert!(disks.contains("office") && !disks.contains("stolen"), "{disks}");
+    assert!(!to.exists());
+    let log = web.log_text();
+    assert!(log.contains("web: bob (an operator) asked for POST \"/disks/"), "{log}");
+    // In the browser: the page says why.
+    b.client.goto(&format!("{base}/browse")).await.unwrap();
+    b.wait_text("h1", "Administrators only").await;
+    b.wait_text("main p", "bob").await;
+    b.shots("forbidden-operator").await;
+    b.client.goto(&format!("{}/", web.url)).await.unwrap();
+    b.click("header form button").await;
+    b.wait_text("h1", "Log in").await;
+
+    // The admin: Browse, Forget and Save are there, and work.
+    b.login(&web.url, "alice", "admin pw").await;
+    b.wait_text(&row, "Opened for restore").await;
+    b.find(&format!("{row} button.forget")).await;
+    b.find(&format!("form{unknown} input[name=name]")).await;
+    b.shots("dashboard-admin").await;
+    b.click(&format!("{row} a.browse")).await;
+    b.wait_text("h1", "Backups on office").await;
+    let jar = env.path("jar-alice");
+    assert_eq!(curl_login(&web.url, &jar, "alice", "admin pw"), 303);
+    let csrf = curl_csrf(&web.url, &jar);
+    let as_alice = |args: &[&str]| curl(&[&["-b", jar.to_str().unwrap()][..], args].concat());
+    let (code, note) = as_alice(&[&format!("{base}/file/note.txt")]);
+    assert!(code == 200 && note.ends_with("kept\n"), "{code}: {note}");
+    // Never the disk's own folder, by any name of it.
+    for path in [
+        "file/.tetras-back/disk-id",
+        "file//.tetras-back/disk-id",
+        "file/.TETRAS-BACK/disk-id",
+        "file/.tetras-back./disk-id",
+        "browse/.tetras-back",
+        "browse/.tetras-back/",
+        "tar/.tetras-back",
+        "restore/.tetras-back/disk-id",
+    ] {
+        let (code, page) = as_alice(&["--path-as-is", &format!("{base}/{path}")]);
+        assert_eq!(code, 404, "{path}: {page}");
+    }
+    let to = env.path("restored-by-alice");
+    let form = format!("csrf={csrf}&to={}&confirm=yes", to.display());
+    assert_eq!(as_alice(&["-d", &form, &format!("{base}/restore/.tetras-back/disk-id")]).0, 404);
+    assert!(!to.exists(), "the identity token was restored");
+    // The disk's root, if listed, does not show it.
+    let (code, root) = as_alice(&[&format!("{base}/browse/")]);
+    assert!(!root.contains("/.tetras-back") && !root.contains(">.tetras-back"), "{code}: {root}");
+    let log = web.log_text();
+    assert!(log.contains("alice asked for \".tetras-back/disk-id\" on disk office; refused"), "{log}");
+
+    b.click("nav.crumbs button").await;
+    sub.until_about("safe_to_remove", &disk.uuid);
+    // A new password ends the session: the dashboard left open goes to the
+    // login form by itself.
+    b.wait_text(&row, "Connected").await;
+    add_user(&env, "alice", "new admin pw");
+    b.wait_text("h1", "Log in").await;
+    assert_eq!(b.path().await, "/login");
+    b.client.clone().close().await.unwrap();
+    stranger.detach();
     disk.detach();
 }

@@ -3,11 +3,15 @@
 //! downloads of files (with ranges) and of folders as `.tar.gz` streams,
 //! and "restore to..." a server path, done by the daemon with `restore`'s
 //! rules once confirmed. Paths come from the URL and are resolved beneath
-//! the disk's mount point: no `..`, no symbolic link followed (404).
+//! the disk's mount point: no `..`, no symbolic link followed (404). The
+//! disk's own folder, `.tetras-back/` (its identity token, any key
+//! material), is never listed, served nor restored (404). All of it is for
+//! admins only (`Admin`); operators may open and close a disk.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use maud::{html, Markup};
 use rust_i18n::t;
 use serde::Deserialize;
 
-use super::handlers::{attachment, csrf_refusal, form, html, known_name, not_found, notice_of, User};
+use super::handlers::{attachment, csrf_refusal, form, html, known_name, not_found, notice_of, Admin, User};
 use super::pages::{layout, stamp, Ctx};
 use super::App;
 use crate::control::{Data, Reply, Request};
@@ -38,6 +42,9 @@ const PER_PAGE: usize = 200;
 /// How long a restore asked from the console may take before the page
 /// stops waiting (the daemon finishes it anyway, and logs it).
 const RESTORE_PATIENCE: Duration = Duration::from_secs(3600);
+/// The disk's own folder at its root (`backup::identity`'s): its identity
+/// token, and any key material later.
+const PRIVATE: &str = ".tetras-back";
 
 /// An opened disk: where it is mounted.
 struct Opened {
@@ -78,9 +85,40 @@ async fn target(
     depth: usize,
 ) -> Result<(Opened, PathBuf), Response> {
     let disk = opened(app, user, uuid).await?;
-    match relative(path).filter(|r| r.components().count() >= depth) {
-        Some(rel) => Ok((disk, rel)),
-        None => Err(not_found(app, user)),
+    let Some(rel) = relative(path).filter(|r| r.components().count() >= depth) else {
+        return Err(not_found(app, user));
+    };
+    let (mount, at) = (disk.mount.clone(), rel.clone());
+    let private = tokio::task::spawn_blocking(move || {
+        let first = at.iter().next()?;
+        let root = fsx::open_dir_strict(&mount).ok()?;
+        Some(is_private(root.as_fd(), first))
+    })
+    .await;
+    match private {
+        Ok(Some(false)) => Ok((disk, rel)),
+        // The root itself (nothing to hide in its name; its listing hides).
+        Ok(None) if rel.as_os_str().is_empty() => Ok((disk, rel)),
+        _ => {
+            log::warn!("web: {} asked for {:?} on disk {}; refused", user.session().user, rel, disk.name);
+            Err(not_found(app, user))
+        }
+    }
+}
+
+/// Whether `name`, at the disk's root `root`, is the disk's own folder:
+/// by its name whatever its case (vfat, exfat and ntfs3 ignore it, and vfat
+/// trailing dots), or as any other name of the same folder (a short 8.3
+/// name, for one).
+fn is_private(root: BorrowedFd, name: &OsStr) -> bool {
+    let bytes = name.as_bytes();
+    let trimmed = &bytes[..bytes.iter().rposition(|&b| b != b'.' && b != b' ').map_or(0, |i| i + 1)];
+    if trimmed.eq_ignore_ascii_case(PRIVATE.as_bytes()) {
+        return true;
+    }
+    match (fsx::lstat_at(root, OsStr::new(PRIVATE)), fsx::lstat_at(root, name)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
     }
 }
 
@@ -135,9 +173,13 @@ struct Entry {
     modified: Option<DateTime<Local>>,
 }
 
-fn list(dir: &OwnedFd) -> std::io::Result<Vec<Entry>> {
+/// The entries of `dir`; at the disk's root (`root`), without its own folder.
+fn list(dir: &OwnedFd, root: bool) -> std::io::Result<Vec<Entry>> {
     let mut out = Vec::new();
     for name in fsx::read_names(dir.as_fd())? {
+        if root && is_private(dir.as_fd(), &name) {
+            continue;
+        }
         let Ok(st) = fsx::lstat_at(dir.as_fd(), &name) else { continue };
         let kind = fsx::kind(&st);
         use nix::sys::stat::SFlag;
@@ -192,7 +234,11 @@ pub struct PageQuery {
 }
 
 /// `/disks/{uuid}/browse`: the disk's backups, newest first.
-pub async fn backups_page(State(app): AppState, user: User, UrlPath(uuid): UrlPath<String>) -> Response {
+pub async fn backups_page(
+    State(app): AppState,
+    Admin(user): Admin,
+    UrlPath(uuid): UrlPath<String>,
+) -> Response {
     let disk = match opened(&app, &user, &uuid).await {
         Ok(d) => d,
         Err(r) => return r,
@@ -236,7 +282,7 @@ pub async fn backups_page(State(app): AppState, user: User, UrlPath(uuid): UrlPa
 /// `/disks/{uuid}/browse/{path}`: a folder of a backup, paged.
 pub async fn folder_page(
     State(app): AppState,
-    user: User,
+    Admin(user): Admin,
     UrlPath((uuid, path)): UrlPath<(String, String)>,
     Query(q): Query<PageQuery>,
 ) -> Response {
@@ -245,7 +291,8 @@ pub async fn folder_page(
         Err(r) => return r,
     };
     let (mount, at) = (disk.mount.clone(), rel.clone());
-    let entries = tokio::task::spawn_blocking(move || open_dir(&mount, &at).map(|d| list(&d))).await;
+    let root = rel.as_os_str().is_empty();
+    let entries = tokio::task::spawn_blocking(move || open_dir(&mount, &at).map(|d| list(&d, root))).await;
     let Ok(Some(Ok(entries))) = entries else { return not_found(&app, &user) };
     let ctx = app.ctx(Some(user.session()));
     let l = ctx.lang.code();
@@ -305,7 +352,7 @@ pub async fn folder_page(
 /// `/disks/{uuid}/file/{path}`: a file, streamed; one byte range on request.
 pub async fn file(
     State(app): AppState,
-    user: User,
+    Admin(user): Admin,
     UrlPath((uuid, path)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -380,7 +427,7 @@ impl Write for ToBody {
 /// `/disks/{uuid}/tar/{path}`: a folder as a `.tar.gz`, made while it is sent.
 pub async fn folder_tar(
     State(app): AppState,
-    user: User,
+    Admin(user): Admin,
     UrlPath((uuid, path)): UrlPath<(String, String)>,
 ) -> Response {
     let (disk, rel) = match target(&app, &user, &uuid, &path, 1).await {
@@ -416,7 +463,7 @@ pub async fn folder_tar(
 /// `/disks/{uuid}/restore/{path}`: where to restore it.
 pub async fn restore_form(
     State(app): AppState,
-    user: User,
+    Admin(user): Admin,
     UrlPath((uuid, path)): UrlPath<(String, String)>,
 ) -> Response {
     let (disk, rel) = match target(&app, &user, &uuid, &path, 2).await {
@@ -469,7 +516,7 @@ fn restore_page(ctx: &Ctx, disk: &Opened, rel: &Path, confirm: Option<(&str, boo
 /// The restore form's answer: a confirmation first, then the daemon restores.
 pub async fn restore(
     State(app): AppState,
-    user: User,
+    Admin(user): Admin,
     UrlPath((uuid, path)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -541,7 +588,9 @@ async fn open_or_close(app: Arc<App>, user: User, uuid: String, body: Bytes, ope
     } else {
         (format!("closed {name}"), Request::Close { name })
     };
-    let back = if open { format!("/disks/{uuid}/browse") } else { "/".to_owned() };
+    // Operators open a disk for an admin to browse: they stay on the dashboard.
+    let browse = open && app.role(&user.session().user) == super::users::Role::Admin;
+    let back = if browse { format!("/disks/{uuid}/browse") } else { "/".to_owned() };
     super::handlers::act(&app, &user, what, request, &back).await
 }
 
@@ -558,5 +607,59 @@ mod tests {
             assert_eq!(relative(bad), None, "{bad:?}");
         }
         assert_eq!(href(Path::new("a b/é#?")), "a%20b/%C3%A9%23%3F");
+    }
+
+    #[test]
+    fn the_disks_own_folder_is_private_by_any_name() {
+        let disk = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(disk.path().join(".tetras-back")).unwrap();
+        std::fs::write(disk.path().join(".tetras-back/disk-id"), "secret").unwrap();
+        std::fs::create_dir_all(disk.path().join("2024-01-01_00-00-00_x/.tetras-back")).unwrap();
+        std::fs::write(disk.path().join("note.txt"), "kept").unwrap();
+        // Another name of the same folder (what a bind mount, or vfat's
+        // short names, would give).
+        std::fs::create_dir(disk.path().join("alias")).unwrap();
+        #[derive(Debug)]
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let alias = disk.path().join("alias");
+        let bind = nix::mount::mount(
+            Some(&disk.path().join(".tetras-back")),
+            &alias,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map(|()| Unmount(alias));
+        assert!(bind.is_ok() || !nix::unistd::geteuid().is_root(), "cannot bind-mount: {bind:?}");
+        let root = fsx::open_dir_strict(disk.path()).unwrap();
+        for name in [".tetras-back", ".TETRAS-BACK", ".Tetras-Back", ".tetras-back.", ".tetras-back . "] {
+            assert!(is_private(root.as_fd(), OsStr::new(name)), "{name:?}");
+        }
+        for name in ["note.txt", "tetras-back", ".tetras-backup", "2024-01-01_00-00-00_x", "missing", ""] {
+            assert!(!is_private(root.as_fd(), OsStr::new(name)), "{name:?}");
+        }
+        let names = |at_root| -> Vec<String> {
+            let dir = open_dir(disk.path(), Path::new("")).unwrap();
+            list(&dir, at_root).unwrap().into_iter().map(|e| e.name).collect()
+        };
+        let shown = names(true);
+        assert!(!shown.contains(&".tetras-back".to_owned()), "{shown:?}");
+        assert!(
+            shown.contains(&"note.txt".to_owned()) && shown.contains(&"2024-01-01_00-00-00_x".to_owned())
+        );
+        if bind.is_ok() {
+            assert!(is_private(root.as_fd(), OsStr::new("alias")), "the same folder by another name");
+            assert!(!shown.contains(&"alias".to_owned()), "{shown:?}");
+        }
+        drop(bind);
+        assert!(names(false).contains(&".tetras-back".to_owned()), "only the root hides it");
+        // Within a backup, a folder of that name is a backed-up folder.
+        let dated = open_dir(disk.path(), Path::new("2024-01-01_00-00-00_x")).unwrap();
+        assert!(list(&dated, false).unwrap().iter().any(|e| e.name == ".tetras-back"));
     }
 }

@@ -1,6 +1,9 @@
 //! The console's routes. Every one but `/login` and the static assets
 //! needs a session (`User`): pages answer 303 to `/login`, the API and the
-//! event stream 401. Every POST carries the session's CSRF token.
+//! event stream 401. A session lasts while its user is in the users file
+//! with the password they logged in with. Saving and forgetting disks,
+//! browsing, downloads and restores need an admin (`Admin`): operators get
+//! 403. Every POST carries the session's CSRF token.
 
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
@@ -26,8 +29,8 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::link::Live;
 use super::pages::{self, Ctx, Dashboard, HistoryView};
-use super::session::{self, Notice, Session, MAX_FAILURES};
-use super::users::Users;
+use super::session::{self, Notice, Refusal, Session, MAX_FAILURES};
+use super::users::{Role, Users};
 use super::App;
 use crate::backup::report::Status;
 use crate::config::Config;
@@ -46,6 +49,8 @@ const FRAGMENT_HEADER: &str = "x-tetras-fragment";
 const LOG_SHOWN: u64 = 1 << 20;
 /// Backups per history page.
 const PER_PAGE: u64 = 25;
+/// How often a live event stream checks that its session may go on.
+const SESSION_CHECK: Duration = Duration::from_secs(5);
 
 type AppState = State<Arc<App>>;
 
@@ -55,7 +60,37 @@ impl App {
             lang: self.lang,
             host: self.host.clone(),
             user: session.map(|s| (s.user.clone(), s.csrf.clone())),
+            admin: session.is_some_and(|s| self.role(&s.user) == Role::Admin),
             notice: session.and_then(|s| self.sessions.take_notice(&s.id)),
+        }
+    }
+
+    pub fn role(&self, user: &str) -> Role {
+        Role::of(&self.config.web, user)
+    }
+
+    /// The session `id` if it is live and its user may still use it (in
+    /// `users`, with the password they logged in with); one that may not
+    /// is ended. `touch`: it is used now.
+    fn session(&self, id: &str, users: &anyhow::Result<Arc<Users>>, touch: bool) -> Option<Session> {
+        self.sessions.get_checked(id, touch, |s| {
+            let now = users.as_ref().ok().map(|u| u.fingerprint(&s.user));
+            let why = match now {
+                Some(Some(f)) if session::same_token(&f, &s.fingerprint) => return true,
+                Some(Some(_)) => "their password changed",
+                Some(None) => "they are no longer in the users file",
+                None => "the users file cannot be read",
+            };
+            log::warn!("web: the session of {} ended: {why}", s.user);
+            false
+        })
+    }
+
+    /// The users file as the middleware read it for this request.
+    fn users_of(&self, extensions: &axum::http::Extensions) -> anyhow::Result<Arc<Users>> {
+        match extensions.get::<Arc<Users>>() {
+            Some(u) => Ok(u.clone()),
+            None => Ok(Arc::new(Users::load(&self.config.web.users_file)?)),
         }
     }
 
@@ -121,7 +156,10 @@ impl FromRequestParts<Arc<App>> for User {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<User, Response> {
-        if let Some(s) = cookie_value(&parts.headers, SESSION_COOKIE).and_then(|id| app.sessions.get(&id)) {
+        let users = app.users_of(&parts.extensions);
+        if let Some(s) =
+            cookie_value(&parts.headers, SESSION_COOKIE).and_then(|id| app.session(&id, &users, true))
+        {
             return Ok(User(s));
         }
         let path = parts.uri.path();
@@ -131,6 +169,36 @@ impl FromRequestParts<Arc<App>> for User {
         }
         Err(Redirect::to("/login").into_response())
     }
+}
+
+/// A logged-in admin (`web.admins`): anyone else is refused, 403.
+pub struct Admin(pub User);
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Admin, Response> {
+        let user = User::from_request_parts(parts, app).await?;
+        if app.role(&user.0.user) == Role::Admin {
+            return Ok(Admin(user));
+        }
+        log::warn!(
+            "web: {} (an operator) asked for {} {:?}; refused: for admins only",
+            user.0.user,
+            parts.method,
+            parts.uri.path()
+        );
+        Err(forbidden(app, &user))
+    }
+}
+
+/// What an operator gets for what only admins may do.
+pub fn forbidden(app: &App, user: &User) -> Response {
+    let text = t!("web.admins_only", locale = app.lang.code(), user = user.0.user.as_str());
+    html(
+        StatusCode::FORBIDDEN,
+        pages::message(&app.ctx(Some(&user.0)), &app.t("web.admins_only_title"), &text),
+    )
 }
 
 /// A form's fields, read whatever the content type (a missing or foreign
@@ -190,8 +258,13 @@ pub async fn fallback(State(app): AppState, user: User) -> Response {
 
 // ---------------------------------------------------------------- login
 
-pub async fn login_form(State(app): AppState, headers: HeaderMap) -> Response {
-    if cookie_value(&headers, SESSION_COOKIE).and_then(|id| app.sessions.get(&id)).is_some() {
+pub async fn login_form(
+    State(app): AppState,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Response {
+    let users = app.users_of(&extensions);
+    if cookie_value(&headers, SESSION_COOKIE).and_then(|id| app.session(&id, &users, false)).is_some() {
         return Redirect::to("/").into_response();
     }
     login_page(&app, &headers, StatusCode::OK, None)
@@ -215,34 +288,57 @@ pub async fn login(
     body: Bytes,
 ) -> Response {
     let ip = peer.ip();
-    if let Some(wait) = app.throttle.wait(ip) {
-        log::warn!("web: login from {ip} refused: too many failures");
-        let minutes = wait.as_secs().div_ceil(60);
-        let text = t!("web.throttled", locale = app.lang.code(), minutes = minutes);
-        return login_page(&app, &headers, StatusCode::TOO_MANY_REQUESTS, Some(&text));
-    }
     let f = form(&body);
     let expected = cookie_value(&headers, LOGIN_COOKIE).unwrap_or_default();
     if !f.csrf.as_deref().is_some_and(|t| !expected.is_empty() && session::same_token(t, &expected)) {
         return login_page(&app, &headers, StatusCode::FORBIDDEN, Some(&app.t("web.csrf_text")));
     }
+    // The attempt counts as a failure before its password is checked: as
+    // many at once as there are, no more than MAX_FAILURES get checked.
+    let attempt = match app.throttle.begin(ip) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let (text, wait) = match refusal {
+                Refusal::Locked(wait) => {
+                    log::warn!("web: login from {ip} refused: too many failures");
+                    let minutes = wait.as_secs().div_ceil(60);
+                    (t!("web.throttled", locale = app.lang.code(), minutes = minutes).into_owned(), wait)
+                }
+                Refusal::Busy => {
+                    log::warn!("web: login from {ip} refused: its other logins are being checked");
+                    (app.t("web.login_busy"), Duration::from_secs(1))
+                }
+            };
+            let mut res = login_page(&app, &headers, StatusCode::TOO_MANY_REQUESTS, Some(&text));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+            return res;
+        }
+    };
+    let count = attempt.count();
     let (name, password) = (f.username.unwrap_or_default(), f.password.unwrap_or_default());
     let users_file = app.config.web.users_file.clone();
     let (who, pw) = (name.clone(), password);
-    let ok = tokio::task::spawn_blocking(move || Users::load(&users_file).is_ok_and(|u| u.verify(&who, &pw)))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        let count = app.throttle.failed(ip);
+    // The attempt goes with the check: it ends when bcrypt is done, even
+    // if the request was abandoned meanwhile.
+    let fingerprint = tokio::task::spawn_blocking(move || {
+        let print = Users::load(&users_file).ok().and_then(|u| u.check(&who, &pw));
+        if print.is_some() {
+            attempt.succeeded();
+        }
+        print
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(fingerprint) = fingerprint else {
         log::warn!("web: failed login as {name:?} from {ip} ({count} in a row)");
         if count >= MAX_FAILURES {
             log::warn!("web: {ip} may not log in for the next 15 minutes");
         }
         return login_page(&app, &headers, StatusCode::UNAUTHORIZED, Some(&app.t("web.login_failed")));
-    }
-    app.throttle.succeeded(ip);
-    let s = app.sessions.create(&name);
-    log::info!("web: {name} logged in from {ip}");
+    };
+    let s = app.sessions.create(&name, &fingerprint);
+    log::info!("web: {name} ({}) logged in from {ip}", app.role(&name).as_str());
     let mut res = Redirect::to("/").into_response();
     let h = res.headers_mut();
     h.append(header::SET_COOKIE, app.cookie(SESSION_COOKIE, s.id, "/", None));
@@ -339,19 +435,31 @@ pub async fn dashboard(State(app): AppState, user: User, headers: HeaderMap) -> 
 
 /// Server-Sent Events: `daemon` (`up`/`down`) at once and whenever it
 /// changes, `change` with each daemon event's JSON line.
+/// The stream ends when its session does (it is checked at each event and
+/// every few seconds, without counting as a use of the session).
 pub async fn events(
     State(app): AppState,
-    _user: User,
+    user: User,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let up = app.link.daemon_up();
     let first = tokio_stream::once(Live::Daemon(up));
     let rest = BroadcastStream::new(app.link.events.subscribe()).filter_map(Result::ok);
-    let stream = first.chain(rest).map(|live| {
-        Ok(match live {
-            Live::Daemon(up) => SseEvent::default().event("daemon").data(if up { "up" } else { "down" }),
-            Live::Event(json) => SseEvent::default().event("change").data(json),
+    let checks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(SESSION_CHECK));
+    let id = user.0.id;
+    let stream = first
+        .chain(rest)
+        .map(Some)
+        .merge(checks.map(|_| None))
+        .take_while(move |_| {
+            let users = Users::load(&app.config.web.users_file).map(Arc::new);
+            app.session(&id, &users, false).is_some()
         })
-    });
+        .filter_map(|live| {
+            Some(Ok(match live? {
+                Live::Daemon(up) => SseEvent::default().event("daemon").data(if up { "up" } else { "down" }),
+                Live::Event(json) => SseEvent::default().event("change").data(json),
+            }))
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -519,7 +627,12 @@ pub fn known_name(config: &Config, uuid: &str) -> Option<String> {
     DiskState::load(&config.state_path()).ok()?.disk(uuid).map(|d| d.name.clone())
 }
 
-pub async fn save(State(app): AppState, user: User, UrlPath(uuid): UrlPath<String>, body: Bytes) -> Response {
+pub async fn save(
+    State(app): AppState,
+    Admin(user): Admin,
+    UrlPath(uuid): UrlPath<String>,
+    body: Bytes,
+) -> Response {
     let f = form(&body);
     if let Some(r) = csrf_refusal(&app, &user, &f) {
         return r;
@@ -547,7 +660,7 @@ pub async fn backup_now(
 
 pub async fn forget(
     State(app): AppState,
-    user: User,
+    Admin(user): Admin,
     UrlPath(uuid): UrlPath<String>,
     body: Bytes,
 ) -> Response {

@@ -52,7 +52,13 @@ pub fn run(config: Config) -> Result<ExitCode> {
     let web = config.web.clone();
     // The users file is checked now, so that a file others can read stops
     // the start with its name (it is read again at each request).
-    users::Users::load(&web.users_file)?;
+    let known = users::Users::load(&web.users_file)?;
+    for admin in web.admins.iter().filter(|a| !known.names().any(|n| n == a.as_str())) {
+        log::warn!(
+            "web.admins names {admin:?}, who is not in {} (yet): `tetras-back web-passwd {admin}` makes them",
+            web.users_file.display()
+        );
+    }
     if let Some(tls) = &web.tls {
         for (key, path) in [("web.tls_cert", &tls.cert), ("web.tls_key", &tls.key)] {
             std::fs::File::open(path).with_context(|| format!("{key}: cannot read {}", path.display()))?;
@@ -162,13 +168,18 @@ fn router(app: Arc<App>) -> Router {
 }
 
 /// With no user in the users file, the console says how to create one and
-/// serves nothing else.
-async fn need_users(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+/// serves nothing else. The file is read at each request (and handed to
+/// the handlers): a user removed or given another password is logged out
+/// at their next request.
+async fn need_users(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/static/") || req.uri().path() == "/favicon.ico" {
         return next.run(req).await;
     }
     match users::Users::load(&app.config.web.users_file) {
-        Ok(u) if !u.is_empty() => next.run(req).await,
+        Ok(u) if !u.is_empty() => {
+            req.extensions_mut().insert(Arc::new(u));
+            next.run(req).await
+        }
         Ok(_) => handlers::no_users(&app, req.uri().path()),
         Err(e) => {
             log::error!("{e:#}");

@@ -22,6 +22,9 @@ pub struct Ctx {
     pub host: String,
     /// The logged-in user and the session's CSRF token.
     pub user: Option<(String, String)>,
+    /// The user is an admin (`web.admins`): the controls only admins may
+    /// use are shown.
+    pub admin: bool,
     pub notice: Option<Notice>,
 }
 
@@ -60,7 +63,7 @@ fn status_class(s: Status) -> &'static str {
     match s {
         Status::Success => "ok",
         Status::Running => "busy",
-        Status::Removed | Status::Interrupted => "warn",
+        Status::Removed | Status::Interrupted | Status::Warning => "warn",
         Status::Failed | Status::Damaged | Status::Refused => "bad",
     }
 }
@@ -241,18 +244,25 @@ pub fn dashboard(ctx: &Ctx, d: &Dashboard) -> Markup {
                 p { (ctx.t("web.no_unknown_disks")) }
             }
             @for u in &d.unknown {
-                form class="unknown" method="post" action={"/disks/" (u.uuid) "/save"} data-uuid=(u.uuid) {
-                    (ctx.csrf())
+                @let what = html! {
                     div class="what" {
                         strong class="label" { (u.label.as_deref().unwrap_or("—")) }
                         " " span class="uuid" { (u.uuid) }
                         br;
                         small { (u.fstype) " · " (u.size.map(human).unwrap_or_default()) " · " (u.device.display()) }
                     }
-                    label for={"name-" (u.uuid)} class="sr" { (ctx.t("web.name")) }
-                    input id={"name-" (u.uuid)} name="name" data-keep required maxlength="64"
-                        placeholder=(ctx.t("web.name_placeholder"));
-                    button type="submit" { (ctx.t("web.save")) }
+                };
+                @if ctx.admin {
+                    form class="unknown" method="post" action={"/disks/" (u.uuid) "/save"} data-uuid=(u.uuid) {
+                        (ctx.csrf())
+                        (what)
+                        label for={"name-" (u.uuid)} class="sr" { (ctx.t("web.name")) }
+                        input id={"name-" (u.uuid)} name="name" data-keep required maxlength="64"
+                            placeholder=(ctx.t("web.name_placeholder"));
+                        button type="submit" { (ctx.t("web.save")) }
+                    }
+                } @else {
+                    div class="unknown" data-uuid=(u.uuid) { (what) }
                 }
             }
         }
@@ -295,7 +305,9 @@ fn known_row(ctx: &Ctx, d: &Dashboard, disk: &DiskRow) -> Markup {
             }
             td class="actions" {
                 @if disk.opened {
-                    a href={"/disks/" (disk.uuid) "/browse"} class="browse" { (ctx.t("web.browse")) }
+                    @if ctx.admin {
+                        a href={"/disks/" (disk.uuid) "/browse"} class="browse" { (ctx.t("web.browse")) }
+                    }
                     form method="post" action={"/disks/" (disk.uuid) "/close"} class="inline" {
                         (ctx.csrf())
                         button type="submit" class="secondary close" { (ctx.t("web.close_disk")) }
@@ -311,9 +323,11 @@ fn known_row(ctx: &Ctx, d: &Dashboard, disk: &DiskRow) -> Markup {
                         button type="submit" class="secondary open" { (ctx.t("web.open_disk")) }
                     }
                 }
-                form method="post" action={"/disks/" (disk.uuid) "/forget"} class="inline" {
-                    (ctx.csrf())
-                    button type="submit" class="danger forget" { (ctx.t("web.forget")) }
+                @if ctx.admin {
+                    form method="post" action={"/disks/" (disk.uuid) "/forget"} class="inline" {
+                        (ctx.csrf())
+                        button type="submit" class="danger forget" { (ctx.t("web.forget")) }
+                    }
                 }
             }
         }
@@ -431,6 +445,9 @@ pub fn backup(ctx: &Ctx, b: &BackupRow, log: Option<&str>, cut: bool) -> Markup 
                 dt { (ctx.t("web.finished")) } dd { (when(b.finished, ctx.lang)) }
                 dt { (ctx.t("web.duration")) } dd { (b.duration_secs.map(duration).unwrap_or_default()) }
                 dt { (ctx.t("web.device")) } dd { (b.device) " · " span class="uuid" { (b.uuid) } }
+                @for s in &b.shrunk {
+                    dt { (ctx.t("mail.shrunk")) } dd class="warn" { (s.to_string()) }
+                }
                 dt { (ctx.t("web.written")) } dd {
                     (b.bytes_written.map(human).unwrap_or_default())
                     @if let Some(f) = b.files { " · " (t!("web.files", locale = l, count = f)) }

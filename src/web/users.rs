@@ -2,6 +2,9 @@
 //! hashes as `htpasswd -B` writes them (`$2y$`; `$2b$` and `$2a$` too), so
 //! an existing htpasswd file works. The file must be private to root: it is
 //! refused when its group or others may read it.
+//!
+//! A user is an `admin` when `web.admins` names them, an `operator`
+//! otherwise (the file has no room for roles: htpasswd's format is kept).
 
 use std::fs;
 use std::io;
@@ -70,13 +73,67 @@ impl Users {
     }
 
     /// Whether `password` is `name`'s (slow on purpose: bcrypt).
+    #[cfg(test)]
     pub fn verify(&self, name: &str, password: &str) -> bool {
-        match self.entries.iter().find(|(n, _)| n == name) {
-            Some((_, hash)) => bcrypt::verify(password, hash).unwrap_or(false),
+        self.check(name, password).is_some()
+    }
+
+    /// When `password` is `name`'s (slow on purpose: bcrypt), the
+    /// fingerprint of the hash it matched.
+    pub fn check(&self, name: &str, password: &str) -> Option<String> {
+        match self.hash(name) {
+            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false).then(|| fingerprint(hash)),
             None => {
                 let _ = bcrypt::verify(password, &DECOY);
-                false
+                None
             }
+        }
+    }
+
+    fn hash(&self, name: &str) -> Option<&str> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, h)| h.as_str())
+    }
+
+    /// A fingerprint of `name`'s password hash (`None`: no such user). A
+    /// session keeps the one its user logged in with: when the file holds
+    /// another (a new password) or none (the user was removed), it ends.
+    pub fn fingerprint(&self, name: &str) -> Option<String> {
+        self.hash(name).map(fingerprint)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+/// BLAKE3 of a hash: a session need not keep the hash itself.
+fn fingerprint(hash: &str) -> String {
+    blake3::hash(hash.as_bytes()).to_hex().to_string()
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sees status and history, backs up now, opens and closes disks.
+    Operator,
+    /// Also saves and forgets disks, browses, downloads and restores.
+    Admin,
+}
+
+impl Role {
+    /// `name`'s role: `Admin` when `web.admins` lists them.
+    pub fn of(web: &crate::config::Web, name: &str) -> Role {
+        if web.admins.iter().any(|a| a == name) {
+            Role::Admin
+        } else {
+            Role::Operator
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Admin => "admin",
         }
     }
 }
@@ -163,6 +220,14 @@ mod tests {
         let users = Users::load(&path).unwrap();
         assert!(users.verify("alice", "second") && !users.verify("alice", "first"));
         assert!(!users.verify("carol", "pw"));
+        let print = users.check("alice", "second").unwrap();
+        assert_eq!(users.fingerprint("alice").as_deref(), Some(print.as_str()));
+        assert_eq!(print.len(), 64);
+        assert!(users.fingerprint("carol").is_none());
+        assert_eq!(users.names().collect::<Vec<_>>(), ["alice", "bob"]);
+        set_password(&path, "alice", "second").unwrap();
+        let again = Users::load(&path).unwrap().fingerprint("alice").unwrap();
+        assert_ne!(again, print, "the same password set again is a new hash (a new salt)");
         delete(&path, "bob").unwrap();
         assert!(!Users::load(&path).unwrap().verify("bob", "pw"));
         assert!(delete(&path, "bob").unwrap_err().to_string().contains("no user \"bob\""));
@@ -170,6 +235,18 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let e = Users::load(&path).unwrap_err().to_string();
         assert!(e.contains("web-users") && e.contains("0640") && e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn admins_are_named_everyone_else_is_an_operator() {
+        let text = "[web]\nadmins = [\"alice\"]\n";
+        let config = crate::config::Config::parse(text, Path::new("/t.toml")).unwrap();
+        assert_eq!(Role::of(&config.web, "alice"), Role::Admin);
+        for other in ["bob", "Alice", "alice ", ""] {
+            assert_eq!(Role::of(&config.web, other), Role::Operator, "{other:?}");
+        }
+        let none = crate::config::Config::parse("", Path::new("/t.toml")).unwrap();
+        assert_eq!(Role::of(&none.web, "alice"), Role::Operator, "nobody is an admin by default");
     }
 
     #[test]

@@ -53,10 +53,26 @@ pub struct WebConsole {
 impl WebConsole {
     /// The `[web]` table for `port` (TLS with the PEM files when given).
     pub fn config(env: &TestEnv, port: u16, tls: Option<(&Path, &Path)>) -> String {
+        Self::config_with_admins(env, port, tls, &[])
+    }
+
+    /// The same, with these console users as its admins.
+    pub fn config_with_admins(
+        env: &TestEnv,
+        port: u16,
+        tls: Option<(&Path, &Path)>,
+        admins: &[&str],
+    ) -> String {
+        // Restores from the console go beneath the test's root only.
         let mut s = format!(
-            "[web]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\n",
-            env.path("web-users").display()
+            "[web]\nlisten = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\nrestore_to = [\"{}\"]\n",
+            env.path("web-users").display(),
+            env.root().display()
         );
+        if !admins.is_empty() {
+            let names: Vec<String> = admins.iter().map(|a| format!("{a:?}")).collect();
+            s.push_str(&format!("admins = [{}]\n", names.join(", ")));
+        }
         if let Some((cert, key)) = tls {
             s.push_str(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()));
         }
@@ -125,6 +141,31 @@ pub fn curl_login(url: &str, jar: &Path, user: &str, password: &str) -> u16 {
         page.split("name=\"csrf\" value=\"").nth(1).expect(&page).split('"').next().unwrap().to_owned();
     let form = format!("csrf={csrf}&username={user}&password={}", password.replace(' ', "+"));
     curl(&["-b", jar, "-c", jar, "-d", &form, &format!("{url}/login")]).0
+}
+
+/// The login form's token (also its cookie's value, `tb_login`).
+pub fn login_token(url: &str) -> String {
+    let (_, page) = curl(&[&format!("{url}/login")]);
+    page.split("name=\"csrf\" value=\"").nth(1).expect(&page).split('"').next().unwrap().to_owned()
+}
+
+/// A login POSTed straight over TCP (plain HTTP, so that many can be sent
+/// at once without a process each): the status code of the answer.
+pub fn raw_login(port: u16, token: &str, user: &str, password: &str) -> u16 {
+    use std::io::{Read, Write};
+    let body = format!("csrf={token}&username={user}&password={}", password.replace(' ', "+"));
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: tb_login={token}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    // "HTTP/1.1 401"
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
 }
 
 /// The CSRF token of the logged-in session whose cookies are in `jar`.
@@ -247,6 +288,11 @@ impl Browser {
             }
         }
         panic!("{css} kept being replaced");
+    }
+
+    /// How many elements match `css` now.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).len()
     }
 
     /// Waits until nothing matches `css`.

@@ -56,6 +56,9 @@
   var source = new EventSource("/events");
   source.addEventListener("change", refresh);
   source.addEventListener("daemon", refresh);
+  // The stream ends with the session (a user removed, a password changed):
+  // the content asked again then answers 401, and the page goes to /login.
+  source.addEventListener("error", refresh);
   // While a backup runs, its log's last lines and the elapsed time move.
   setInterval(function () {
     if (live.querySelector("[data-running]")) refresh();
