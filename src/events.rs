@@ -249,12 +249,20 @@ fn encode(event: &Event, seq: u64, time: DateTime<Local>) -> Vec<u8> {
     if out.len() < fifo::MAX_LINE {
         return out;
     }
-    // Only the disk table can grow without bound: send as many rows as fit.
+    // Only the disk table can grow without bound: send as many rows as fit,
+    // found by bisection (the whole table does not fit; no row always does).
     if let Event::Disks { disks, .. } = event {
-        let mut rows = disks.clone();
-        while out.len() >= fifo::MAX_LINE && !rows.is_empty() {
-            rows.pop();
-            out = bytes(&Event::Disks { disks: rows.clone(), truncated: true });
+        let cut = |n: usize| bytes(&Event::Disks { disks: disks[..n].to_vec(), truncated: true });
+        let (mut fits, mut over) = (0, disks.len());
+        out = cut(0);
+        while fits + 1 < over {
+            let mid = fits + (over - fits) / 2;
+            let line = cut(mid);
+            if line.len() < fifo::MAX_LINE {
+                (fits, out) = (mid, line);
+            } else {
+                over = mid;
+            }
         }
     }
     out
@@ -493,11 +501,24 @@ mod tests {
 
     #[test]
     fn a_huge_disk_table_is_cut_to_one_atomic_line() {
-        let e = Event::Disks { disks: (0..100).map(row).collect(), truncated: false };
-        let line = encode(&e, 1, Local::now());
-        assert!(line.len() < fifo::MAX_LINE);
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
-        assert_eq!(v["truncated"], true);
-        assert!(v["disks"].as_array().unwrap().len() > 5);
+        for n in [30, 100, 20_000] {
+            let e = Event::Disks { disks: (0..n).map(row).collect(), truncated: false };
+            let started = std::time::Instant::now();
+            let line = encode(&e, 1, Local::now());
+            assert!(started.elapsed() < std::time::Duration::from_secs(2), "{n}: {:?}", started.elapsed());
+            assert!(line.len() < fifo::MAX_LINE);
+            let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(v["truncated"], true);
+            let kept = v["disks"].as_array().unwrap().len();
+            assert!(kept > 5, "{kept}");
+            // As many rows as fit: one more would not.
+            let more = Event::Disks { disks: (0..kept + 1).map(row).collect(), truncated: true };
+            let more = serde_json::to_vec(&EventLine {
+                event: Cow::Owned(more),
+                seq: 1,
+                time: v["time"].as_str().unwrap().into(),
+            });
+            assert!(more.unwrap().len() >= fifo::MAX_LINE, "{n}: {kept} rows, and one more fits");
+        }
     }
 }

@@ -17,9 +17,15 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::stat::Mode;
 
-/// Largest line written to or read from a FIFO; writes up to `PIPE_BUF`
+/// Largest line written to or read from a FIFO that several processes may
+/// write to (the control FIFO, subscribers' FIFOs); writes up to `PIPE_BUF`
 /// (4096 on Linux) are atomic, so concurrent writers never interleave.
 pub const MAX_LINE: usize = 4096;
+
+/// Largest reply read from a reply FIFO: only the daemon writes there, once,
+/// so a reply needs no atomic write and is as long as it needs (a table of
+/// thousands of disks); the cap only bounds the reader's memory.
+pub const MAX_REPLY: usize = 64 << 20;
 
 /// Creates a FIFO with exactly `mode` (umask does not apply), replacing a stale FIFO.
 pub fn create(path: &Path, mode: u32) -> Result<()> {
@@ -41,6 +47,12 @@ pub fn create(path: &Path, mode: u32) -> Result<()> {
     )
     .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(())
+}
+
+/// Whether `path` is absolute and names an existing FIFO (not a symlink to
+/// one): [`check_is_fifo`] without the message, for long lists.
+pub fn is_fifo(path: &Path) -> bool {
+    path.is_absolute() && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
 }
 
 /// Checks that `path` names an existing FIFO (not a symlink to one), with a
@@ -110,38 +122,93 @@ pub fn open_writer(path: &Path) -> Result<File, Delivery> {
     }
 }
 
-/// Writes one line (a `\n` is appended) to the FIFO at `path`, never blocking.
-pub fn send_line(path: &Path, line: &[u8]) -> Delivery {
-    let mut f = match open_writer(path) {
-        Ok(f) => f,
-        Err(d) => return d,
-    };
-    write_line(&mut f, line)
-}
-
 /// Writes one line to an already open non-blocking FIFO in a single write.
 pub fn write_line(f: &mut File, line: &[u8]) -> Delivery {
-    let mut buf = Vec::with_capacity(line.len() + 1);
-    buf.extend_from_slice(line);
-    buf.push(b'\n');
-    debug_assert!(buf.len() <= MAX_LINE, "line exceeds PIPE_BUF and would not be atomic");
-    match f.write(&buf) {
-        Ok(n) if n == buf.len() => Delivery::Written,
+    debug_assert!(line.len() < MAX_LINE, "line exceeds PIPE_BUF and would not be atomic");
+    match write_some(f, &with_newline(line)) {
+        Ok(n) if n == line.len() + 1 => Delivery::Written,
         // Only possible above PIPE_BUF, which callers never send.
         Ok(_) => Delivery::Full,
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Delivery::Full,
-        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => Delivery::NoReader,
-        Err(e) => Delivery::Gone(e.to_string()),
+        Err(d) => d,
     }
 }
 
-/// Splits bytes read from a FIFO into lines of at most [`MAX_LINE`] bytes.
-/// A longer line is reported once as [`Line::TooLong`] and skipped up to its
-/// newline, so one bad writer costs one error, not the stream.
-#[derive(Default)]
+/// `line` and its `\n`.
+pub fn with_newline(line: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line);
+    buf.push(b'\n');
+    buf
+}
+
+/// One non-blocking `write(2)`: how much it took (0 when the pipe is full).
+fn write_some(f: &mut File, buf: &[u8]) -> Result<usize, Delivery> {
+    loop {
+        match f.write(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Err(Delivery::NoReader),
+            Err(e) => return Err(Delivery::Gone(e.to_string())),
+        }
+    }
+}
+
+/// Writes as much of `buf` as the pipe takes now, without waiting; returns
+/// how much was written. For a FIFO that only one process writes to (a
+/// reply), where a long message may go in several writes.
+pub fn write_now(f: &mut File, buf: &[u8]) -> Result<usize, Delivery> {
+    let mut done = 0;
+    while done < buf.len() {
+        match write_some(f, &buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `buf` to a non-blocking FIFO, waiting for room as the
+/// reader drains it, until `deadline`: `Full` if the reader did not take
+/// it all by then, `NoReader` if it went away.
+pub fn write_all_until(f: &mut File, buf: &[u8], deadline: std::time::Instant) -> Delivery {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut done = 0;
+    loop {
+        match write_now(f, &buf[done..]) {
+            Ok(n) => done += n,
+            Err(d) => return d,
+        }
+        if done == buf.len() {
+            return Delivery::Written;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Delivery::Full;
+        }
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLOUT)];
+        match poll(&mut fds, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Delivery::Gone(e.to_string()),
+        }
+    }
+}
+
+/// Splits bytes read from a FIFO into lines of at most [`MAX_LINE`] bytes
+/// (or the limit given to [`LineReader::with_limit`]). A longer line is
+/// reported once as [`Line::TooLong`] and skipped up to its newline, so one
+/// bad writer costs one error, not the stream.
 pub struct LineReader {
     buf: Vec<u8>,
     discarding: bool,
+    limit: usize,
+}
+
+impl Default for LineReader {
+    fn default() -> Self {
+        LineReader::with_limit(MAX_LINE)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -151,6 +218,11 @@ pub enum Line {
 }
 
 impl LineReader {
+    /// A reader of lines up to `limit` bytes, newline included.
+    pub fn with_limit(limit: usize) -> LineReader {
+        LineReader { buf: Vec::new(), discarding: false, limit }
+    }
+
     /// Reads what is available from a non-blocking descriptor; returns the
     /// complete lines. `Ok(None)` means end of file.
     pub fn read_from(&mut self, f: &mut impl io::Read) -> io::Result<Option<Vec<Line>>> {
@@ -174,7 +246,7 @@ impl LineReader {
                 Some(i) => {
                     if self.discarding {
                         self.discarding = false;
-                    } else if self.buf.len() + i + 1 > MAX_LINE {
+                    } else if self.buf.len() + i + 1 > self.limit {
                         out.push(Line::TooLong);
                     } else {
                         self.buf.extend_from_slice(&data[..i]);
@@ -186,7 +258,7 @@ impl LineReader {
                 None => {
                     if !self.discarding {
                         self.buf.extend_from_slice(data);
-                        if self.buf.len() >= MAX_LINE {
+                        if self.buf.len() >= self.limit {
                             out.push(Line::TooLong);
                             self.buf.clear();
                             self.discarding = true;
@@ -236,6 +308,14 @@ pub fn wait_readable(f: &File, timeout: Option<std::time::Duration>) -> Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes one line to the FIFO at `path`, never blocking.
+    fn send_line(path: &Path, line: &[u8]) -> Delivery {
+        match open_writer(path) {
+            Ok(mut f) => write_line(&mut f, line),
+            Err(d) => d,
+        }
+    }
 
     fn lines(chunks: &[&[u8]]) -> Vec<Line> {
         let mut r = LineReader::default();
@@ -304,5 +384,47 @@ mod tests {
         }
         assert_eq!(outcomes[0], Delivery::Written);
         assert_eq!(outcomes.last(), Some(&Delivery::Full));
+    }
+
+    /// A reply larger than the pipe goes whole to a reader that drains it
+    /// slowly, and is read back as one line; nothing waits for a reader
+    /// that is gone.
+    #[test]
+    fn a_long_line_is_written_whole_as_the_reader_drains_it() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f");
+        create(&fifo, 0o600).unwrap();
+        let mut reader = open_reader(&fifo).unwrap();
+        let long: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut writer = open_writer(&fifo).unwrap();
+        let first = write_now(&mut writer, &with_newline(&long)).unwrap();
+        assert!(first > 0 && first < long.len(), "the pipe takes part of it: {first}");
+        let rest = with_newline(&long)[first..].to_vec();
+        let t = std::thread::spawn(move || {
+            write_all_until(&mut writer, &rest, Instant::now() + Duration::from_secs(20))
+        });
+        let mut lines = LineReader::with_limit(MAX_REPLY);
+        let got = loop {
+            assert!(wait_readable(&reader, Some(Duration::from_secs(20))).unwrap());
+            std::thread::sleep(Duration::from_millis(1));
+            if let Some(l) = lines.read_from(&mut reader).unwrap().unwrap_or_default().pop() {
+                break l;
+            }
+        };
+        assert_eq!(t.join().unwrap(), Delivery::Written);
+        assert_eq!(got, Line::Complete(long.clone()));
+        // The default reader keeps its 4096-byte limit.
+        let mut short = LineReader::default();
+        let mut out = Vec::new();
+        short.push(&with_newline(&long), &mut out);
+        assert_eq!(out, vec![Line::TooLong]);
+        // A reader that is gone: EPIPE at once, not a wait until the deadline.
+        let mut writer = open_writer(&fifo).unwrap();
+        drop(reader);
+        let started = Instant::now();
+        let d = write_all_until(&mut writer, &long, Instant::now() + Duration::from_secs(20));
+        assert_eq!(d, Delivery::NoReader);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

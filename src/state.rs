@@ -10,18 +10,25 @@
 //! what makes a second daemon on the same state refuse to start. The CLI takes
 //! the same lock to edit the file directly when no daemon runs.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Local};
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, Flock, FlockArg, OFlag, AT_FDCWD};
+use nix::sys::stat::{fchmod, Mode};
+use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::report::Status;
+use crate::engine::fsx;
 
 /// The schema version this build writes (2: disks carry `identity`; a
 /// version 1 file reads as is, its disks without one).
@@ -84,6 +91,34 @@ impl Saved {
             Saved::Renamed { from } => format!("renamed disk {uuid} from {from} to {name}"),
             Saved::Unchanged => format!("disk {name} ({uuid}) was already saved"),
         }
+    }
+}
+
+/// What [`State::tidy_subscribers`] dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tidied {
+    /// Paths that no longer name a FIFO.
+    pub gone: usize,
+    /// Paths listed more than once.
+    pub repeated: usize,
+    /// Paths beyond the most there can be.
+    pub over: usize,
+}
+
+impl Tidied {
+    pub fn changed(&self) -> bool {
+        *self != Tidied::default()
+    }
+
+    /// What to log, `max` being the most subscribers there can be.
+    pub fn message(&self, max: usize) -> String {
+        format!(
+            "dropped {} subscriber(s): {} no longer a FIFO, {} listed twice, {} beyond the limit of {max}",
+            self.gone + self.repeated + self.over,
+            self.gone,
+            self.repeated,
+            self.over
+        )
     }
 }
 
@@ -228,6 +263,30 @@ impl State {
         Ok((uuid, changed))
     }
 
+    /// Keeps the first `max` subscribers whose path still names a FIFO,
+    /// each once, and drops the others (gone, repeated, or beyond `max`):
+    /// one pass over the list, whatever its length, and the caller writes
+    /// the state once. A path beyond `max` is not even looked at.
+    pub fn tidy_subscribers(&mut self, max: usize) -> Tidied {
+        let mut tidied = Tidied::default();
+        let mut seen = std::collections::HashSet::new();
+        self.subscribers.retain(|p| {
+            if seen.len() >= max {
+                tidied.over += 1;
+                false
+            } else if seen.contains(p) {
+                tidied.repeated += 1;
+                false
+            } else if !crate::fifo::is_fifo(p) {
+                tidied.gone += 1;
+                false
+            } else {
+                seen.insert(p.clone())
+            }
+        });
+        tidied
+    }
+
     /// Forgets a disk; an unknown UUID is an error. Returns the forgotten entry.
     pub fn forget_disk(&mut self, uuid: &str) -> Result<Disk> {
         match self.disks.iter().position(|d| d.uuid == uuid) {
@@ -237,27 +296,66 @@ impl State {
     }
 }
 
+/// Replaces `path` with `content` so that a crash leaves the old file or the
+/// new one, never a mix, and so that whoever can write in the folder cannot
+/// redirect the write (the metrics file may sit in a folder another account
+/// writes to): see [`write_atomic_in`]. The folder is opened without
+/// following a symbolic link.
+pub fn write_atomic(path: &Path, mode: u32, content: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(name) = path.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file name", path.display()),
+        ));
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let dir = openat(AT_FDCWD, dir, flags, Mode::empty())?;
+    write_atomic_in(dir.as_fd(), name, mode, content)
+}
+
+/// [`write_atomic`] of the entry `name` of the open folder `dir`: the
+/// content goes to a new file of an unpredictable name, created with
+/// `O_EXCL|O_NOFOLLOW` (a link or a file planted at that name makes the
+/// creation fail; it is never followed, truncated or reused), given `mode`
+/// on its descriptor (whatever the umask), synced, renamed over `name` (a
+/// link there is replaced, not followed), and the folder synced.
+pub fn write_atomic_in(dir: BorrowedFd, name: &OsStr, mode: u32, content: &[u8]) -> io::Result<()> {
+    let (tmp, mut file) = create_temp(dir, name)?;
+    let written = (|| -> io::Result<()> {
+        fchmod(&file, Mode::from_bits_truncate(mode))?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        Ok(renameat(dir, tmp.as_os_str(), dir, name)?)
+    })();
+    if written.is_err() {
+        let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    written?;
+    Ok(fsync(dir)?)
+}
+
+/// A new file `.NAME.<64 random bits>.tmp` in `dir`.
+fn create_temp(dir: BorrowedFd, name: &OsStr) -> io::Result<(OsString, File)> {
+    // NAME is cut so that the temporary name stays under NAME_MAX.
+    let stem = &name.as_bytes()[..name.len().min(200)];
+    for _ in 0..16 {
+        let mut tmp = b".".to_vec();
+        tmp.extend_from_slice(stem);
+        tmp.extend_from_slice(format!(".{}.tmp", fsx::random_suffix()).as_bytes());
+        let tmp = OsString::from_vec(tmp);
+        match fsx::create_new(dir, &tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "cannot find a free temporary name"))
+}
+
 /// Normalises and checks a filesystem UUID: the 8-4-4-4-12 hex form, the
 /// vfat/exfat `XXXX-XXXX` form and the 16-hex NTFS form. Returns it lower-case
 /// for the long form (as udev reports it) and upper-case for the short ones.
-/// Replaces `path` with `content` so that a crash leaves the old file or the
-/// new one, never a mix: temp file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, mode: u32, content: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
-
 pub fn check_uuid(uuid: &str) -> Result<String> {
     let groups: Vec<&str> = uuid.split('-').collect();
     let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
@@ -402,6 +500,80 @@ mod tests {
         s.store(&p).unwrap();
         assert_eq!(State::load(&p).unwrap(), s);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+
+    /// The symlink attack on the temporary file: in a folder another account
+    /// can write to, links planted at every name the old code used (its
+    /// `.NAME.PID.tmp`), a file already there under that name, and a link at
+    /// the target itself are never written through; the mode is exactly the
+    /// one asked for, whatever the umask.
+    #[test]
+    fn atomic_writes_never_follow_a_planted_link() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        let shared = tempfile::tempdir().unwrap();
+        fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let private = tempfile::tempdir().unwrap();
+        let victim = private.path().join("root-only");
+        fs::write(&victim, "secret\n").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let old_tmp = |name: &str| shared.path().join(format!(".{name}.{}.tmp", std::process::id()));
+        symlink(&victim, old_tmp("metrics.prom")).unwrap();
+        symlink(&victim, old_tmp("state.json")).unwrap();
+        fs::write(old_tmp("users"), "theirs\n").unwrap();
+        symlink(&victim, shared.path().join("rule")).unwrap();
+        for (name, m) in [("metrics.prom", 0o644), ("state.json", 0o600), ("users", 0o666), ("rule", 0o644)] {
+            let target = shared.path().join(name);
+            write_atomic(&target, m, format!("{name}\n").as_bytes()).unwrap();
+            assert_eq!(fs::read_to_string(&target).unwrap(), format!("{name}\n"));
+            assert!(fs::symlink_metadata(&target).unwrap().is_file(), "{name}: a new file, not the link");
+            assert_eq!(mode(&target), m, "{name}: the mode asked for, not the umask's");
+        }
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "secret\n", "written through a link");
+        assert_eq!(mode(&victim), 0o600);
+        assert_eq!(fs::read_link(old_tmp("metrics.prom")).unwrap(), victim);
+        assert_eq!(fs::read_to_string(old_tmp("users")).unwrap(), "theirs\n");
+        let mut left: Vec<String> = fs::read_dir(shared.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let planted =
+            [".metrics.prom", ".state.json", ".users"].map(|n| format!("{n}.{}.tmp", std::process::id()));
+        let mut want: Vec<String> = planted
+            .into_iter()
+            .chain(["metrics.prom", "rule", "state.json", "users"].map(String::from))
+            .collect();
+        want.sort();
+        assert_eq!(left, want, "no temporary file left behind");
+        // The folder itself must not be a link.
+        let link = private.path().join("link");
+        symlink(shared.path(), &link).unwrap();
+        let e = write_atomic(&link.join("x"), 0o600, b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ENOTDIR), "{e}");
+    }
+
+    #[test]
+    fn subscribers_are_tidied_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = |n: &str| {
+            let p = dir.path().join(n);
+            crate::fifo::create(&p, 0o600).unwrap();
+            p
+        };
+        let (a, b, c) = (fifo("a"), fifo("b"), fifo("c"));
+        let subscribers = vec![a.clone(), dir.path().join("gone"), a.clone(), b.clone(), c.clone()];
+        let mut s = State { subscribers, ..State::default() };
+        let t = s.tidy_subscribers(2);
+        assert_eq!(s.subscribers, vec![a.clone(), b.clone()]);
+        assert_eq!(t, Tidied { gone: 1, repeated: 1, over: 1 });
+        assert!(t.message(2).starts_with("dropped 3 subscriber(s)"), "{}", t.message(2));
+        assert!(!s.tidy_subscribers(2).changed());
+        s.subscribers = (0..100_000).map(|i| dir.path().join(format!("s{i}"))).collect();
+        let started = Instant::now();
+        assert_eq!(s.tidy_subscribers(64).gone, 100_000);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(s.subscribers.is_empty());
     }
 
     #[test]

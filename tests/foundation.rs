@@ -454,3 +454,181 @@ fn old_logs_are_pruned_at_start() {
     assert!(logs.join("2025-01-01_00-00-00_office.log").exists(), "the newest stays");
     assert!(!logs.join("2025-01-01_00-00-59_office.log").exists(), "the oldest goes");
 }
+
+/// A state.json of `disks` saved disks and `subscribers` subscriber paths.
+fn write_state(env: &TestEnv, disks: usize, subscribers: &[std::path::PathBuf]) {
+    let added = chrono::Local::now().to_rfc3339();
+    let disks: Vec<serde_json::Value> = (0..disks)
+        .map(|i| {
+            serde_json::json!({
+                "uuid": format!("{i:08x}-0000-4000-8000-{i:012x}"),
+                "name": format!("disk-{i:05}-{}", "x".repeat(40)),
+                "added": added,
+            })
+        })
+        .collect();
+    let state = serde_json::json!({ "version": 2, "disks": disks, "subscribers": subscribers });
+    fs::create_dir_all(env.path("state")).unwrap();
+    fs::write(env.state_path(), serde_json::to_vec(&state).unwrap()).unwrap();
+}
+
+/// A reply larger than a pipe (1000 saved disks: some 300 KB) reaches the
+/// CLI whole, so `disks` works with any number of disks (it said "the
+/// reply is too large for one line" above a few dozen); subscribers still
+/// get the table cut to one atomic line.
+#[test]
+fn disks_answers_with_a_table_of_any_size() {
+    let env = TestEnv::new();
+    write_state(&env, 1000, &[]);
+    let d = env.start_daemon();
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    let json = env.cli(&["disks", "--json"]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["daemon_running"], true);
+    let rows = v["disks"].as_array().unwrap();
+    assert_eq!(rows.len(), 1000);
+    assert_eq!(rows[999]["uuid"], format!("{:08x}-0000-4000-8000-{:012x}", 999, 999));
+    let text = env.cli(&["disks"]).ok().stdout;
+    assert!(text.contains("disk-00000-") && text.contains("disk-00999-"), "{text}");
+    // Several CLIs at once, each with its own 300 KB answer.
+    let children: Vec<_> = (0..4)
+        .map(|_| env.cmd(&["disks", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["disks"].as_array().unwrap().len(), 1000);
+    }
+    let table = sub.until("disks").pop().unwrap();
+    assert_eq!(table["truncated"], true, "events stay one atomic line");
+    assert!(serde_json::to_vec(&table).unwrap().len() < 4096);
+    assert!(!d.log_text().contains("could not answer"), "{}", d.log_text());
+}
+
+/// `state_dir`, `run_dir`, `log_dir` and `mount_dir` set to a shared
+/// directory (sticky and world-writable like /tmp, group-writable, another
+/// user's) are refused at start with the key and the path, and left as
+/// they were: `run_dir = "/tmp"` used to chmod /tmp to 0700. (A stand-in
+/// for /tmp, so that the old code under test cannot break the machine.)
+#[test]
+fn shared_directories_are_refused_not_chmodded() {
+    let env = TestEnv::new();
+    let shared = |name: &str, mode: u32, owner: Option<u32>| {
+        let p = env.path(name);
+        fs::create_dir(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&p, Some(uid), None).unwrap();
+        }
+        p
+    };
+    let dirs = [
+        (shared("tmp", 0o1777, None), 0o1777, "a shared directory (mode 1777"),
+        (shared("group", 0o770, None), 0o770, "a shared directory (mode 0770"),
+        (shared("nobody", 0o755, Some(65534)), 0o755, "owned by uid 65534"),
+    ];
+    for key in ["state_dir", "run_dir", "log_dir", "mount_dir"] {
+        for (dir, mode, why) in &dirs {
+            let text = env.config_text("");
+            let line = text.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap();
+            let text = text.replace(line, &format!("{key} = \"{}\"", dir.display()));
+            fs::write(env.config_path(), text).unwrap();
+            let out = env.daemon_refuses();
+            assert!(
+                out.stderr.contains(&format!("`{key}` = {}", dir.display())) && out.stderr.contains(why),
+                "{key} = {}: {out:?}",
+                dir.display()
+            );
+            assert_eq!(fs::metadata(dir).unwrap().permissions().mode() & 0o7777, *mode, "{key}: chmodded");
+            assert!(!env.control_path().exists());
+        }
+    }
+    // A directory of the daemon's own that others can only read is made 0700.
+    env.write_config("");
+    fs::create_dir_all(env.path("log")).unwrap();
+    fs::set_permissions(env.path("log"), fs::Permissions::from_mode(0o755)).unwrap();
+    let _d = env.start_daemon();
+    for dir in ["state", "run", "run/replies", "log", "mnt"] {
+        assert_eq!(fs::metadata(env.path(dir)).unwrap().permissions().mode() & 0o7777, 0o700, "{dir}");
+    }
+}
+
+/// 100,000 subscriber paths in state.json (gone FIFOs): dropped in one pass
+/// and one write at start, the one live subscriber kept, `status` answered
+/// within 2 s of starting and SIGTERM obeyed at once. (They used to take
+/// one state write each: ~3 minutes deaf to SIGTERM.)
+#[test]
+fn a_hundred_thousand_subscribers_do_not_hold_the_daemon_up() {
+    let env = TestEnv::new();
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    let mut paths: Vec<std::path::PathBuf> =
+        (0..100_000).map(|i| env.path(&format!("gone/sub-{i}.fifo"))).collect();
+    paths.insert(50_000, sub.path.clone());
+    write_state(&env, 3, &paths);
+    let started = std::time::Instant::now();
+    let d = env.start_daemon();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "status answered {took:?} after the start");
+    assert_eq!(names(&sub.until("disks")), ["disks"], "the live subscriber gets the table");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(env.state_path()).unwrap()).unwrap();
+    assert_eq!(state["subscribers"], serde_json::json!([sub.path]));
+    assert_eq!(state["disks"].as_array().unwrap().len(), 3);
+    d.wait_log("dropped 100000 subscriber(s): 100000 no longer a FIFO");
+    let stopping = std::time::Instant::now();
+    d.signal(nix::libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), 0);
+    assert!(stopping.elapsed() < Duration::from_secs(2), "stopped {:?} after SIGTERM", stopping.elapsed());
+}
+
+/// The temporary file of an atomic write is a new file of an unpredictable
+/// name: links planted (as root, in a folder anyone can write to, like
+/// node-exporter's textfile folder) at the names the old code used,
+/// `.NAME.PID.tmp`, are never written through, for the metrics file, the
+/// state file and the udev rule. (A planted link made root overwrite a
+/// 0600 root file with the metrics.)
+#[test]
+fn atomic_writes_are_never_redirected_by_a_planted_link() {
+    let env = TestEnv::new();
+    let textfile = env.path("textfile");
+    fs::create_dir(&textfile).unwrap();
+    fs::set_permissions(&textfile, fs::Permissions::from_mode(0o777)).unwrap();
+    let metrics = textfile.join("tetras-back.prom");
+    env.write_config(&format!("metrics_file = \"{}\"\n", metrics.display()));
+    fs::create_dir_all(env.path("udev")).unwrap();
+    let victim = env.path("root-only");
+    fs::write(&victim, "secret\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    let d = env.start_daemon();
+    let planted: Vec<std::path::PathBuf> =
+        [metrics.clone(), env.state_path(), env.path("udev/61-tetras-back.rules")]
+            .iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                let link = p.with_file_name(format!(".{name}.{}.tmp", d.pid()));
+                std::os::unix::fs::symlink(&victim, &link).unwrap();
+                link
+            })
+            .collect();
+    env.cli(&["save", UUID, "office"]).ok(); // the state file and the udev rule
+    d.signal(nix::libc::SIGTERM); // the metrics file, `tetras_back_up 0`
+    assert_eq!(d.wait_exit(Duration::from_secs(5)), 0);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "secret\n", "written through a planted link");
+    assert_eq!(fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o600);
+    for link in &planted {
+        assert_eq!(fs::read_link(link).unwrap(), victim, "{}", link.display());
+    }
+    let meta = fs::symlink_metadata(&metrics).unwrap();
+    assert!(meta.is_file() && meta.permissions().mode() & 0o777 == 0o644, "{meta:?}");
+    assert!(fs::read_to_string(&metrics).unwrap().contains("tetras_back_up 0\n"));
+    assert!(fs::read_to_string(env.state_path()).unwrap().contains("office"));
+    assert!(fs::read_to_string(env.path("udev/61-tetras-back.rules")).unwrap().contains(UUID));
+    let strays: Vec<_> = fs::read_dir(&textfile)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".tmp") && !planted.iter().any(|p| p.ends_with(n)))
+        .collect();
+    assert!(strays.is_empty(), "temporary files left: {strays:?}");
+}

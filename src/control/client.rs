@@ -110,7 +110,8 @@ fn send_for(run_dir: &Path, request: &Request, patience: Duration) -> Result<Rep
 }
 
 fn read_reply(reader: &mut fs::File, path: &Path, deadline: Instant, patience: Duration) -> Result<Reply> {
-    let mut lines = fifo::LineReader::default();
+    // A reply is as long as it needs: only the daemon writes here.
+    let mut lines = fifo::LineReader::with_limit(fifo::MAX_REPLY);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || !fifo::wait_readable(reader, Some(left))? {
@@ -121,7 +122,7 @@ fn read_reply(reader: &mut fs::File, path: &Path, deadline: Instant, patience: D
             return match first {
                 fifo::Line::Complete(bytes) => serde_json::from_slice(&bytes)
                     .map_err(|e| anyhow!("the daemon's reply is not valid: {e}")),
-                fifo::Line::TooLong => bail!("the daemon's reply is longer than {} bytes", fifo::MAX_LINE),
+                fifo::Line::TooLong => bail!("the daemon's reply is longer than {} bytes", fifo::MAX_REPLY),
             };
         }
     }

@@ -9,20 +9,26 @@
 //!    | rm <run_dir>/replies/<id>            |
 //! ```
 //!
-//! One JSON object per line, at most [`crate::fifo::MAX_LINE`] bytes, so each
-//! request is one atomic pipe write and two CLIs never interleave. `run_dir`
-//! is 0700: only root can send commands (the original's FIFO was 0666).
+//! One JSON object per line. A request is at most [`crate::fifo::MAX_LINE`]
+//! bytes, so each one is one atomic pipe write and two CLIs never interleave.
+//! A reply is as long as it needs (the disk table of thousands of disks is
+//! larger than a pipe): only the daemon writes on a reply FIFO, once, and
+//! [`answer`] never blocks the daemon for it. `run_dir` is 0700: only root
+//! can send commands (the original's FIFO was 0666).
 //! The full protocol, with examples, is in `docs/protocol.md`.
 
 pub mod client;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::report::Status;
 use crate::events::{DiskRow, UnknownRow};
+use crate::fifo::{self, Delivery};
 
 /// A command sent to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +200,46 @@ impl Reply {
 
     pub fn error(error: impl Into<String>) -> Reply {
         Reply { ok: false, message: None, error: Some(error.into()), data: None }
+    }
+}
+
+/// Long replies being written at once, at most (each by a thread of its own).
+const MAX_LONG_REPLIES: usize = 16;
+
+/// Writes `reply`, one line, on the client's reply FIFO, never blocking the
+/// caller: what the pipe takes now is written now (every short reply, in
+/// one write); the rest of a long one is written by a thread of its own as
+/// the client reads it, for as long as the client waits for a reply
+/// ([`client::REPLY_TIMEOUT`]). A client that went away costs a log line.
+pub fn answer(path: &Path, reply: &Reply) {
+    let line = fifo::with_newline(&serde_json::to_vec(reply).expect("replies serialise"));
+    let failed = |d: Delivery| log::warn!("control: could not answer on {}: {d:?}", path.display());
+    let mut file = match fifo::open_writer(path) {
+        Ok(f) => f,
+        Err(d) => return failed(d),
+    };
+    let done = match fifo::write_now(&mut file, &line) {
+        Ok(n) if n == line.len() => return,
+        Ok(n) => n,
+        Err(d) => return failed(d),
+    };
+    static WRITING: AtomicUsize = AtomicUsize::new(0);
+    if WRITING.fetch_add(1, Ordering::SeqCst) >= MAX_LONG_REPLIES {
+        WRITING.fetch_sub(1, Ordering::SeqCst);
+        return failed(Delivery::Full);
+    }
+    let owned = path.to_owned();
+    let spawned = std::thread::Builder::new().name("long-reply".into()).spawn(move || {
+        let deadline = Instant::now() + client::REPLY_TIMEOUT;
+        let outcome = fifo::write_all_until(&mut file, &line[done..], deadline);
+        WRITING.fetch_sub(1, Ordering::SeqCst);
+        if outcome != Delivery::Written {
+            log::warn!("control: could not answer on {}: {outcome:?}", owned.display());
+        }
+    });
+    if let Err(e) = spawned {
+        WRITING.fetch_sub(1, Ordering::SeqCst);
+        failed(Delivery::Gone(format!("no thread to write a long reply: {e}")));
     }
 }
 

@@ -129,17 +129,33 @@ pub fn run(source: ConfigSource) -> Result<()> {
 /// signals, udev, the history and the mailer; handles the disks already
 /// plugged in; tells systemd it is ready.
 fn start(source: ConfigSource) -> Result<(Daemon, Inputs)> {
+    // What the unit's UMask=0077 gives, however the daemon is started: its
+    // logs, history and mount points are root's alone (the scripts inherit it).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load(&source.path, source.explicit)?;
-    private_dir(&config.state_dir)?;
+    private_dir("state_dir", &config.state_dir)?;
     let Some(mut lock) = StateLock::try_acquire(&config.state_dir)? else {
         let pid = state::lock_holder(&config.state_dir).map(|p| format!(" (pid {p})")).unwrap_or_default();
         bail!("another tetras-back daemon is running on {}{pid}", config.state_dir.display());
     };
     lock.write_pid()?;
-    let state = State::load(&config.state_path())?;
+    let mut state = State::load(&config.state_path())?;
+    // A hand-edited list may hold any number of paths: tidied in one pass
+    // and one write, before anything is sent to them.
+    let tidied = state.tidy_subscribers(MAX_SUBSCRIBERS);
+    if tidied.changed() {
+        log::warn!("{}", tidied.message(MAX_SUBSCRIBERS));
+        state.store(&config.state_path())?;
+    }
 
-    private_dir(&config.run_dir)?;
-    private_dir(&config.replies_dir())?;
+    for (key, dir) in [
+        ("run_dir", &config.run_dir),
+        ("run_dir", &config.replies_dir()),
+        ("log_dir", &config.log_dir),
+        ("mount_dir", &config.mount_dir),
+    ] {
+        private_dir(key, dir)?;
+    }
     let control_path = config.control_path();
     fifo::create(&control_path, 0o600)?;
     let control = ControlFifo { file: fifo::open_reader(&control_path)?, path: control_path };
@@ -323,16 +339,7 @@ impl Daemon {
 
 /// Writes `reply` on the client's reply FIFO.
 pub(super) fn answer(path: &std::path::Path, reply: &Reply) {
-    let line = serde_json::to_vec(reply).expect("replies serialise");
-    let line = if line.len() < fifo::MAX_LINE {
-        line
-    } else {
-        serde_json::to_vec(&Reply::error("the reply is too large for one line")).expect("serialise")
-    };
-    match fifo::send_line(path, &line) {
-        fifo::Delivery::Written => {}
-        other => log::warn!("control: could not answer on {}: {other:?}", path.display()),
-    }
+    control::answer(path, reply)
 }
 
 impl Daemon {
@@ -412,14 +419,16 @@ impl Daemon {
             Request::Register { path } => {
                 fifo::check_is_fifo(&path)?;
                 if !self.state.subscribers.contains(&path) {
-                    if self.state.subscribers.len() >= MAX_SUBSCRIBERS {
-                        bail!(
-                            "{} subscribers are registered already, the most there can be; \
-                             unregister one first",
-                            MAX_SUBSCRIBERS
-                        );
-                    }
+                    // The subscribers that are gone make room, in the same write.
                     self.edit_state(|s| {
+                        s.tidy_subscribers(MAX_SUBSCRIBERS);
+                        if s.subscribers.len() >= MAX_SUBSCRIBERS {
+                            bail!(
+                                "{} subscribers are registered already, the most there can be; \
+                                 unregister one first",
+                                MAX_SUBSCRIBERS
+                            );
+                        }
                         s.subscribers.push(path.clone());
                         Ok(())
                     })?;
@@ -625,27 +634,36 @@ impl Daemon {
     }
 }
 
-/// Creates `dir` (and parents) and makes sure only its owner, root, can enter it.
-fn private_dir(dir: &Path) -> Result<()> {
+/// Creates `dir` (and parents), the directory of the setting `key`, and
+/// makes sure only its owner, the daemon's user, can enter it. A shared
+/// directory (another user's, writable by group or others, sticky, like
+/// `/tmp`) is refused, never chmodded: the daemon needs one of its own.
+fn private_dir(key: &str, dir: &Path) -> Result<()> {
+    let refuse = |why: String| -> Result<()> {
+        bail!("`{key}` = {}: {why}; refusing to use it (give `{key}` a directory of its own)", dir.display())
+    };
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let meta = fs::symlink_metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+        .with_context(|| format!("`{key}`: cannot create directory {}", dir.display()))?;
+    let meta =
+        fs::symlink_metadata(dir).with_context(|| format!("`{key}`: cannot inspect {}", dir.display()))?;
     if !meta.is_dir() {
-        bail!("{} is not a directory (a symbolic link?); refusing to use it", dir.display());
+        return refuse("not a directory (a symbolic link?)".into());
     }
     if meta.uid() != nix::unistd::geteuid().as_raw() {
-        bail!(
-            "{} is owned by uid {}, not by the daemon's user; refusing to use it",
-            dir.display(),
-            meta.uid()
-        );
+        return refuse(format!("owned by uid {}, not by the daemon's user", meta.uid()));
     }
-    if meta.mode() & 0o077 != 0 {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o1022 != 0 {
+        return refuse(format!(
+            "a shared directory (mode {mode:04o}: sticky, or writable by group or others)"
+        ));
+    }
+    if mode & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict the mode of {}", dir.display()))?;
+            .with_context(|| format!("`{key}`: cannot restrict the mode of {}", dir.display()))?;
     }
     Ok(())
 }
