@@ -51,6 +51,12 @@ pub struct Config {
     /// The newest backup is verified after every this many backups of a
     /// disk (0: never).
     pub verify_every: u32,
+    /// A restore drill still running after this long is stopped and counts
+    /// as failed (something on the disk may be blocking it).
+    pub verify_timeout: Duration,
+    /// A snapshot source that lost more than this share (0 to 1) of its files
+    /// or bytes since the last backup makes the backup a `warning` (`None`: off).
+    pub shrink_warning: Option<f64>,
     /// The language of the mail reports and of the web console.
     pub language: Language,
     /// `[web]`: the web console (`tetras-back web`).
@@ -69,6 +75,12 @@ pub struct Web {
     pub session_timeout: Duration,
     /// The console's language (default: the top-level `language`).
     pub language: Language,
+    /// The console users who may save and forget disks, browse, download
+    /// and restore; every other user is an operator.
+    pub admins: Vec<String>,
+    /// The only folders a restore asked from the console may write into
+    /// (default `<state_dir>/restored`).
+    pub restore_to: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -272,6 +284,8 @@ struct RawConfig {
     keep_logs: Option<String>,
     open_timeout: Option<String>,
     verify_every: Option<u32>,
+    verify_timeout: Option<String>,
+    shrink_warning: Option<String>,
     language: Option<Language>,
     web: Option<RawWeb>,
 }
@@ -285,6 +299,8 @@ struct RawWeb {
     tls_key: Option<PathBuf>,
     session_timeout: Option<String>,
     language: Option<Language>,
+    admins: Option<Vec<String>>,
+    restore_to: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -613,7 +629,7 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         },
     };
     let udev_rule = optional_file("udev_rule", raw.udev_rule, Some(DEFAULT_UDEV_RULE))?;
-    let web = web(raw.web.unwrap_or_default(), language).map_err(|(key, m)| err(key, m))?;
+    let web = web(raw.web.unwrap_or_default(), language, &state_dir).map_err(|(key, m)| err(key, m))?;
 
     Ok(Config {
         source: source.map(Path::to_owned),
@@ -640,6 +656,14 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
             Some(t) => parse_duration(&t).map_err(|m| err("open_timeout", m))?,
         },
         verify_every: raw.verify_every.unwrap_or(4),
+        verify_timeout: match raw.verify_timeout {
+            None => Duration::from_secs(6 * 3600),
+            Some(t) => parse_duration(&t).map_err(|m| err("verify_timeout", m))?,
+        },
+        shrink_warning: match raw.shrink_warning {
+            None => Some(0.5),
+            Some(t) => crate::engine::snapshot::parse_share(&t).map_err(|m| err("shrink_warning", m))?,
+        },
         language,
         web,
     })
@@ -652,7 +676,7 @@ pub const DEFAULT_WEB_LISTEN: &str = "127.0.0.1:8750";
 pub const DEFAULT_WEB_USERS: &str = "/etc/tetras-back/web-users";
 
 /// Validates `[web]`; an error names its key.
-fn web(raw: RawWeb, language: Language) -> Result<Web, (&'static str, String)> {
+fn web(raw: RawWeb, language: Language, state_dir: &Path) -> Result<Web, (&'static str, String)> {
     let text = raw.listen.as_deref().unwrap_or(DEFAULT_WEB_LISTEN);
     let listen: SocketAddr = text.parse().map_err(|_| {
         (
@@ -693,7 +717,35 @@ fn web(raw: RawWeb, language: Language) -> Result<Web, (&'static str, String)> {
         None => Duration::from_secs(8 * 3600),
         Some(t) => parse_duration(&t).map_err(|m| ("web.session_timeout", m))?,
     };
-    Ok(Web { listen, users_file, tls, session_timeout, language: raw.language.unwrap_or(language) })
+    let admins = raw.admins.unwrap_or_default();
+    for name in &admins {
+        crate::web::users::check_name(name).map_err(|e| ("web.admins", format!("{e:#}")))?;
+    }
+    let restore_to = match raw.restore_to {
+        None => vec![state_dir.join("restored")],
+        Some(roots) => {
+            let roots =
+                roots.into_iter().map(|p| absolute("web.restore_to", p)).collect::<Result<Vec<_>, _>>()?;
+            if let Some(p) = roots.iter().find(|p| {
+                p.components().any(|c| c == std::path::Component::ParentDir) || p == &Path::new("/")
+            }) {
+                return Err((
+                    "web.restore_to",
+                    format!("{:?} cannot be a restore root (no `/`, no `..`)", p.display().to_string()),
+                ));
+            }
+            roots
+        }
+    };
+    Ok(Web {
+        listen,
+        users_file,
+        tls,
+        session_timeout,
+        language: raw.language.unwrap_or(language),
+        admins,
+        restore_to,
+    })
 }
 
 /// Parses `mail.to`: addresses separated by commas; a bare name such as
@@ -771,6 +823,11 @@ mod tests {
         assert_eq!(c.web.language, Language::Fr, "the console follows the top-level language");
         let c = parse("language = \"fr\"\n[web]\nlanguage = \"en\"\nlisten = \"[::1]:9000\"\n").unwrap();
         assert_eq!((c.language, c.web.language), (Language::Fr, Language::En));
+        assert!(c.web.admins.is_empty(), "nobody is an admin unless named");
+        let c = parse("[web]\nadmins = [\"alice\", \"bob\"]\n").unwrap();
+        assert_eq!(c.web.admins, ["alice", "bob"]);
+        let e = parse("[web]\nadmins = \"alice\"\n").unwrap_err();
+        assert!(e.contains("admins"), "{e}");
         for (text, key) in [
             ("[web]\nlisten = \"0.0.0.0:8750\"\n", "web.listen"),
             ("[web]\nlisten = \"localhost\"\n", "web.listen"),
@@ -778,6 +835,8 @@ mod tests {
             ("[web]\ntls_cert = \"c.pem\"\ntls_key = \"/k\"\n", "web.tls_cert"),
             ("[web]\nusers_file = \"users\"\n", "web.users_file"),
             ("[web]\nsession_timeout = \"0s\"\n", "web.session_timeout"),
+            ("[web]\nadmins = [\"alice\", \"bob smith\"]\n", "web.admins"),
+            ("[web]\nadmins = [\"\"]\n", "web.admins"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(&format!("key `{key}`")), "{text:?}: {e}");

@@ -19,6 +19,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use crate::backup::report::{Drill, Job, Report, ScriptReport, Status};
+use crate::engine::snapshot::Shrunk;
 
 /// Schema migrations, in order: entry `i` brings version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -77,6 +78,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: the restore drill of a backup (JSON: folder, passed, problems).
     "ALTER TABLE backups ADD COLUMN drill TEXT;",
+    "ALTER TABLE backups ADD COLUMN shrunk TEXT;",
+    "ALTER TABLE backups ADD COLUMN folders TEXT;",
 ];
 
 /// An open history database.
@@ -107,6 +110,12 @@ pub struct BackupRow {
     /// The restore drill, when it ran with this backup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drill: Option<Drill>,
+    /// Sources much smaller than the last time (status `warning`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shrunk: Vec<Shrunk>,
+    /// The dated folders it wrote at the top of the disk.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<String>,
 }
 
 /// One plug or unplug.
@@ -146,6 +155,11 @@ fn insert_backup(conn: &Connection, job: &Job, started: DateTime<Local>, log: &P
         params![job.uuid, job.name, job.device.display().to_string(), started.timestamp(), log.display().to_string()],
     )?;
     Ok(conn.last_insert_rowid())
+}
+
+/// A column holding JSON (`None`: NULL, or JSON of an older shape).
+fn json_column<T: serde::de::DeserializeOwned>(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<T>> {
+    Ok(r.get::<_, Option<String>>(i)?.and_then(|text| serde_json::from_str(&text).ok()))
 }
 
 fn time(secs: i64) -> DateTime<Local> {
@@ -245,7 +259,9 @@ impl History {
         };
         tx.execute(
             "UPDATE backups SET finished = ?2, status = ?3, duration_secs = ?4, bytes_written = ?5, files = ?6,
-                free_before = ?7, free_after = ?8, pruned = ?9, error = ?10, drill = ?11 WHERE id = ?1",
+                free_before = ?7, free_after = ?8, pruned = ?9, error = ?10, drill = ?11, shrunk = ?12,
+                folders = ?13
+             WHERE id = ?1",
             params![
                 id,
                 r.finished.timestamp(),
@@ -258,6 +274,8 @@ impl History {
                 serde_json::to_string(&r.totals.pruned)?,
                 r.error,
                 r.drill.as_ref().map(serde_json::to_string).transpose()?,
+                (!r.totals.shrunk.is_empty()).then(|| serde_json::to_string(&r.totals.shrunk)).transpose()?,
+                (!r.folders.is_empty()).then(|| serde_json::to_string(&r.folders)).transpose()?,
             ],
         )?;
         for (seq, s) in r.scripts.iter().enumerate() {
@@ -271,6 +289,23 @@ impl History {
         Ok(())
     }
 
+    /// The newest dated folder that a finished backup of the disk `uuid`
+    /// wrote (`success`, `warning` or `damaged`): what this server knows it
+    /// made, whatever names the disk holds.
+    pub fn last_written(&self, uuid: &str) -> Result<Option<String>> {
+        let folders: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT folders FROM backups WHERE uuid = ?1 AND folders IS NOT NULL
+                   AND status IN ('success', 'warning', 'damaged') ORDER BY id DESC LIMIT 1",
+                [uuid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let folders: Vec<String> = folders.and_then(|f| serde_json::from_str(&f).ok()).unwrap_or_default();
+        Ok(folders.into_iter().max())
+    }
+
     /// Whether the restore drill is due with the next backup of the disk
     /// `uuid`: `every - 1` backups (successful or damaged) since the last
     /// drill, or before the first one (`every` 0: never).
@@ -279,7 +314,7 @@ impl History {
             return Ok(false);
         }
         let since: i64 = self.conn.query_row(
-            "SELECT count(*) FROM backups WHERE uuid = ?1 AND status IN ('success', 'damaged')
+            "SELECT count(*) FROM backups WHERE uuid = ?1 AND status IN ('success', 'warning', 'damaged')
                AND id > coalesce((SELECT max(id) FROM backups WHERE uuid = ?1 AND drill IS NOT NULL), 0)",
             [uuid],
             |r| r.get(0),
@@ -373,12 +408,11 @@ impl History {
     ) -> Result<Vec<BackupRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT id, disk, uuid, device, started, finished, status, duration_secs, bytes_written, files,
-                    free_before, free_after, pruned, log, error, drill
+                    free_before, free_after, pruned, log, error, drill, shrunk, folders
              FROM backups WHERE {condition} ORDER BY started DESC, id DESC LIMIT {limit} OFFSET {offset}"
         ))?;
         let count = |v: Option<i64>| v.map(|b| b as u64);
         let rows = stmt.query_map(params, |r| {
-            let pruned: Option<String> = r.get(12)?;
             Ok(BackupRow {
                 id: r.get(0)?,
                 disk: r.get(1)?,
@@ -394,11 +428,13 @@ impl History {
                 files: count(r.get(9)?),
                 free_before: count(r.get(10)?),
                 free_after: count(r.get(11)?),
-                pruned: pruned.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default(),
+                pruned: json_column(r, 12)?.unwrap_or_default(),
                 log: PathBuf::from(r.get::<_, String>(13)?),
                 error: r.get(14)?,
                 scripts: Vec::new(),
-                drill: r.get::<_, Option<String>>(15)?.and_then(|d| serde_json::from_str(&d).ok()),
+                drill: json_column(r, 15)?,
+                shrunk: json_column(r, 16)?.unwrap_or_default(),
+                folders: json_column(r, 17)?.unwrap_or_default(),
             })
         })?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -442,7 +478,7 @@ impl History {
     pub fn summary(&self, uuid: &str) -> Result<DiskSummary> {
         let last = self.last_backup(uuid)?;
         let success: Option<i64> = self.conn.query_row(
-            "SELECT max(finished) FROM backups WHERE uuid = ?1 AND status = 'success'",
+            "SELECT max(finished) FROM backups WHERE uuid = ?1 AND status IN ('success', 'warning')",
             [uuid],
             |r| r.get(0),
         )?;
@@ -574,6 +610,7 @@ mod tests {
             fstype: "ext4".into(),
             identity: None,
             drill: false,
+            last_written: None,
         };
         let id = h.backup_started(&job, Local::now(), Path::new("/l")).unwrap();
         drop(h);

@@ -40,6 +40,7 @@ impl Language {
             Status::Running => t!("status.running", locale = locale),
             Status::Interrupted => t!("status.interrupted", locale = locale),
             Status::Refused => t!("status.refused", locale = locale),
+            Status::Warning => t!("status.warning", locale = locale),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Metrics for Prometheus, in the text format node_exporter's textfile
 //! collector reads: written to `metrics_file` atomically (temp file and
 //! rename in the same directory, so the collector never reads half a file)
-//! when the daemon starts, after each backup, and when it stops.
+//! when the daemon starts, after each backup, and when it stops. That
+//! directory may be writable by another account (node-exporter's):
+//! [`crate::state::write_atomic`] never writes through what it plants there.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,8 +14,8 @@ use crate::backup::report::Status;
 use crate::history::DiskSummary;
 
 /// The statuses `tetras_back_last_backup_status` has a series for.
-const STATUSES: [Status; 5] =
-    [Status::Success, Status::Failed, Status::Removed, Status::Interrupted, Status::Damaged];
+const STATUSES: [Status; 6] =
+    [Status::Success, Status::Warning, Status::Failed, Status::Removed, Status::Interrupted, Status::Damaged];
 
 /// One known disk and what the history says of it.
 pub struct DiskMetrics<'a> {

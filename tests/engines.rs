@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -617,4 +617,106 @@ fn restore_gives_back_the_torture_tree_exactly_and_never_escapes() {
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written through the link in --to");
     let run = b.tb(&["restore", s(&b.disk("")), "Donnees/a", "--to", "/"]);
     assert!(run.code == 1 && run.stderr.contains("--in-place"), "{run:?}");
+}
+
+/// Whoever owns `--to` may rename the folder an archive is extracted into
+/// and put a symbolic link in its place while the restore runs: the files
+/// still go into the folder the engine made (reached by its descriptor),
+/// never through the link into a root-only folder elsewhere.
+#[test]
+fn an_archive_restore_cannot_be_redirected_by_the_owner_of_its_target() {
+    let b = Bench::new(64);
+    let tree = b.env.path("conf");
+    fs::create_dir_all(tree.join("db")).unwrap();
+    fs::write(tree.join("db/dump.sql"), "CREATE TABLE secrets;\n").unwrap();
+    let folder = b.disk("2026-11-01_10-00-00");
+    fs::create_dir_all(&folder).unwrap();
+    let archive = folder.join("serveur.tar.gz");
+    let made = b.env.cmd(&["archive", "-o", s(&archive), "db"]).current_dir(&tree).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let victim = b.env.path("root-only");
+    fs::create_dir_all(&victim).unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+    let to = b.env.path("to");
+    fs::create_dir_all(&to).unwrap();
+    sh("chmod", &["755", b.env.root().to_str().unwrap()]);
+    sh("chown", &["nobody:nogroup", s(&to)]);
+
+    // The restore waits 3 s once its extraction folder exists.
+    let child = b
+        .env
+        .cmd(&[
+            "restore",
+            s(&b.disk("")),
+            "--from",
+            "2026-11-01_10-00-00",
+            "serveur.tar.gz/db",
+            "--to",
+            s(&to),
+        ])
+        .env("FAILPOINTS", "restore::staged=sleep(3000)")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stage = loop {
+        let found = fs::read_dir(&to)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tetras-back-restore."));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no extraction folder appeared in {}", to.display());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(fs::metadata(&stage).unwrap().mode() & 0o777, 0o700, "the extraction folder is root's only");
+    // As the unprivileged owner of `--to` would.
+    let attack = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+            r#"mv "$1" "$2" && ln -s "$3" "$1""#,
+        ])
+        .args(["sh", s(&stage), s(&to.join("moved-away")), s(&victim)])
+        .output()
+        .unwrap();
+    assert!(
+        attack.status.success(),
+        "the owner of --to moves the folder: {}",
+        String::from_utf8_lossy(&attack.stderr)
+    );
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 0, "nothing was written through the link: {said}");
+    assert_eq!(fs::read_to_string(to.join("db/dump.sql")).unwrap(), "CREATE TABLE secrets;\n");
+    assert!(fs::symlink_metadata(&stage).unwrap().file_type().is_symlink(), "the planted link is left alone");
+}
+
+/// Restoring a symbolic link of a backup restores the link: the check for
+/// what is already in `--to` does not walk into what it points at (a link
+/// `s -> /root` on a disk listed root's files in the refusal).
+#[test]
+fn restoring_a_link_never_walks_what_it_points_at() {
+    let b = Bench::new(64);
+    let outside = b.env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("root-only-secret"), "x").unwrap();
+    let folder = b.disk("2026-11-01_10-00-00");
+    fs::create_dir_all(&folder).unwrap();
+    std::os::unix::fs::symlink(&outside, folder.join("s")).unwrap();
+    let to = b.env.path("to");
+    fs::create_dir_all(to.join("s")).unwrap();
+    fs::write(to.join("s/root-only-secret"), "y").unwrap();
+    let run = b.tb(&["restore", s(&b.disk("")), "--from", "2026-11-01_10-00-00", "s", "--to", s(&to)]);
+    assert_ne!(run.code, 0, "s is there already: {run:?}");
+    assert!(!run.stderr.contains("root-only-secret"), "the refusal lists what the link points at: {run:?}");
+    fs::remove_dir_all(to.join("s")).unwrap();
+    b.tb(&["restore", s(&b.disk("")), "--from", "2026-11-01_10-00-00", "s", "--to", s(&to)]).ok();
+    assert_eq!(fs::read_link(to.join("s")).unwrap(), outside, "restored as a link");
 }

@@ -18,6 +18,7 @@ use common::*;
 const BACKUP: &str = r#"
 echo $$ > "$FLAGS/script.pid"
 echo "backing up $SRC"
+echo "keep: ${TETRAS_BACK_KEEP:-}"
 "$TETRAS_BACK_BIN" snapshot --dest "$TETRAS_BACK_MOUNT/$(date +%Y-%m-%d_%H-%M-%S)-$$" --link-dest auto "$SRC" || exit 1
 if [ -e "$FLAGS/slow" ]; then sleep 60; fi
 if [ -e "$FLAGS/fail" ]; then echo "told to fail"; exit 7; fi
@@ -401,4 +402,133 @@ fn a_mail_is_abandoned_after_max_attempts_and_kept() {
     assert_eq!((status["mail_pending"].as_u64(), status["mail_abandoned"].as_u64()), (Some(0), Some(1)));
     let text = env.cli(&["status"]).ok().stdout;
     assert!(text.contains("1 abandoned"), "{text}");
+}
+
+/// Names from the disk go into the report escaped: a file name and a dated
+/// folder name with a newline, a carriage return and terminal escapes
+/// (found by the restore drill), and a script's output quoting them,
+/// cannot forge a line of the mail or put a control character in it.
+#[test]
+fn names_from_the_disk_are_escaped_in_the_mail() {
+    const EVIL: &str = r#"
+dest="$TETRAS_BACK_MOUNT/$(date +%Y-%m-%d_%H-%M-%S)_$(printf 'evil\rfolder')"
+"$TETRAS_BACK_BIN" snapshot --dest "$dest/Donnees" "$SRC" || exit 1
+: > "$dest/Donnees/$(printf 'x\nForged: line\033[2J')"
+echo "found $(printf 'y\nForged: output\033[31m\302\233')"
+"#;
+    let port = free_port();
+    let mut rig = Rig::new(
+        "ext4",
+        &format!("verify_every = 1\n[[scripts]]\nname = \"evil.sh\"\n{}", smtp_config(port, "")),
+    );
+    script(&rig.scripts_dir(), "evil.sh", EVIL, 0o755);
+    let src = rig.env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "alpha\n").unwrap();
+    let server = SmtpServer::start(rig.env.root(), port);
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    assert_eq!(finished(&rig.until("safe_to_remove"))["status"], "damaged", "the drill found the extra file");
+    let m = Mail::parse(&server.wait_for(1, Duration::from_secs(20))[0]);
+    assert!(
+        m.subject.ends_with("backup on 'office' DAMAGED: the restore drill found differences"),
+        "{}",
+        m.subject
+    );
+    let body = m.body.replace("\r\n", "\n");
+    for text in [&m.subject, &body] {
+        let hidden: Vec<char> = text.chars().filter(|c| c.is_control() && *c != '\n').collect();
+        assert!(hidden.is_empty(), "control characters {hidden:?} in:\n{text}");
+    }
+    for needle in [
+        "_evil\\rfolder differs from what was written",
+        "extra: Donnees/x\\nForged: line\\x1b[2J",
+        "[evil.sh] Forged: output",
+    ] {
+        assert!(body.contains(needle), "the body lacks {needle:?}:\n{body}");
+    }
+    // Neither the report's own lines nor the log's quoted ones.
+    let forged: Vec<&str> = body.lines().filter(|l| l.trim_start().starts_with("Forged")).collect();
+    assert!(forged.is_empty(), "forged lines {forged:?} in:\n{body}");
+}
+
+/// Logs are the daemon's alone however it is started: from a shell with
+/// umask 022 (not systemd's UMask=0077) the log folder is 0700 (a 0755 one
+/// left by an older start is tightened) and each backup's log 0600 (it
+/// was 0755 and 0644).
+#[test]
+fn logs_are_private_however_the_daemon_is_started() {
+    use std::os::unix::fs::PermissionsExt;
+    // The umask of a login shell; the daemon inherits it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let mut rig = rig("[mail]\nwhen = \"never\"\n");
+    let logs = rig.env.path("log");
+    fs::create_dir_all(&logs).unwrap();
+    fs::set_permissions(&logs, fs::Permissions::from_mode(0o755)).unwrap();
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    assert_eq!(finished(&events)["status"], "success");
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&logs), 0o700);
+    let log = std::path::PathBuf::from(finished(&events)["log"].as_str().unwrap());
+    assert!(log.starts_with(&logs), "{}", log.display());
+    assert_eq!(mode(&log), 0o600, "{}", log.display());
+    assert_eq!(mode(&rig.env.path("state/history.sqlite")), 0o600);
+}
+
+/// rsnapshot's most-cited failure: a source that silently becomes empty (a
+/// `/home` that did not mount) and backups that go on succeeding with
+/// nothing in them until the keep policy prunes the last good one. Here the
+/// backup is a loud `warning` (mail subject, history, the console), and
+/// prune keeps the last backup from before the shrink.
+#[test]
+fn a_source_that_shrank_is_a_loud_warning_and_its_last_whole_backup_stays() {
+    let port = free_port();
+    let mut rig = rig(&smtp_config(port, ""));
+    let server = SmtpServer::start(rig.env.root(), port);
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    assert_eq!(finished(&rig.until("safe_to_remove"))["status"], "success");
+    rig.disk.detach();
+    rig.until("disk_unplugged");
+    // The source "did not mount": nothing in it now.
+    let src = rig.env.path("src");
+    fs::remove_dir_all(&src).unwrap();
+    fs::create_dir(&src).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    assert_eq!(finished(&events)["status"], "warning", "{events:#?}");
+    rig.disk.detach();
+    rig.until("disk_unplugged");
+
+    let mails = server.wait_for(2, Duration::from_secs(20));
+    let m = Mail::parse(&mails[1]);
+    let said = format!("{}: 3 files last time, 0 now", src.display());
+    assert!(m.subject.contains("succeeded, BUT") && m.subject.contains(&said), "{}", m.subject);
+    assert!(m.body.contains(&format!("Shrunk:      {}: 3 files (", src.display())), "{}", m.body);
+    let history: serde_json::Value =
+        serde_json::from_str(&rig.env.cli(&["history", "--json"]).ok().stdout).unwrap();
+    assert_eq!(history[0]["status"], "warning");
+    assert_eq!(
+        (&history[0]["shrunk"][0]["files_before"], &history[0]["shrunk"][0]["files_now"]),
+        (&3.into(), &0.into())
+    );
+    let text = rig.env.cli(&["history"]).ok().stdout;
+    assert!(text.contains("WARNING, shrunk:"), "{text}");
+    // The history knows which folder each backup wrote, and the next backup's
+    // scripts are told to keep the last one (prune honours TETRAS_BACK_KEEP).
+    let first = history[1]["folders"][0].as_str().unwrap().to_owned();
+    assert!(first.starts_with("20") && history[0]["folders"][0] != first.as_str(), "{history}");
+    let log = fs::read_to_string(history[0]["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains(&format!("keep: {first}")), "{log}");
+    // The last whole backup stays while the newest ones are shrunk.
+    let root = rig.env.root().to_owned();
+    let prune = rig.disk.inspect(&root, |m| {
+        rig.env.cli(&["prune", m.to_str().unwrap(), "--keep-last", "1", "--dry-run", "--json"]).ok().stdout
+    });
+    let prune: serde_json::Value = serde_json::from_str(&prune).unwrap();
+    assert_eq!(prune["deleted"], serde_json::json!([]), "{prune}");
+    assert_eq!(prune["kept"].as_array().unwrap().len(), 2, "{prune}");
 }

@@ -302,3 +302,115 @@ fn the_drill_runs_every_nth_backup() {
         r.history().as_array().unwrap().iter().rev().map(|b| b.get("drill").is_some()).collect();
     assert_eq!(drilled, [false, true, false], "the 2nd of every 2 backups is checked");
 }
+
+/// Sends one request to the daemon's control FIFO, as the web console does
+/// (with a `user`), and waits for the answer on a reply FIFO of its own.
+fn ask(env: &TestEnv, mut request: serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let reply = env.path(&format!("run/replies/test-{}", random_uuid()));
+    mkfifo(&reply);
+    // Open for reading first: the daemon's non-blocking write finds a reader.
+    let mut answer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&reply)
+        .unwrap();
+    request["reply"] = s(&reply).into();
+    let mut control = fs::OpenOptions::new().write(true).open(env.control_path()).unwrap();
+    writeln!(control, "{request}").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut buf = Vec::new();
+    while !buf.contains(&b'\n') {
+        assert!(std::time::Instant::now() < deadline, "no answer to {request}");
+        let mut chunk = [0u8; 4096];
+        match answer.read(&mut chunk) {
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let _ = fs::remove_file(&reply);
+    serde_json::from_slice(&buf[..buf.iter().position(|&b| b == b'\n').unwrap()]).unwrap()
+}
+
+/// A restore asked from the web console (the request carries the user's
+/// name) runs as a child process, writes only beneath `[web] restore_to`,
+/// keeps owners, but never makes a set-uid or set-gid file, a file
+/// capability or a device node: a console user restoring a set-uid root
+/// shell from a disk of their own gets a plain file. Root's own restore
+/// (the command line) keeps everything.
+#[test]
+fn a_restore_asked_from_the_console_goes_only_into_its_roots_and_grants_nothing() {
+    let root = tempfile::Builder::new().prefix("tetras-console-restores-").tempdir().unwrap();
+    let roots = root.path().join("restores");
+    let mut r = Restorable::new(&format!("verify_every = 0\n[web]\nrestore_to = [\"{}\"]\n", s(&roots)));
+    // A file capability, as on ping: it grants privileges as set-uid does.
+    let cap = r.data.join("a/capable");
+    fs::write(&cap, "#!/bin/sh\n").unwrap();
+    // security.capability v2: cap_net_raw in the permitted and effective sets.
+    let value: [u8; 20] = [0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    xattr::set(&cap, "security.capability", &value).unwrap();
+    assert_eq!(r.back_up(), "success", "{}", r.daemon_log());
+    r.unplug();
+    r.env.cli(&["hold", "office"]).ok();
+    r.disk.attach();
+    r.flow_until("disk_opened");
+    let backup = r.env.cli(&["backups", "office", "--json"]).ok().stdout;
+    let backup: serde_json::Value = serde_json::from_str(&backup).unwrap();
+    let folder = backup["backups"][0]["name"].as_str().unwrap().to_owned();
+    let restore = |to: &Path, paths: &[&str]| {
+        serde_json::json!({"cmd": "restore", "name": "office", "backup": folder, "paths": paths,
+                           "to": s(to), "user": "mallory"})
+    };
+
+    // Anywhere else: refused, naming the roots; nothing written.
+    for to in [r.env.path("elsewhere"), roots.join("../escape"), PathBuf::from("/tmp")] {
+        let said = ask(&r.env, restore(&to, &["Donnees/a"]));
+        assert_eq!(said["ok"], false, "{said}");
+        let error = said["error"].as_str().unwrap();
+        assert!(error.contains("restore_to") && error.contains(s(&roots)), "{error}");
+    }
+    assert!(!r.env.path("elsewhere").exists() && !root.path().join("escape").exists());
+
+    // Into a root: owners kept, set-uid bits, capabilities and devices not.
+    let to = roots.join("mallory");
+    let said = ask(&r.env, restore(&to, &["Donnees"]));
+    assert_eq!(said["ok"], true, "{said}");
+    assert!(said["message"].as_str().unwrap().contains("restored"), "{said}");
+    let got = to.join("Donnees");
+    assert_eq!(fs::metadata(got.join("a/setuid")).unwrap().mode() & 0o7777, 0o755, "no set-uid bit");
+    assert_eq!(
+        fs::metadata(got.join("sticky")).unwrap().mode() & 0o7777,
+        0o1777,
+        "the sticky bit is no privilege"
+    );
+    assert!(
+        xattr::get(got.join("a/capable"), "security.capability").unwrap().is_none(),
+        "no file capability"
+    );
+    assert!(!got.join("null-device").exists(), "no device node");
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_fifo(&fs::symlink_metadata(got.join("fifo")).unwrap().file_type()),
+        "a FIFO is no privilege"
+    );
+    assert_eq!(fs::metadata(got.join("a/b/other-owner")).unwrap().uid(), 1234, "owners are kept");
+    assert_eq!(fs::read(got.join("a/hard1")).unwrap(), fs::read(r.data.join("a/hard1")).unwrap());
+    // Its log: root's only, naming who asked.
+    let logs: Vec<PathBuf> = fs::read_dir(r.env.path("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_restore.log"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(fs::metadata(&logs[0]).unwrap().mode() & 0o777, 0o600);
+    assert!(fs::read_to_string(&logs[0]).unwrap().contains("asked by web user mallory"));
+
+    // Root's restore from the command line keeps what the console may not.
+    let full = r.env.path("full");
+    r.env.cli(&["restore", "office", "Donnees/a", "--to", s(&full)]).ok();
+    assert_eq!(fs::metadata(full.join("Donnees/a/setuid")).unwrap().mode() & 0o7777, 0o4755);
+    assert!(xattr::get(full.join("Donnees/a/capable"), "security.capability").unwrap().is_some());
+    r.env.cli(&["close", "office"]).ok();
+    r.flow_until("safe_to_remove");
+}

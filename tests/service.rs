@@ -215,7 +215,9 @@ fn a_held_disk_is_opened_read_only_and_restored_from(c: &mut Ctx) {
 /// control FIFO, follows its events across a restart, reads the history.
 fn the_web_console_runs_under_its_unit(c: &mut Ctx) {
     let url = "http://127.0.0.1:8750";
-    c.b.sh("systemctl enable --now tetras-back-web").ok();
+    // alice may browse and restore: an admin.
+    fs::write(c.b.path(CONFIG), c.shipped_config.replace("admins = []", "admins = [\"alice\"]")).unwrap();
+    c.b.sh("systemctl reload tetras-back && systemctl enable --now tetras-back-web").ok();
     let (code, page) = curl(&[&format!("{url}/")]);
     assert_eq!(code, 503, "no user yet: {page}");
     assert!(page.contains("tetras-back web-passwd NAME"), "{page}");
@@ -262,10 +264,12 @@ fn the_web_console_runs_under_its_unit(c: &mut Ctx) {
     assert_eq!(curl_to(&out, &[&cookies[..], &[file.as_str()]].concat()), 200);
     assert_eq!(fs::read_to_string(&out).unwrap(), "from the box\n");
     let restore = format!("{url}/disks/{}/restore/{}", disk.uuid, rel.rsplit_once('/').unwrap().0);
-    let form = format!("csrf={}&to={TEST_DIR}/web-restored&confirm=yes", curl_csrf(url, &jar));
+    // Into the default `[web] restore_to`, beneath the state directory.
+    let into = "/var/lib/tetras-back/restored/web";
+    let form = format!("csrf={}&to={into}&confirm=yes", curl_csrf(url, &jar));
     assert_eq!(curl(&[&cookies[..], &["-d", &form, &restore]].concat()).0, 303);
     let inner = rel.split_once('/').unwrap().1.rsplit_once('/').unwrap().0;
-    let restored = c.b.path(&format!("{TEST_DIR}/web-restored/{inner}/hello.txt"));
+    let restored = c.b.path(&format!("{into}/{inner}/hello.txt"));
     assert_eq!(fs::read_to_string(&restored).unwrap(), "from the box\n", "restored by the daemon");
     let form = format!("csrf={}", curl_csrf(url, &jar));
     curl(&[&cookies[..], &["-d", &form, &format!("{url}/disks/{}/close", disk.uuid)]].concat());
@@ -399,6 +403,66 @@ fn a_disk_plugged_before_the_service_starts_is_backed_up(c: &mut Ctx) {
     assert_eq!(finished["status"], "success", "{finished}");
 }
 
+/// A stranger's disk under the installed unit: FIFOs where a manifest and a
+/// `.partial` are expected, a 200 GiB sparse manifest, a folder dated 2099.
+/// Plugged in while a good disk waits its turn, it neither hangs nor kills
+/// the daemon: the drill (a child process under the unit's sandbox) names
+/// the damage, the good disk is backed up, and `systemctl stop` during the
+/// stranger's next backup completes within 10 s.
+fn a_hostile_disk_blocks_neither_the_next_disk_nor_the_stop(c: &mut Ctx) {
+    install_slow_script(&c.b);
+    // A script that writes nothing: the drill reads what the disk holds.
+    c.configure(Some(&format!("verify_every = 1\n{}", slow(0))));
+    let mut hostile = c.disk("stranger");
+    hostile.attach_low();
+    assert_eq!(c.events_until("backup_finished", &hostile).last().unwrap()["status"], "success");
+    hostile.detach();
+    c.events_until("disk_unplugged", &hostile);
+    // Altered with the service stopped: mounting the image is a plug.
+    c.b.sh("systemctl stop tetras-back").ok();
+    let images = c.images.path().to_owned();
+    hostile.modify(&images, |m| {
+        let fifo =
+            |p: &Path| nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        fs::create_dir_all(m.join("2099-01-01_00-00-00_evil/Donnees")).unwrap();
+        fifo(&m.join("2099-01-01_00-00-00_evil/Donnees/.tetras-back-manifest"));
+        fs::create_dir_all(m.join("2026-01-01_00-00-00_old")).unwrap();
+        fifo(&m.join("2026-01-01_00-00-00_old/x.partial"));
+        fs::create_dir_all(m.join("2026-01-02_00-00-00_newest/Donnees")).unwrap();
+        let manifest = m.join("2026-01-02_00-00-00_newest/Donnees/.tetras-back-manifest");
+        fs::write(&manifest, "tetras-back manifest 2\n").unwrap();
+        fs::OpenOptions::new().write(true).open(&manifest).unwrap().set_len(200 << 30).unwrap();
+    });
+    c.b.sh("systemctl start tetras-back").ok();
+    let mut good = c.disk("good");
+    hostile.attach_low();
+    c.events_until("backup_started", &hostile);
+    good.attach_low();
+    let finished = c.events_until("backup_finished", &hostile).pop().unwrap();
+    assert_eq!(finished["status"], "damaged", "{finished}");
+    let log = c.b.sh(&format!("cat {}", finished["log"].as_str().unwrap())).ok().stdout;
+    assert!(log.contains("2026-01-02_00-00-00_newest") && log.contains(".tetras-back-manifest"), "{log}");
+    assert!(log.contains("a line longer than"), "the sparse manifest is named as damaged:\n{log}");
+    assert!(
+        !log.contains("2099-01-01_00-00-00_evil back"),
+        "the folder dated 2099 is never the newest:\n{log}"
+    );
+    assert_eq!(c.events_until("backup_finished", &good).pop().unwrap()["status"], "success");
+    hostile.detach();
+    good.detach();
+    c.events_until("disk_unplugged", &hostile);
+
+    hostile.attach_low();
+    c.events_until("backup_started", &hostile);
+    let stop = Instant::now();
+    c.b.sh("systemctl stop tetras-back").ok();
+    assert!(stop.elapsed() < Duration::from_secs(10), "stop took {:?}", stop.elapsed());
+    assert_eq!(c.b.sh("systemctl is-active tetras-back").stdout.trim(), "inactive");
+    assert_eq!(c.b.sh("pgrep -af 'tetras-back [d]rill' || true").stdout, "", "no drill is left running");
+    hostile.detach();
+    c.b.sh("systemctl start tetras-back").ok();
+}
+
 /// `make deb`, lintian, then the package's life in a fresh box that has
 /// udisks: installed and running, a backup whose disk udisks cannot power
 /// off (a loop device has no drive), removed (config and state kept),
@@ -474,6 +538,10 @@ const SCENARIOS: &[Scenario] = &[
     (
         "a_disk_plugged_before_the_service_starts_is_backed_up",
         a_disk_plugged_before_the_service_starts_is_backed_up,
+    ),
+    (
+        "a_hostile_disk_blocks_neither_the_next_disk_nor_the_stop",
+        a_hostile_disk_blocks_neither_the_next_disk_nor_the_stop,
     ),
 ];
 

@@ -12,14 +12,16 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, mkdirat, Mode};
+use nix::sys::stat::{mkdirat, Mode};
+
+use crate::engine::fsx;
 
 const DIR: &str = ".tetras-back";
 const FILE: &str = "disk-id";
@@ -50,29 +52,16 @@ pub fn check(mount: &Path, expected: &str) -> Result<(), String> {
         e => format!("its {DIR}/{FILE} cannot be read: {}", e.desc()),
     };
     let root = File::open(mount).map_err(|e| format!("{}: {e}", mount.display()))?;
-    let dir = openat(
-        root.as_fd(),
-        DIR,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(missing)?;
-    let fd = openat(
-        &dir,
-        FILE,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(missing)?;
-    let st = fstat(&fd).map_err(missing)?;
-    if crate::engine::fsx::kind(&st) != nix::sys::stat::SFlag::S_IFREG || st.st_size > MAX_LEN {
+    let dir = fsx::open_read(root.as_fd(), OsStr::new(DIR), true).map_err(missing)?;
+    let file = fsx::open_file(dir.as_fd(), OsStr::new(FILE)).map_err(|e| match e.raw_os_error() {
+        Some(n) => missing(Errno::from_raw(n)),
+        None => format!("its {DIR}/{FILE} {e}"),
+    })?;
+    if file.metadata().map_err(|e| format!("its {DIR}/{FILE}: {e}"))?.len() > MAX_LEN as u64 {
         return Err(format!("its {DIR}/{FILE} is not a small regular file"));
     }
     let mut token = Vec::new();
-    File::from(fd)
-        .take(MAX_LEN as u64)
-        .read_to_end(&mut token)
-        .map_err(|e| format!("its {DIR}/{FILE}: {e}"))?;
+    file.take(MAX_LEN as u64).read_to_end(&mut token).map_err(|e| format!("its {DIR}/{FILE}: {e}"))?;
     // blake3::Hash compares in constant time.
     if blake3::hash(token.trim_ascii()) == expected {
         Ok(())
@@ -99,17 +88,8 @@ pub fn write(mount: &Path) -> Result<String> {
         Mode::empty(),
     )
     .with_context(|| format!("{DIR} on the disk is not a folder"))?;
-    let tmp = OsStr::new("disk-id.new");
-    let _ = nix::unistd::unlinkat(&dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut f = File::from(
-        openat(&dir, tmp, flags, Mode::from_bits_truncate(0o600))
-            .context("cannot create the identity file")?,
-    );
-    f.write_all(format!("{token}\n").as_bytes()).context("cannot write the identity file")?;
-    f.sync_all().context("cannot sync the identity file")?;
-    nix::fcntl::renameat(&dir, tmp, &dir, FILE).context("cannot put the identity file in place")?;
-    nix::unistd::fsync(&dir).context("cannot sync the identity folder")?;
+    crate::state::write_atomic_in(dir.as_fd(), OsStr::new(FILE), 0o600, format!("{token}\n").as_bytes())
+        .context("cannot write the identity file")?;
     Ok(blake3::hash(token.as_bytes()).to_hex().to_string())
 }
 
@@ -134,6 +114,6 @@ mod tests {
         assert!(check(disk.path(), &other).unwrap_err().contains("symbolic link"));
         std::fs::remove_file(disk.path().join(DIR).join(FILE)).unwrap();
         nix::unistd::mkfifo(&disk.path().join(DIR).join(FILE), Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(check(disk.path(), &other).unwrap_err().contains("not a small regular file"));
+        assert!(check(disk.path(), &other).unwrap_err().contains("is a FIFO, not a regular file"));
     }
 }

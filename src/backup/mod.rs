@@ -2,6 +2,7 @@
 //! on its own thread, the scripts it runs, and the words it shares with the
 //! history, the mail reports and the events ([`report`]).
 
+pub mod drill;
 pub mod identity;
 pub mod report;
 pub mod scripts;

@@ -24,6 +24,9 @@ pub struct Job {
     pub identity: Option<String>,
     /// The restore drill is due: verify the newest backup after the scripts.
     pub drill: bool,
+    /// The newest dated folder a backup of this disk wrote and finished (the
+    /// history's word, not a name on the disk): prune never deletes it.
+    pub last_written: Option<String>,
 }
 
 /// Where a backup is, or how it ended: in the history, the state file,
@@ -47,10 +50,13 @@ pub enum Status {
     /// The scripts succeeded but the restore drill found the newest backup
     /// different from what was recorded when it was written.
     Damaged,
+    /// It succeeded, but a source was much smaller than the last time (a
+    /// `/home` that did not mount): counted as a success, said loudly.
+    Warning,
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Running,
         Status::Success,
         Status::Failed,
@@ -58,7 +64,13 @@ impl Status {
         Status::Interrupted,
         Status::Refused,
         Status::Damaged,
+        Status::Warning,
     ];
+
+    /// A backup that holds what it should (for reminders and the schedule).
+    pub fn succeeded(self) -> bool {
+        matches!(self, Status::Success | Status::Warning)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,6 +81,7 @@ impl Status {
             Status::Interrupted => "interrupted",
             Status::Refused => "refused",
             Status::Damaged => "damaged",
+            Status::Warning => "warning",
         }
     }
 }
@@ -125,6 +138,8 @@ pub struct Report {
     pub identity: Option<String>,
     /// The restore drill, when it ran.
     pub drill: Option<Drill>,
+    /// The dated folders at the top of the disk that its engines wrote.
+    pub folders: Vec<String>,
 }
 
 /// The restore drill: the newest backup on the disk read again and checked

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,22 +28,44 @@ pub struct BackupLog {
 }
 
 impl BackupLog {
+    /// `<dir>/<stem>.log`, or `<stem>_2.log`, ... when that name is taken
+    /// (two backups of a disk within one second).
+    pub fn free_path(dir: &Path, stem: &str) -> PathBuf {
+        (1..)
+            .map(|n| match n {
+                1 => dir.join(format!("{stem}.log")),
+                n => dir.join(format!("{stem}_{n}.log")),
+            })
+            .find(|p| fs::symlink_metadata(p).is_err())
+            .expect("a free name")
+    }
+
     pub fn create(path: PathBuf) -> Result<BackupLog> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("cannot create log directory {}", dir.display()))?;
         }
+        // A log names every file that was backed up: root's only.
         let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("cannot create log file {}", path.display()))?;
         Ok(BackupLog { path, file: Arc::new(Mutex::new(file)) })
     }
 
-    /// Appends `text` as a line tagged with `source`.
+    /// Appends `text` as a line tagged with `source`. Control characters
+    /// (a file name from a disk may hold terminal escapes) are written as
+    /// escapes ([`printable`](crate::logging::printable)), so that a name
+    /// cannot forge a line and `cat`ting a log cannot drive the terminal.
     pub fn line(&self, source: &str, text: &str) {
         let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+        let text = crate::logging::printable(text);
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = writeln!(f, "{now} [{source}] {text}") {
             log::warn!("cannot write to {}: {e}", self.path.display());
@@ -141,6 +163,39 @@ pub struct Run<'a> {
     pub timeout: Duration,
     /// Tag for its log lines.
     pub tag: &'a str,
+    /// What of its output is kept for the caller (an engine's answer).
+    pub capture: Option<Capture>,
+}
+
+/// A child's output kept by [`Run::capture`], at most [`CAPTURE_MAX`]
+/// bytes of each stream.
+#[derive(Clone, Default)]
+pub struct Capture {
+    /// Its standard output, which then does not go to the log.
+    pub stdout: Arc<Mutex<Vec<u8>>>,
+    /// Its standard error, which still goes to the log too.
+    pub stderr: Option<Arc<Mutex<Vec<u8>>>>,
+}
+
+impl Capture {
+    /// Standard output and error, both kept.
+    pub fn both() -> Capture {
+        Capture { stderr: Some(Arc::default()), ..Capture::default() }
+    }
+
+    /// What was kept of `stream`, as text.
+    pub fn text(stream: &Mutex<Vec<u8>>) -> String {
+        String::from_utf8_lossy(&stream.lock().unwrap()).into_owned()
+    }
+}
+
+/// The most of a stream that [`Capture`] keeps.
+pub const CAPTURE_MAX: usize = 1 << 20;
+
+fn keep(into: &Mutex<Vec<u8>>, bytes: &[u8]) {
+    let mut out = into.lock().unwrap();
+    let room = CAPTURE_MAX.saturating_sub(out.len());
+    out.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
 /// Runs a script in its own process group, its output going line by line
@@ -160,19 +215,36 @@ pub fn run(r: &Run, log: &BackupLog, cancel: &AtomicBool) -> Result<Outcome> {
         .process_group(0);
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", r.program.display()))?;
     let pgid = Pid::from_raw(child.id() as i32);
+    let (out, err) = match &r.capture {
+        Some(c) => (Some(c.stdout.clone()), c.stderr.clone()),
+        None => (None, None),
+    };
     let readers: Vec<_> = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        (child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), out, false),
+        (child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), err, true),
     ]
     .into_iter()
-    .flatten()
-    .map(|pipe| {
+    .filter_map(|(pipe, capture, logged)| pipe.map(|p| (p, capture, logged)))
+    .map(|(pipe, capture, logged)| {
         let log = log.clone();
         let tag = r.tag.to_owned();
         std::thread::spawn(move || {
+            if let (Some(out), false) = (&capture, logged) {
+                // Read to the end (the child never blocks on a full pipe), keep the first MiB.
+                let mut buf = [0u8; 64 * 1024];
+                let mut pipe = pipe;
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    keep(out, &buf[..n]);
+                }
+                return;
+            }
             let mut reader = BufReader::new(pipe);
             let mut buf = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            // A line longer than 64 KiB is logged in pieces, never held whole.
+            while matches!((&mut reader).take(64 * 1024).read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                if let Some(out) = &capture {
+                    keep(out, &buf);
+                }
                 let line = String::from_utf8_lossy(&buf);
                 log.line(&tag, line.trim_end_matches(['\n', '\r']));
                 buf.clear();
@@ -271,6 +343,7 @@ mod tests {
             env: &env,
             timeout: Duration::from_secs(10),
             tag: "s.sh",
+            capture: None,
         };
         assert_eq!(run(&r, &log, &cancel).unwrap(), Outcome::Exited(3));
         let text = fs::read_to_string(&log.path).unwrap();

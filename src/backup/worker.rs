@@ -25,7 +25,7 @@ use super::report::{Drill, Job, PowerOff, Report, ScriptReport, Status};
 use super::scripts::{self, BackupLog, Outcome};
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::engine::{backups, fsx, journal, prune};
+use crate::engine::{fsx, journal};
 use crate::fault;
 use crate::mount;
 
@@ -53,7 +53,8 @@ pub enum Progress {
 /// internal error, so that the daemon goes on with the next disk.
 pub fn run(job: Job, config: Config, bus: Bus, cancel: Arc<Cancel>, progress: impl Fn(Progress)) {
     let at = Local::now();
-    let log = config.log_dir.join(format!("{}_{}.log", at.format("%Y-%m-%d_%H-%M-%S"), job.name));
+    let log =
+        BackupLog::free_path(&config.log_dir, &format!("{}_{}", at.format("%Y-%m-%d_%H-%M-%S"), job.name));
     let begun = Begun { at, clock: Instant::now(), log };
     let finished = AtomicBool::new(false);
     let report = |p: Progress| {
@@ -103,6 +104,7 @@ impl Begun {
             totals: journal::Totals::default(),
             identity: None,
             drill: None,
+            folders: Vec::new(),
         }
     }
 }
@@ -158,6 +160,12 @@ fn backup(
     });
     let totals = journal::totals(&journal);
     let _ = std::fs::remove_file(&journal);
+    for s in &totals.shrunk {
+        log.line("tetras-back", &format!("WARNING: a source shrank: {s}"));
+    }
+    let status =
+        if status == Status::Success && !totals.shrunk.is_empty() { Status::Warning } else { status };
+    let folders = written_folders(&config.mount_dir.join(&job.uuid), &totals.written);
     if let Some(e) = &error {
         log.line("tetras-back", &format!("ERROR: {e}"));
         log::error!("backup of {}: {e}", job.name);
@@ -186,7 +194,23 @@ fn backup(
         totals,
         identity: b.identity,
         drill: b.drill,
+        folders,
     })));
+}
+
+/// The dated folders at the top of the disk mounted at `mount` that hold
+/// what the engines wrote (`written`), by name, each once.
+fn written_folders(mount: &Path, written: &[PathBuf]) -> Vec<String> {
+    let mut out: Vec<String> = written
+        .iter()
+        .filter_map(|p| p.strip_prefix(mount).ok()?.components().next())
+        .filter_map(|c| c.as_os_str().to_str())
+        .map(|n| n.strip_suffix(crate::engine::PARTIAL).unwrap_or(n).to_owned())
+        .filter(|n| crate::engine::dated_name(n.as_bytes()).is_some())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 struct Backup<'a> {
@@ -288,34 +312,13 @@ impl Backup<'_> {
         (status, None, safe)
     }
 
-    /// The restore drill: the newest complete backup folder at the top of
-    /// the disk read back and checked (see [`backups::check`]).
+    /// The restore drill, in a child process (see [`drill`](super::drill)).
     fn drill(&self, target: &Path) -> Option<Drill> {
-        let folder = match prune::newest_complete(target) {
-            Ok(Some(f)) => f.to_string_lossy().into_owned(),
-            Ok(None) => {
-                self.log.info(
-                    "restore drill: no complete backup folder at the top of the disk; nothing to verify",
-                );
-                return None;
-            }
-            Err(e) => {
-                self.log.line("tetras-back", &format!("WARNING: restore drill: {e:#}"));
-                return None;
-            }
-        };
-        self.log.info(&format!("restore drill: reading {folder} back and checking it"));
-        let (entries, bytes, problems) = match backups::check(&target.join(&folder)) {
-            Ok(c) => (c.entries, c.bytes, c.problems),
-            Err(e) => (0, 0, vec![format!("cannot be read: {e:#}")]),
-        };
-        let drill = Drill {
-            passed: problems.is_empty(),
-            entries,
-            bytes,
-            problem_count: problems.len() as u64,
-            problems: problems.into_iter().take(Drill::SHOWN).collect(),
-            folder,
+        self.log.info("restore drill: reading the newest backup back and checking it");
+        let timeout = self.config.verify_timeout;
+        let Some(drill) = super::drill::in_child(target, timeout, self.log, &self.cancel.stop) else {
+            self.log.info("restore drill: no complete backup folder to verify, or the drill was stopped");
+            return None;
         };
         for p in &drill.problems {
             self.log.line("tetras-back", &format!("DAMAGED: {p}"));
@@ -342,6 +345,12 @@ impl Backup<'_> {
             ("TETRAS_BACK_FSTYPE", self.job.fstype.clone()),
             ("TETRAS_BACK_HOSTNAME", hostname),
             ("TETRAS_BACK_LOG", self.log.path.display().to_string()),
+            // The newest folder the history says this server wrote: prune keeps it.
+            ("TETRAS_BACK_KEEP", self.job.last_written.clone().unwrap_or_default()),
+            (
+                "TETRAS_BACK_SHRINK_WARNING",
+                self.config.shrink_warning.map_or("off".into(), |s| format!("{}%", s * 100.0)),
+            ),
             ("TETRAS_BACK_BIN", bin),
             (journal::ENV, self.journal.display().to_string()),
         ]
@@ -371,6 +380,7 @@ impl Backup<'_> {
                 env: &env,
                 timeout: s.timeout,
                 tag: &s.name,
+                capture: None,
             };
             fault::point("backup::before_script");
             let outcome = scripts::check_trusted(&self.config.scripts_dir, &program)
@@ -438,6 +448,7 @@ impl Backup<'_> {
             env: &env,
             timeout: self.config.hooks.timeout,
             tag: name,
+            capture: None,
         };
         scripts::run(&run, self.log, cancel)
     }

@@ -31,6 +31,10 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Verify(a) => return engines::verify(a),
         Action::Restore(a) if is_dir_path(&a.disk) => return engines::restore(a),
         Action::Generate(a) => return super::generate::run(a),
+        Action::Drill { mount } => {
+            crate::backup::drill::main(&mount)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         // The daemon reads the file, and says what is wrong with it: only
         // where to reach the daemon is taken from it here.
         Action::Reload => {
@@ -47,6 +51,7 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         | Action::Prune(_)
         | Action::Verify(_)
         | Action::Generate(_)
+        | Action::Drill { .. }
         | Action::Reload => unreachable!("handled above"),
         Action::Restore(mut a) => {
             let disk = located(&config, &a.disk)?;

@@ -45,6 +45,10 @@ pub struct SnapshotArgs {
     /// Worker threads (default: one per core)
     #[arg(short, long, value_name = "N")]
     jobs: Option<usize>,
+    /// Warn, and note it in the snapshot, when a source has lost more than
+    /// this share of its files or bytes since the previous snapshot (`off`: never)
+    #[arg(long, value_name = "PERCENT", env = "TETRAS_BACK_SHRINK_WARNING", default_value = "50%")]
+    shrink_warning: snapshot::ShrinkWarning,
     /// Sources: `SRC` is copied into DIR under its name, `SRC/` has its content copied into DIR
     #[arg(required = true, value_name = "SRC")]
     sources: Vec<OsString>,
@@ -102,6 +106,10 @@ pub struct PruneArgs {
     /// Only list what would be deleted
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Never delete this folder (the daemon names the newest one it wrote
+    /// on the disk, whatever else the disk holds)
+    #[arg(long, value_name = "NAME", env = "TETRAS_BACK_KEEP")]
+    keep_folder: Option<OsString>,
     /// Print the outcome as JSON
     #[arg(long)]
     json: bool,
@@ -143,6 +151,10 @@ pub struct RestoreArgs {
     /// Only say what would be restored
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Make nothing that grants privileges: drop set-uid and set-gid bits and
+    /// file capabilities, leave device nodes out (restores asked from the web console)
+    #[arg(long)]
+    no_privileges: bool,
     /// Print the summary as JSON
     #[arg(long)]
     json: bool,
@@ -176,6 +188,7 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         exclude: Exclude::new(&a.exclude)?,
         one_file_system: a.one_file_system,
         dry_run: a.dry_run,
+        shrink_warning: a.shrink_warning.0,
     };
     let s = snapshot::run(&opts)?;
     if !s.dry_run {
@@ -183,6 +196,7 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
             dest: s.dest.clone(),
             files: s.files,
             bytes_written: s.copied_bytes,
+            shrunk: s.shrunk.clone(),
         });
     }
     if a.json {
@@ -265,7 +279,14 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
     if a.min_free.is_none() && keep == prune::Keep::default() {
         anyhow::bail!("say what to keep: --min-free and/or --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly");
     }
-    let o = prune::run(&prune::Options { dir: a.dir, min_free: a.min_free, keep, dry_run: a.dry_run })?;
+    let keep_names = a.keep_folder.into_iter().filter(|n| !n.is_empty()).collect();
+    let o = prune::run(&prune::Options {
+        dir: a.dir,
+        min_free: a.min_free,
+        keep,
+        dry_run: a.dry_run,
+        keep_names,
+    })?;
     if !o.dry_run && !o.deleted.is_empty() {
         journal::record(&journal::Entry::Prune {
             dir: o.dir.clone(),
@@ -283,6 +304,12 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
         }
         for n in &o.in_use {
             println!("left {n}: being written by a running process");
+        }
+        for n in &o.suspicious {
+            eprintln!(
+                "tetras-back: warning: {n} is dated in the future (planted, or written while the clock was wrong): \
+                 never counted as the newest backup"
+            );
         }
         let free = if o.dry_run { "would be about" } else { "now" };
         println!(
@@ -348,6 +375,7 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
         overwrite: a.overwrite,
         dry_run: a.dry_run,
         in_place: a.in_place,
+        privileges: !a.no_privileges,
     };
     let s = restore::run(&opts)?;
     if a.json {
@@ -394,6 +422,7 @@ pub fn backups(config: &Config, root: &Path, uuid: Option<&str>, json: bool) -> 
     println!("{:<44} {:<10} {:>10} {:>9}  {:<24} PARTS", "BACKUP", "STATE", "SIZE", "FILES", "VERIFIED");
     for f in &folders {
         let state = match (f.complete, f.in_use) {
+            _ if f.future => "FUTURE?",
             (true, _) => "complete",
             (false, true) => "writing",
             (false, false) => "INCOMPLETE",
@@ -412,6 +441,9 @@ pub fn backups(config: &Config, root: &Path, uuid: Option<&str>, json: bool) -> 
                 engine::backups::PartKind::Archive => format!("{} (archive)", p.name),
                 engine::backups::PartKind::Incomplete => format!("{} (incomplete)", p.name),
                 engine::backups::PartKind::Other => p.name.clone(),
+                engine::backups::PartKind::Damaged => {
+                    format!("{} (damaged: {})", p.name, p.damage.as_deref().unwrap_or("unreadable"))
+                }
             })
             .collect();
         println!(

@@ -79,6 +79,9 @@ pub fn run(config: &Config, a: &HistoryArgs) -> Result<ExitCode> {
         if let Some(e) = &r.error {
             println!("{:<19} └ {e}", "");
         }
+        for s in &r.shrunk {
+            println!("{:<19} └ WARNING, shrunk: {}", "", crate::logging::printable(&s.to_string()));
+        }
         if let Some(d) = &r.drill {
             println!("{:<19} └ restore drill {}", "", d.summary());
             for p in d.problems.iter().take(5) {

@@ -249,6 +249,12 @@ enum Command {
     /// Write the man pages or a shell completion script (used by `make install`)
     #[command(hide = true)]
     Generate(GenerateArgs),
+    /// The restore drill on a mounted disk, as the daemon runs it (one JSON line)
+    #[command(hide = true)]
+    Drill {
+        /// Where the disk is mounted
+        mount: PathBuf,
+    },
     /// Print events live until Ctrl-C
     #[command(after_help = "Example:\n  tetras-back watch --json | jq .\n\n\
         Registers a temporary FIFO with the daemon and removes it on exit.")]
@@ -345,6 +351,7 @@ pub enum Action {
     Web,
     WebPasswd { name: String, delete: bool },
     Generate(GenerateArgs),
+    Drill { mount: PathBuf },
     Snapshot(engines::SnapshotArgs),
     Archive(engines::ArchiveArgs),
     Prune(engines::PruneArgs),
@@ -385,6 +392,7 @@ impl Cli {
                 Command::Web => Action::Web,
                 Command::WebPasswd { name, delete } => Action::WebPasswd { name, delete },
                 Command::Generate(a) => Action::Generate(a),
+                Command::Drill { mount } => Action::Drill { mount },
                 Command::Snapshot(a) => Action::Snapshot(a),
                 Command::Archive(a) => Action::Archive(a),
                 Command::Prune(a) => Action::Prune(a),

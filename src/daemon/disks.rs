@@ -78,7 +78,7 @@ impl Daemon {
         }
         match &disk.last_backup {
             None => Some(Local::now()),
-            Some(b) => schedule.next_due(b.finished.unwrap_or(b.started), b.status == Status::Success),
+            Some(b) => schedule.next_due(b.finished.unwrap_or(b.started), b.status.succeeded()),
         }
     }
 
@@ -152,6 +152,12 @@ impl Daemon {
             h.drill_due(&job.uuid, self.config.verify_every).unwrap_or_else(|e| {
                 log::error!("history: {e:#}");
                 false
+            })
+        });
+        job.last_written = self.history.as_ref().and_then(|h| {
+            h.last_written(&job.uuid).unwrap_or_else(|e| {
+                log::error!("history: {e:#}");
+                None
             })
         });
         let cancel = Arc::new(Cancel::default());

@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -23,8 +25,8 @@ use super::Daemon;
 use crate::backup;
 use crate::backup::identity;
 use crate::backup::report::{Job, PowerOff};
+use crate::backup::scripts::{self, BackupLog, Capture, Outcome};
 use crate::control::{DiskLocation, Reply};
-use crate::engine::restore;
 use crate::events::Event;
 use crate::mount::Mounted;
 
@@ -33,6 +35,9 @@ pub struct OpenDisk {
     job: Job,
     mounted: Mounted,
     last_used: Instant,
+    /// Set when the disk goes (pulled out, the daemon stopping): its
+    /// restores are stopped.
+    cancel: Arc<AtomicBool>,
 }
 
 /// The opened disks, by UUID.
@@ -110,7 +115,10 @@ impl Daemon {
             device: job.device.clone(),
             mount,
         };
-        self.disks.open.insert(job.uuid.clone(), OpenDisk { job, mounted, last_used: Instant::now() });
+        self.disks.open.insert(
+            job.uuid.clone(),
+            OpenDisk { job, mounted, last_used: Instant::now(), cancel: Arc::default() },
+        );
         self.broadcast(&event);
         Ok(())
     }
@@ -164,7 +172,8 @@ impl Daemon {
 
     /// The opened disk `uuid` was pulled out.
     pub(super) fn detach_opened(&mut self, uuid: &str) {
-        let Some(OpenDisk { job, mounted, .. }) = self.disks.open.remove(uuid) else { return };
+        let Some(OpenDisk { job, mounted, cancel, .. }) = self.disks.open.remove(uuid) else { return };
+        cancel.store(true, Ordering::SeqCst);
         log::warn!("disk {} was pulled out while opened; detaching its mount", job.name);
         if let Err(e) = mounted.detach() {
             log::error!("{e:#}");
@@ -200,8 +209,13 @@ impl Daemon {
         bail!("disk {name} is not opened; {how}")
     }
 
-    /// Starts restoring from an opened disk on a thread of its own, which
-    /// answers on `reply` when done; refuses at once what cannot be.
+    /// Starts restoring from an opened disk in a child process (`tetras-back
+    /// restore`, like a script: its own process group, its output in a log
+    /// of its own, stopped when the disk is pulled out or the daemon stops),
+    /// watched by a thread that answers on `reply` when done; refuses at
+    /// once what cannot be. A restore asked from the web console (`user`)
+    /// only writes beneath `[web] restore_to` and makes nothing that grants
+    /// privileges.
     pub(super) fn restore(&mut self, r: RestoreRequest, reply: Option<PathBuf>) -> Result<()> {
         let disk = self.locate(&r.name)?;
         if !disk.opened {
@@ -211,36 +225,81 @@ impl Daemon {
         if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
             bail!("{:?} is not a backup folder of disk {}", r.backup, r.name);
         }
-        let opts = restore::Options {
-            backup: disk.mount.join(&r.backup),
-            paths: r.paths,
-            to: r.to,
-            overwrite: r.overwrite,
-            dry_run: false,
-            in_place: false,
-        };
-        let who = r.user.map_or("root".to_owned(), |u| format!("web user {u}"));
+        if r.user.is_some() {
+            restore_root(&self.config.web.restore_to, &r.to)?;
+        }
+        let who = r.user.as_ref().map_or("root".to_owned(), |u| format!("web user {u}"));
+        let mut args: Vec<String> = vec!["restore".into(), "--from".into(), r.backup.clone()];
+        args.extend(["--to".into(), r.to.display().to_string()]);
+        if r.overwrite {
+            args.push("--overwrite".into());
+        }
+        if r.user.is_some() {
+            args.push("--no-privileges".into());
+        }
+        args.push("--".into());
+        args.push(disk.mount.display().to_string());
+        args.extend(r.paths.iter().map(|p| p.display().to_string()));
         log::info!(
             "restore of {:?} from {} into {}, asked by {who}",
-            opts.paths,
-            opts.backup.display(),
-            opts.to.display()
+            r.paths,
+            disk.mount.join(&r.backup).display(),
+            r.to.display()
         );
-        crate::engine::init(None);
+        let at = chrono::Local::now().format("%Y-%m-%d_%H-%M-%S");
+        let log = BackupLog::create(BackupLog::free_path(
+            &self.config.log_dir,
+            &format!("{at}_{}_restore", r.name),
+        ))?;
+        log.info(&format!(
+            "restore of {:?} from {} into {}, asked by {who}",
+            r.paths,
+            r.backup,
+            r.to.display()
+        ));
+        let cancel = self.disks.open.get(&disk.uuid).map(|o| o.cancel.clone()).unwrap_or_default();
         std::thread::Builder::new().name("restore".into()).spawn(move || {
-            let outcome = match restore::run(&opts) {
-                Ok(s) => {
-                    let said = restore::describe(&s, &opts.backup);
-                    log::info!("{said} (asked by {who})");
-                    Reply::ok(said)
+            let capture = Capture::both();
+            let outcome = std::env::current_exe().context("cannot find this program").and_then(|bin| {
+                let run = scripts::Run {
+                    program: &bin,
+                    args: &args,
+                    cwd: Path::new("/"),
+                    env: &[],
+                    timeout: RESTORE_TIMEOUT,
+                    tag: "restore",
+                    capture: Some(capture.clone()),
+                };
+                scripts::run(&run, &log, &cancel)
+            });
+            let said = Capture::text(&capture.stdout);
+            let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("restored").to_owned();
+            let errors = capture.stderr.as_deref().map(Capture::text).unwrap_or_default();
+            let why = errors
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim_start_matches("tetras-back: ");
+            let answer = match outcome {
+                Ok(Outcome::Exited(0)) => Reply::ok(said),
+                Ok(Outcome::Exited(23)) => {
+                    Reply::ok(format!("{said}; some entries could not be read (see {})", log.path.display()))
                 }
-                Err(e) => {
-                    log::warn!("restore into {} (asked by {who}) failed: {e:#}", opts.to.display());
-                    Reply::error(format!("{e:#}"))
-                }
+                Ok(o) => Reply::error(if why.is_empty() {
+                    format!("the restore {}", o.describe())
+                } else {
+                    why.to_owned()
+                }),
+                Err(e) => Reply::error(format!("{e:#}")),
             };
+            match &answer.error {
+                None => {
+                    log.info(&format!("{} (asked by {who})", answer.message.as_deref().unwrap_or_default()))
+                }
+                Some(e) => log::warn!("restore asked by {who} failed: {e}"),
+            }
             if let Some(path) = reply {
-                super::answer(&path, &outcome);
+                super::answer(&path, &answer);
             }
         })?;
         Ok(())
@@ -275,6 +334,13 @@ impl Daemon {
 
     /// At shutdown: nothing stays mounted.
     pub(super) fn close_all_disks(&mut self) {
+        for o in self.disks.open.values() {
+            o.cancel.store(true, Ordering::SeqCst);
+        }
+        if !self.disks.open.is_empty() {
+            // The restores' children get their SIGTERM, then SIGKILL.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         for uuid in self.disks.open.keys().cloned().collect::<Vec<_>>() {
             match self.close(&uuid, "daemon stopping", 15) {
                 Ok(true) => {}
@@ -287,6 +353,24 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A restore still running after this long is stopped.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks that `to` is one of the console's restore roots or beneath one,
+/// with no `..` (the restore itself refuses any symbolic link on the way).
+fn restore_root(roots: &[PathBuf], to: &Path) -> Result<()> {
+    let plain = to.is_absolute() && to.components().all(|c| !matches!(c, std::path::Component::ParentDir));
+    if plain && roots.iter().any(|root| to.starts_with(root)) {
+        return Ok(());
+    }
+    let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    bail!(
+        "{} is not a folder the web console may restore into; it restores only into {} (`[web] restore_to`)",
+        to.display(),
+        roots.join(", ")
+    )
 }
 
 /// `Request::Restore`'s fields.

@@ -224,6 +224,7 @@ impl Pipeline {
             fstype: fs.fstype.clone(),
             identity: None,
             drill: false,
+            last_written: None,
         };
         let queued = if held { self.open_now(job) } else { self.enqueue(job) };
         out.message = queued.message;
@@ -306,6 +307,7 @@ impl Pipeline {
             fstype: p.fstype.clone(),
             identity: None,
             drill: false,
+            last_written: None,
         })
     }
 

@@ -111,10 +111,11 @@ impl Output {
 
 /// Streams the tree `top` as a `.tar.gz` into `out` (a download of the web
 /// console): its members are named from `base` down, with the fidelity of
-/// `archive`; unreadable entries are skipped and counted.
+/// `archive`; unreadable entries are skipped and counted, and the engines' own
+/// files (manifests, shrink notes) are left out, as a restore leaves them.
 pub fn stream<W: Write>(out: W, top: &Path, base: &Path, level: u32) -> Result<Summary> {
-    let none = Exclude::default();
-    let mut w = Writer::new(out, level, &none);
+    let ours = Exclude::engine_files();
+    let mut w = Writer::new(out, level, &ours);
     w.add_tree(top, base)?;
     let gz = w.tar.into_inner().context("cannot finish the tar stream")?;
     let mut out = gz.finish()?;

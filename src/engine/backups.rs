@@ -29,6 +29,8 @@ pub struct Folder {
     pub complete: bool,
     /// Being written now.
     pub in_use: bool,
+    /// Dated in the future: suspicious, never the newest (see [`prune`]).
+    pub future: bool,
     pub parts: Vec<Part>,
     /// Files in its snapshots and bytes of their files and of its archives.
     pub files: u64,
@@ -45,6 +47,9 @@ pub enum PartKind {
     Archive,
     /// A `.partial` folder or file: never completed.
     Incomplete,
+    /// A snapshot whose manifest cannot be read (not a regular file, a line
+    /// too long, ...), or a `.partial` that is neither folder nor file.
+    Damaged,
     /// Anything else.
     Other,
 }
@@ -58,6 +63,9 @@ pub struct Part {
     pub files: Option<u64>,
     /// A snapshot's file bytes (from its manifest), an archive's size.
     pub bytes: u64,
+    /// Why it is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
 }
 
 /// The dated folders at the top of `root`, newest first.
@@ -74,6 +82,7 @@ pub fn list(root: &Path) -> Result<Vec<Folder>> {
             time: b.time,
             complete: b.complete,
             in_use: b.in_use,
+            future: b.future,
             files: parts.iter().filter_map(|p| p.files).sum(),
             bytes: parts.iter().map(|p| p.bytes).sum(),
             parts,
@@ -92,13 +101,20 @@ pub fn parts(folder: &Path) -> Result<Vec<Part>> {
         let st = fsx::lstat_at(dir.as_fd(), &name)
             .map_err(|e| anyhow!("{}: {}", folder.join(&name).display(), e.desc()))?;
         let bytes = name.as_bytes();
+        let mut damage = None;
         let (kind, files, size) = if is_partial(bytes) {
-            (PartKind::Incomplete, None, 0)
+            if fsx::is_dir(&st) || fsx::kind(&st) == nix::sys::stat::SFlag::S_IFREG {
+                (PartKind::Incomplete, None, 0)
+            } else {
+                damage = Some(format!("is {}", fsx::kind_name(&st)));
+                (PartKind::Damaged, None, 0)
+            }
         } else if fsx::is_dir(&st) {
             match totals(dir.as_fd(), &name) {
                 Some(Ok((files, size))) => (PartKind::Snapshot, Some(files), size),
                 Some(Err(e)) => {
-                    return Err(e).context(folder.join(&name).join(manifest::NAME).display().to_string())
+                    damage = Some(format!("{}: {e:#}", manifest::NAME));
+                    (PartKind::Damaged, None, 0)
                 }
                 None => (PartKind::Other, None, 0),
             }
@@ -107,7 +123,7 @@ pub fn parts(folder: &Path) -> Result<Vec<Part>> {
         } else {
             (PartKind::Other, None, 0)
         };
-        out.push(Part { name: name.to_string_lossy().into_owned(), kind, files, bytes: size });
+        out.push(Part { name: name.to_string_lossy().into_owned(), kind, files, bytes: size, damage });
     }
     Ok(out)
 }
@@ -121,25 +137,31 @@ pub(super) fn is_archive(name: &OsStr) -> bool {
 /// (`None`: it has none, so it is not a snapshot).
 fn totals(dir: BorrowedFd, name: &OsStr) -> Option<Result<(u64, u64)>> {
     let snap = fsx::open_read(dir, name, true).ok()?;
-    let fd = fsx::open_read(snap.as_fd(), OsStr::new(manifest::NAME), false).ok()?;
-    Some(count_files(BufReader::new(File::from(fd))))
+    // A manifest that is there but no regular file (a FIFO, a link) is damage.
+    match fsx::open_file(snap.as_fd(), OsStr::new(manifest::NAME)) {
+        Ok(file) => Some(count_files(BufReader::new(file))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => Some(Err(e.into())),
+    }
 }
 
 /// Counts the `f` lines of a manifest (either format) and adds their sizes.
 fn count_files(mut input: impl BufRead) -> Result<(u64, u64)> {
-    let (mut files, mut bytes) = (0, 0);
+    let mut totals = manifest::Totals::default();
     let mut line = Vec::new();
-    input.read_until(b'\n', &mut line)?; // the header
+    let mut n = 1;
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            return Ok((files, bytes));
+        let read = fsx::read_line_capped(&mut input, &mut line, manifest::LINE_MAX)
+            .with_context(|| format!("line {n}"))?;
+        if read == 0 {
+            return Ok((totals.files, totals.bytes));
         }
-        if line.first() == Some(&b'f') {
-            let size = line.split(|&b| b == b'\t').nth(4).and_then(|s| std::str::from_utf8(s).ok());
-            files += 1;
-            bytes += size.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        n += 1;
+        if n == 2 {
+            continue; // the header
         }
+        totals.add_line(line.strip_suffix(b"\n").unwrap_or(&line));
     }
 }
 
@@ -157,6 +179,7 @@ pub struct Check {
 /// (gzip's CRC of every member, tar's structure), incomplete parts named.
 pub fn check(folder: &Path) -> Result<Check> {
     let mut out = Check::default();
+    let folder_fd = fsx::open_dir_strict(folder).with_context(|| folder.display().to_string())?;
     for part in parts(folder)? {
         let path = folder.join(&part.name);
         match part.kind {
@@ -166,7 +189,7 @@ pub fn check(folder: &Path) -> Result<Check> {
                 out.bytes += r.bytes;
                 out.problems.extend(r.problems(Path::new(&part.name)));
             }
-            PartKind::Archive => match read_archive(&path) {
+            PartKind::Archive => match read_archive(&folder_fd, &part.name) {
                 Ok((entries, bytes)) => {
                     out.entries += entries;
                     out.bytes += bytes;
@@ -174,16 +197,22 @@ pub fn check(folder: &Path) -> Result<Check> {
                 Err(e) => out.problems.push(format!("unreadable: {} ({e})", part.name)),
             },
             PartKind::Incomplete => out.problems.push(format!("incomplete: {}", part.name)),
+            PartKind::Damaged => out.problems.push(format!(
+                "damaged: {} ({})",
+                part.name,
+                part.damage.as_deref().unwrap_or("unreadable")
+            )),
             PartKind::Other => {}
         }
     }
     Ok(out)
 }
 
-/// Reads a `.tar.gz` to its end; returns its members and their bytes.
-fn read_archive(path: &Path) -> io::Result<(u64, u64)> {
+/// Reads the `.tar.gz` `name` of `dir` to its end; returns its members and their bytes.
+fn read_archive(dir: &impl AsFd, name: &str) -> io::Result<(u64, u64)> {
     let (mut entries, mut bytes) = (0, 0);
-    each_member(path, |entry| {
+    let file = fsx::open_file(dir.as_fd(), OsStr::new(name))?;
+    each_member(file, |entry| {
         bytes += io::copy(entry, &mut io::sink())?;
         entries += 1;
         Ok(())
@@ -191,14 +220,13 @@ fn read_archive(path: &Path) -> io::Result<(u64, u64)> {
     Ok((entries, bytes))
 }
 
-/// Calls `each` with every member of the `.tar.gz` at `path`, then reads
-/// what follows the end-of-archive blocks, so that a damaged tail fails
-/// gzip's check too.
+/// Calls `each` with every member of the `.tar.gz` `file` (opened with
+/// [`fsx::open_file`]), then reads what follows the end-of-archive blocks,
+/// so that a damaged tail fails gzip's check too.
 pub(super) fn each_member(
-    path: &Path,
+    file: File,
     mut each: impl FnMut(&mut tar::Entry<'_, flate2::read::MultiGzDecoder<BufReader<File>>>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let file = File::open(path)?;
     let mut archive =
         tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file)));
     for entry in archive.entries()? {

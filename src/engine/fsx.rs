@@ -140,9 +140,12 @@ pub fn walk_dirs(dir: BorrowedFd, path: &Path, beneath: bool) -> nix::Result<Own
     Ok(here)
 }
 
-/// Opens the entry `name` of `dir` for reading, refusing a symbolic link.
+/// Opens the entry `name` of `dir` for reading, refusing a symbolic link,
+/// and never blocking: a FIFO planted where a file was expected opens at
+/// once (and reads as empty) instead of waiting for a writer. What is read
+/// from a disk is opened with [`open_file`], which also checks the type.
 pub fn open_read(dir: BorrowedFd, name: &OsStr, directory: bool) -> nix::Result<OwnedFd> {
-    let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
     if directory {
         flags |= OFlag::O_DIRECTORY;
     }
@@ -154,6 +157,67 @@ pub fn open_read(dir: BorrowedFd, name: &OsStr, directory: bool) -> nix::Result<
             Err(e)
         }
     })
+}
+
+/// What a `stat` type is called in messages.
+pub fn kind_name(st: &FileStat) -> &'static str {
+    match kind(st) {
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFDIR => "a folder",
+        SFlag::S_IFLNK => "a symbolic link",
+        SFlag::S_IFIFO => "a FIFO",
+        SFlag::S_IFSOCK => "a socket",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
+        _ => "of an unknown type",
+    }
+}
+
+/// Opens the regular file `name` of `dir` for reading: the one way a file
+/// on a backup disk is opened. No symbolic link is followed, the open never
+/// blocks, and anything but a regular file (a FIFO, a device, a socket, a
+/// folder) is refused with an error that says what it is.
+pub fn open_file(dir: BorrowedFd, name: &OsStr) -> io::Result<File> {
+    if name.as_bytes().contains(&b'/') {
+        // A path would go through links on its way: one name, beneath `dir`.
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "is a path, not one name"));
+    }
+    let fd = open_read(dir, name, false).map_err(|e| match e {
+        Errno::ELOOP => io::Error::other("is a symbolic link; not following it"),
+        e => io::Error::from(e),
+    })?;
+    let st = nix::sys::stat::fstat(&fd)?;
+    if kind(&st) != SFlag::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("is {}, not a regular file", kind_name(&st)),
+        ));
+    }
+    Ok(File::from(fd))
+}
+
+/// Reads one line (up to and with its `\n`) into `buf`, as `read_until`
+/// does, but never more than `cap` bytes: a longer line (a sparse file of
+/// zeros, a forged manifest) is an error, not an allocation of its size.
+/// Returns the bytes read (0 at the end).
+pub fn read_line_capped(input: &mut impl io::BufRead, buf: &mut Vec<u8>, cap: usize) -> io::Result<usize> {
+    let start = buf.len();
+    let n = io::BufRead::read_until(&mut io::Read::take(&mut *input, cap as u64 + 1), b'\n', buf)?;
+    if n > cap {
+        buf.truncate(start);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a line longer than {cap} bytes (damaged or not written by tetras-back)"),
+        ));
+    }
+    Ok(n)
+}
+
+/// 16 random hexadecimal digits, for names another account cannot guess.
+pub fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the kernel's random source is readable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Creates the file `name` in `dir`; fails if anything (a symlink
@@ -196,10 +260,12 @@ impl InUse {
 /// Whether the `.partial` entry `name` of `dir` is being written by a
 /// running process (it holds the lock).
 pub fn partial_in_use(dir: BorrowedFd, name: &OsStr) -> bool {
-    match open_read(dir, name, false) {
-        Ok(fd) => matches!(InUse::lock(fd), Err(Errno::EWOULDBLOCK)),
-        Err(_) => false,
-    }
+    let Ok(fd) = open_read(dir, name, false) else { return false };
+    // Only what the engines write (a folder or a file) is ever locked; a
+    // FIFO or a device of that name is not locked, whatever it says.
+    let ours =
+        nix::sys::stat::fstat(&fd).is_ok_and(|st| matches!(kind(&st), SFlag::S_IFDIR | SFlag::S_IFREG));
+    ours && matches!(InUse::lock(fd), Err(Errno::EWOULDBLOCK))
 }
 
 /// Removes the tree `name` in `parent` (a file, a symlink or a directory
@@ -400,6 +466,40 @@ mod tests {
         let w = walk_dirs(root.as_fd(), &t.path().join("a/b/../b/c"), false).unwrap();
         assert_eq!(ino(&w), std::fs::metadata(t.path().join("a/b/c")).unwrap().ino());
         assert_eq!(walk_dirs(root.as_fd(), &t.path().join("a/up/a"), false).unwrap_err(), Errno::ELOOP);
+    }
+
+    /// What a disk may hold where a file is expected opens at once and is
+    /// refused by its type; a long line is an error, not an allocation.
+    #[test]
+    fn disk_files_open_one_way_and_read_bounded() {
+        let t = tree();
+        nix::unistd::mkfifo(&t.path().join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+        let dir = open_dir_strict(t.path()).unwrap();
+        let e = open_file(dir.as_fd(), "fifo".as_ref()).unwrap_err().to_string();
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        assert!(!partial_in_use(dir.as_fd(), "fifo".as_ref()), "a FIFO is never a locked .partial");
+        let e = open_file(dir.as_fd(), "a/up".as_ref());
+        assert!(e.is_err(), "a symbolic link is not followed");
+        let e = open_file(dir.as_fd(), "a".as_ref()).unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        assert!(open_file(dir.as_fd(), "a/f".as_ref()).is_err(), "one name, not a path through links");
+        let a = open_dir_strict(&t.path().join("a")).unwrap();
+        assert!(open_file(a.as_fd(), "f".as_ref()).is_ok());
+
+        let mut input = io::Cursor::new(b"short\nexactly10\n0123456789abcdef".to_vec());
+        let mut buf = Vec::new();
+        assert_eq!(read_line_capped(&mut input, &mut buf, 10).unwrap(), 6);
+        buf.clear();
+        assert_eq!(
+            read_line_capped(&mut input, &mut buf, 10).unwrap(),
+            10,
+            "a line of the cap, newline included"
+        );
+        buf.clear();
+        let e = read_line_capped(&mut input, &mut buf, 10).unwrap_err().to_string();
+        assert!(e.contains("longer than 10 bytes") && buf.is_empty(), "{e}");
+        let mut zeros = io::BufReader::new(io::Read::take(io::repeat(0), 1 << 40));
+        assert!(read_line_capped(&mut zeros, &mut buf, 1 << 16).is_err(), "a 1 TiB line stops at the cap");
     }
 
     #[test]

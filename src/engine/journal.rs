@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::snapshot::Shrunk;
+
 /// The variable naming the journal file, set by the daemon for its scripts.
 pub const ENV: &str = "TETRAS_BACK_REPORT";
 
@@ -17,9 +19,24 @@ pub const ENV: &str = "TETRAS_BACK_REPORT";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "engine", rename_all = "lowercase")]
 pub enum Entry {
-    Snapshot { dest: PathBuf, files: u64, bytes_written: u64 },
-    Archive { output: PathBuf, files: u64, bytes_written: u64 },
-    Prune { dir: PathBuf, deleted: Vec<String>, freed: u64 },
+    Snapshot {
+        dest: PathBuf,
+        files: u64,
+        bytes_written: u64,
+        /// Sources much smaller than in the previous snapshot.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shrunk: Vec<Shrunk>,
+    },
+    Archive {
+        output: PathBuf,
+        files: u64,
+        bytes_written: u64,
+    },
+    Prune {
+        dir: PathBuf,
+        deleted: Vec<String>,
+        freed: u64,
+    },
 }
 
 /// Appends `entry` to the journal named in the environment, if any. A
@@ -46,6 +63,10 @@ pub struct Totals {
     /// "DIR/NAME" of each backup folder pruned.
     pub pruned: Vec<String>,
     pub freed: u64,
+    /// Sources of the snapshots much smaller than the last time.
+    pub shrunk: Vec<Shrunk>,
+    /// What the snapshots and archives wrote: their paths.
+    pub written: Vec<PathBuf>,
 }
 
 /// Reads the journal at `path` (absent: nothing was recorded); lines that do
@@ -55,11 +76,16 @@ pub fn totals(path: &Path) -> Totals {
     let Ok(text) = std::fs::read_to_string(path) else { return t };
     for line in text.lines() {
         match serde_json::from_str::<Entry>(line) {
-            Ok(
-                Entry::Snapshot { files, bytes_written, .. } | Entry::Archive { files, bytes_written, .. },
-            ) => {
+            Ok(Entry::Snapshot { dest, files, bytes_written, shrunk }) => {
                 t.files += files;
                 t.bytes_written += bytes_written;
+                t.shrunk.extend(shrunk);
+                t.written.push(dest);
+            }
+            Ok(Entry::Archive { output, files, bytes_written }) => {
+                t.files += files;
+                t.bytes_written += bytes_written;
+                t.written.push(output);
             }
             Ok(Entry::Prune { dir, deleted, freed }) => {
                 t.pruned.extend(deleted.iter().map(|d| dir.join(d).display().to_string()));
@@ -80,8 +106,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("j");
         let lines = [
-            serde_json::to_string(&Entry::Snapshot { dest: "/m/a".into(), files: 3, bytes_written: 100 })
-                .unwrap(),
+            serde_json::to_string(&Entry::Snapshot {
+                dest: "/m/a".into(),
+                files: 3,
+                bytes_written: 100,
+                shrunk: vec![],
+            })
+            .unwrap(),
             "not json".into(),
             serde_json::to_string(&Entry::Archive { output: "/m/a.tgz".into(), files: 2, bytes_written: 50 })
                 .unwrap(),
@@ -90,7 +121,17 @@ mod tests {
         ];
         std::fs::write(&p, lines.join("\n")).unwrap();
         let t = totals(&p);
-        assert_eq!(t, Totals { bytes_written: 150, files: 5, pruned: vec!["/m/old".into()], freed: 7 });
+        assert_eq!(
+            t,
+            Totals {
+                bytes_written: 150,
+                files: 5,
+                pruned: vec!["/m/old".into()],
+                freed: 7,
+                shrunk: vec![],
+                written: vec!["/m/a".into(), "/m/a.tgz".into()]
+            }
+        );
         assert_eq!(totals(&dir.path().join("absent")), Totals::default());
     }
 }

@@ -30,6 +30,19 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
+use super::fsx;
+
+/// The note a snapshot carries when a source shrank (see
+/// [`snapshot::Shrunk`](super::snapshot::Shrunk)), one JSON line each.
+pub const SHRUNK_NOTE: &str = ".tetras-back-shrunk";
+
+/// Whether `top`, a path at the top of a snapshot, is one of the engine's
+/// own files there (the manifest, the shrink note): never a backed-up file,
+/// never restored, never compared.
+pub fn is_ours(top: &Path) -> bool {
+    top.as_os_str() == NAME || top.as_os_str() == SHRUNK_NOTE
+}
+
 /// The manifest's name in the top folder of a snapshot.
 pub const NAME: &str = ".tetras-back-manifest";
 const HEADER: &str = "tetras-back manifest 2";
@@ -37,6 +50,10 @@ const HEADER: &str = "tetras-back manifest 2";
 const HEADER_V1: &str = "tetras-back manifest 1";
 /// Lines of a directory kept in memory before they go to the spill file.
 const SPILL_AT: usize = 1 << 20;
+/// The longest line a manifest may have: eight fields, the path escaped
+/// (at most 4 bytes for each of PATH_MAX's), a hash. A longer line is
+/// damage (or a forgery), never an allocation of its length.
+pub const LINE_MAX: usize = 64 * 1024;
 
 pub type Hash = [u8; 32];
 
@@ -227,6 +244,62 @@ pub struct Manifest {
     what: PathBuf,
     /// Each directory's block, by the directory's escaped path.
     blocks: HashMap<Vec<u8>, Block>,
+    /// Its files and their bytes, counted as it was indexed.
+    pub totals: Totals,
+}
+
+/// Files and file bytes of a manifest, in all and by the first name of
+/// their paths (the sources of a snapshot of several), for at most
+/// [`Totals::TOPS`] first names.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub files: u64,
+    pub bytes: u64,
+    by_top: HashMap<Vec<u8>, (u64, u64)>,
+}
+
+impl Totals {
+    const TOPS: usize = 1024;
+
+    /// (files, bytes) below the top-level entry `name` (`""`: everything);
+    /// `None` when that was not counted (more than [`Totals::TOPS`] names).
+    pub fn below(&self, name: &Path) -> Option<(u64, u64)> {
+        if name.as_os_str().is_empty() {
+            return Some((self.files, self.bytes));
+        }
+        let mut key = Vec::new();
+        escape(name.as_os_str().as_bytes(), &mut key);
+        match self.by_top.get(&key) {
+            Some(&t) => Some(t),
+            None if self.by_top.len() < Self::TOPS => Some((0, 0)),
+            None => None,
+        }
+    }
+
+    /// Counts one line of a manifest (without its newline).
+    pub(super) fn add_line(&mut self, line: &[u8]) {
+        let path = &line[line.iter().rposition(|&b| b == b'\t').map_or(line.len(), |t| t + 1)..];
+        self.add(line, path);
+    }
+
+    fn add(&mut self, line: &[u8], path: &[u8]) {
+        if line.first() != Some(&b'f') {
+            return;
+        }
+        let size = line.split(|&b| b == b'\t').nth(4).and_then(|s| std::str::from_utf8(s).ok()?.parse().ok());
+        let size: u64 = size.unwrap_or(0);
+        self.files += 1;
+        self.bytes += size;
+        let top = &path[..path.iter().position(|&b| b == b'/').unwrap_or(path.len())];
+        let room = self.by_top.len() < Self::TOPS;
+        match self.by_top.get_mut(top) {
+            Some(t) => *t = (t.0 + 1, t.1 + size),
+            None if room => {
+                self.by_top.insert(top.to_vec(), (1, size));
+            }
+            None => {}
+        }
+    }
 }
 
 enum Owned {
@@ -263,7 +336,8 @@ impl Manifest {
     pub fn open(file: File, what: &Path) -> Result<Manifest> {
         let mut input = BufReader::with_capacity(1 << 20, &file);
         let mut header = Vec::new();
-        input.read_until(b'\n', &mut header)?;
+        fsx::read_line_capped(&mut input, &mut header, LINE_MAX)
+            .with_context(|| format!("{}: line 1", what.display()))?;
         let header = header.strip_suffix(b"\n").unwrap_or(&header);
         if header == HEADER_V1.as_bytes() {
             let mut entries = read_lines(input, what)?;
@@ -277,8 +351,8 @@ impl Manifest {
             for e in &entries {
                 push_line(&mut data, e);
             }
-            let blocks = index(&data[HEADER.len() + 1..], HEADER.len() as u64 + 1, what)?;
-            return Ok(Manifest { data: Owned::Memory(data), what: what.to_owned(), blocks });
+            let (blocks, totals) = index(&data[HEADER.len() + 1..], HEADER.len() as u64 + 1, what)?;
+            return Ok(Manifest { data: Owned::Memory(data), what: what.to_owned(), blocks, totals });
         }
         if header != HEADER.as_bytes() {
             bail!(
@@ -287,8 +361,8 @@ impl Manifest {
                 String::from_utf8_lossy(header)
             );
         }
-        let blocks = index(input, HEADER.len() as u64 + 1, what)?;
-        Ok(Manifest { data: Owned::File(file), what: what.to_owned(), blocks })
+        let (blocks, totals) = index(input, HEADER.len() as u64 + 1, what)?;
+        Ok(Manifest { data: Owned::File(file), what: what.to_owned(), blocks, totals })
     }
 
     /// The entries of `dir` (relative to the snapshot, `""` for its top), in
@@ -315,8 +389,9 @@ impl Manifest {
 
 /// Where each directory's block is: `lines` starts at byte `offset` of the
 /// file, on line 2.
-fn index(mut lines: impl BufRead, mut offset: u64, what: &Path) -> Result<HashMap<Vec<u8>, Block>> {
+fn index(mut lines: impl BufRead, mut offset: u64, what: &Path) -> Result<(HashMap<Vec<u8>, Block>, Totals)> {
     let mut blocks: HashMap<Vec<u8>, Block> = HashMap::new();
+    let mut totals = Totals::default();
     let mut current: Option<(Vec<u8>, Block)> = None;
     let mut line = Vec::new();
     let mut n = 1;
@@ -334,7 +409,8 @@ fn index(mut lines: impl BufRead, mut offset: u64, what: &Path) -> Result<HashMa
     };
     loop {
         line.clear();
-        let len = lines.read_until(b'\n', &mut line)? as u64;
+        let len = fsx::read_line_capped(&mut lines, &mut line, LINE_MAX)
+            .with_context(|| format!("{}: line {}", what.display(), n + 1))? as u64;
         if len == 0 {
             break;
         }
@@ -345,6 +421,7 @@ fn index(mut lines: impl BufRead, mut offset: u64, what: &Path) -> Result<HashMa
                 bail!("{}: line {n}: expected 8 tab-separated fields", what.display());
             };
             let path = &text[tab + 1..];
+            totals.add(text, path);
             let parent = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
             match &mut current {
                 Some((dir, block)) if dir == parent => block.end = offset + len,
@@ -357,7 +434,7 @@ fn index(mut lines: impl BufRead, mut offset: u64, what: &Path) -> Result<HashMa
         offset += len;
     }
     close(&mut blocks, current, n)?;
-    Ok(blocks)
+    Ok((blocks, totals))
 }
 
 /// A range of the manifest's bytes.
@@ -430,10 +507,13 @@ impl Iterator for Children<'_> {
         let input = self.input.as_mut()?;
         loop {
             self.buf.clear();
-            match input.read_until(b'\n', &mut self.buf) {
+            match fsx::read_line_capped(input, &mut self.buf, LINE_MAX) {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => {
+                    let what = format!("{}: line {}", self.manifest.what.display(), self.line);
+                    return Some(Err(anyhow::Error::from(e).context(what)));
+                }
             }
             let n = self.line;
             self.line += 1;
@@ -459,14 +539,20 @@ impl Iterator for Children<'_> {
 }
 
 /// The entries of a format-1 manifest, whole.
-fn read_lines(input: impl BufRead, what: &Path) -> Result<Vec<Entry>> {
+fn read_lines(mut input: impl BufRead, what: &Path) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
-    for (i, line) in input.split(b'\n').enumerate() {
-        let line = line?;
+    let mut buf = Vec::new();
+    for i in 0.. {
+        buf.clear();
+        let at = || format!("{}: line {}", what.display(), i + 2);
+        if fsx::read_line_capped(&mut input, &mut buf, LINE_MAX).with_context(at)? == 0 {
+            break;
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         if line.is_empty() {
             continue;
         }
-        let entry = parse_line(&line).with_context(|| format!("{}: line {}", what.display(), i + 2))?;
+        let entry = parse_line(line).with_context(at)?;
         entries.push(entry);
     }
     Ok(entries)

@@ -53,6 +53,13 @@ impl Exclude {
         Ok(Exclude { names: names.build()?, paths: paths.build()?, empty: patterns.is_empty() })
     }
 
+    /// The engines' own files in a backup (a snapshot's manifest and shrink
+    /// note), left out of what a backup gives back (restores, downloads).
+    pub fn engine_files() -> Exclude {
+        Exclude::new(&[manifest::NAME.to_owned(), manifest::SHRUNK_NOTE.to_owned()])
+            .expect("the engine's file names are valid patterns")
+    }
+
     /// Whether the entry stored at `rel` is excluded.
     pub fn matches(&self, rel: &Path) -> bool {
         if self.empty {

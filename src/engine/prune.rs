@@ -3,10 +3,13 @@
 //! keep policy (borg's `--keep-last/daily/weekly/monthly/yearly`) does not
 //! keep. Never the newest complete backup, never a folder being written,
 //! never an entry whose name does not start with a date, never through a
-//! symbolic link.
+//! symbolic link. "Newest" is never a name dated in the future: anyone can
+//! name a folder 2099-01-01 (and a clock that jumped does), and such a
+//! folder is reported as suspicious instead of protecting itself while the
+//! real backups are deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use anyhow::{anyhow, Context, Result};
 use chrono::{Datelike, NaiveDateTime};
 use serde::Serialize;
 
-use super::{dated_name, fsx, is_partial};
+use super::{dated_name, fsx, is_partial, manifest};
 
 /// The free space to reach: bytes, or a percentage of the file system.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,6 +65,9 @@ pub struct Options {
     pub min_free: Option<FreeTarget>,
     pub keep: Keep,
     pub dry_run: bool,
+    /// Folders never deleted whatever they are named: the newest one the
+    /// daemon's history says this server wrote (`TETRAS_BACK_KEEP`).
+    pub keep_names: Vec<OsString>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +90,8 @@ pub struct Outcome {
     pub kept: Vec<String>,
     /// Folders being written by a running process, left alone.
     pub in_use: Vec<String>,
+    /// Folders dated in the future: never counted as the newest backup.
+    pub suspicious: Vec<String>,
     /// Whether the free-space target (if any) is met.
     pub met: bool,
 }
@@ -105,6 +113,22 @@ pub struct Backup {
     pub complete: bool,
     /// Being written now (a running process holds its lock).
     pub in_use: bool,
+    /// Dated more than a day ahead of this machine's clock.
+    pub future: bool,
+    /// A snapshot in it found a source much smaller than the last time
+    /// (it carries the shrink note).
+    pub shrunk: bool,
+}
+
+/// How far ahead of the clock a dated name may be (time zones, a clock set
+/// back by hand) before it is suspicious.
+const FUTURE_SLACK: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+impl Backup {
+    /// Complete, and not dated in the future: a candidate for "the newest".
+    pub fn real_and_complete(&self) -> bool {
+        self.complete && !self.future
+    }
 }
 
 pub fn run(opts: &Options) -> Result<Outcome> {
@@ -116,7 +140,15 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         FreeTarget::Bytes(b) => b,
         FreeTarget::Percent(p) => (total as f64 * p / 100.0).ceil() as u64,
     });
-    let newest = backups.iter().rposition(|b| b.complete);
+    let newest = backups.iter().rposition(Backup::real_and_complete);
+    // While the newest backups found a source shrunk (a /home that did not
+    // mount), the last one before the shrink is what holds the data.
+    let before_shrink = newest
+        .filter(|&n| backups[n].shrunk)
+        .and_then(|n| backups[..n].iter().rposition(|b| b.real_and_complete() && !b.shrunk));
+    let protected = |i: usize| {
+        Some(i) == newest || Some(i) == before_shrink || opts.keep_names.contains(&backups[i].name)
+    };
 
     // In order: interrupted runs, what the keep policy drops, then the
     // oldest backups for as long as space is short.
@@ -127,11 +159,17 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         }
     }
     if opts.keep.any() {
-        let complete: Vec<(usize, NaiveDateTime)> =
-            backups.iter().enumerate().filter(|(_, b)| b.complete).map(|(i, b)| (i, b.time)).collect();
+        // A folder dated in the future takes no place in the policy (it
+        // would be "the last" for ever): it is left alone and reported.
+        let complete: Vec<(usize, NaiveDateTime)> = backups
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.real_and_complete())
+            .map(|(i, b)| (i, b.time))
+            .collect();
         let kept = keep_policy(&complete, &opts.keep);
         for &(i, _) in &complete {
-            if !kept.contains(&i) && Some(i) != newest {
+            if !kept.contains(&i) && !protected(i) {
                 plan.push((i, "not kept by the keep policy"));
             }
         }
@@ -163,7 +201,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
             if done.free >= target {
                 break;
             }
-            if !done.gone.contains(&i) && b.complete && Some(i) != newest {
+            if !done.gone.contains(&i) && b.complete && !protected(i) {
                 delete(&mut done, i, "oldest, to free space")?;
             }
         }
@@ -176,6 +214,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         .map(|(_, b)| b.name.to_string_lossy().into_owned())
         .collect();
     let in_use = backups.iter().filter(|b| b.in_use).map(|b| b.name.to_string_lossy().into_owned()).collect();
+    let suspicious =
+        backups.iter().filter(|b| b.future).map(|b| b.name.to_string_lossy().into_owned()).collect();
     let free_after =
         if opts.dry_run { done.free } else { fsx::free_space(dir.as_fd()).context("statvfs")?.0 };
     Ok(Outcome {
@@ -187,6 +227,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         deleted: done.deleted,
         kept,
         in_use,
+        suspicious,
         met: target.is_none_or(|t| free_after >= t),
     })
 }
@@ -197,7 +238,7 @@ pub fn newest_complete(dir: &Path) -> Result<Option<OsString>> {
     let backups = list(fd.as_fd()).with_context(|| format!("cannot list {}", dir.display()))?;
     Ok(backups
         .into_iter()
-        .filter(|b| b.complete)
+        .filter(Backup::real_and_complete)
         .max_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)))
         .map(|b| b.name))
 }
@@ -207,21 +248,29 @@ pub fn newest_complete(dir: &Path) -> Result<Option<OsString>> {
 /// holds its lock.
 pub fn list(dir: BorrowedFd) -> Result<Vec<Backup>> {
     let mut out = Vec::new();
+    let ahead = chrono::Local::now().naive_local() + FUTURE_SLACK;
     for name in fsx::read_names(dir)? {
         let Some(time) = dated_name(name.as_bytes()) else { continue };
         let Ok(st) = fsx::lstat_at(dir, &name) else { continue };
         if !fsx::is_dir(&st) {
             continue; // a symlink or a file with a date for a name: not ours
         }
-        let (complete, in_use) = if is_partial(name.as_bytes()) {
-            (false, fsx::partial_in_use(dir, &name))
+        let (complete, in_use, shrunk) = if is_partial(name.as_bytes()) {
+            (false, fsx::partial_in_use(dir, &name), false)
         } else {
             let sub = fsx::open_read(dir, &name, true).map_err(|e| anyhow!("{name:?}: {}", e.desc()))?;
-            let partials: Vec<OsString> =
-                fsx::read_names(sub.as_fd())?.into_iter().filter(|n| is_partial(n.as_bytes())).collect();
-            (partials.is_empty(), partials.iter().any(|p| fsx::partial_in_use(sub.as_fd(), p)))
+            let names = fsx::read_names(sub.as_fd())?;
+            let partials: Vec<&OsString> = names.iter().filter(|n| is_partial(n.as_bytes())).collect();
+            // The folder is a snapshot itself, or holds snapshots.
+            let note = OsStr::new(manifest::SHRUNK_NOTE);
+            let shrunk = names.iter().any(|n| n == note)
+                || names.iter().any(|n| {
+                    fsx::open_read(sub.as_fd(), n, true)
+                        .is_ok_and(|part| fsx::lstat_at(part.as_fd(), note).is_ok())
+                });
+            (partials.is_empty(), partials.iter().any(|p| fsx::partial_in_use(sub.as_fd(), p)), shrunk)
         };
-        out.push(Backup { name, time, complete, in_use });
+        out.push(Backup { name, time, complete, in_use, future: time > ahead, shrunk });
     }
     Ok(out)
 }
@@ -303,6 +352,80 @@ mod tests {
 
     fn t(s: &str) -> NaiveDateTime {
         dated_name(s.as_bytes()).unwrap()
+    }
+
+    /// A folder named for 2099 (planted, or written while the clock was
+    /// wrong) is never "the newest": prune keeps the newest real backup, and
+    /// the keep policy does not count it.
+    #[test]
+    fn a_folder_dated_in_the_future_never_protects_itself() {
+        let t = tempfile::tempdir().unwrap();
+        for name in ["2026-01-01_00-00-00_a", "2026-01-02_00-00-00_b", "2099-01-01_00-00-00_fake"] {
+            std::fs::create_dir(t.path().join(name)).unwrap();
+            std::fs::write(t.path().join(name).join("data"), name).unwrap();
+        }
+        let o = |min_free, keep, dry_run| Options {
+            dir: t.path().to_owned(),
+            min_free,
+            keep,
+            dry_run,
+            keep_names: Vec::new(),
+        };
+        let out = run(&o(None, Keep { last: 1, ..Keep::default() }, true)).unwrap();
+        let deleted: Vec<&str> = out.deleted.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(deleted, ["2026-01-01_00-00-00_a"], "the policy keeps the newest real one");
+        assert_eq!(out.suspicious, ["2099-01-01_00-00-00_fake"]);
+        let out = run(&o(Some(FreeTarget::Percent(100.0)), Keep::default(), false)).unwrap();
+        let deleted: Vec<&str> = out.deleted.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(deleted, ["2026-01-01_00-00-00_a", "2099-01-01_00-00-00_fake"]);
+        assert_eq!(out.kept, ["2026-01-02_00-00-00_b"], "the newest real backup stays");
+        assert_eq!(newest_complete(t.path()).unwrap().unwrap(), "2026-01-02_00-00-00_b");
+        // What the history says this server wrote is kept whatever its name.
+        std::fs::create_dir(t.path().join("2026-01-01_00-00-00_a")).unwrap();
+        let mut keep = o(Some(FreeTarget::Percent(100.0)), Keep::default(), true);
+        keep.keep_names = vec!["2026-01-01_00-00-00_a".into()];
+        let out = run(&keep).unwrap();
+        assert!(out.deleted.iter().all(|d| d.name != "2026-01-01_00-00-00_a"), "{:?}", out.deleted);
+    }
+
+    /// While the newest backups found a source shrunk, the last one before
+    /// the shrink is kept, by the policy and when space is short.
+    #[test]
+    fn the_last_backup_before_a_shrink_is_kept() {
+        let t = tempfile::tempdir().unwrap();
+        for name in
+            ["2026-01-01_00-00-00", "2026-01-02_00-00-00", "2026-01-03_00-00-00", "2026-01-04_00-00-00"]
+        {
+            std::fs::create_dir_all(t.path().join(name).join("Donnees")).unwrap();
+        }
+        for shrunk in ["2026-01-03_00-00-00", "2026-01-04_00-00-00"] {
+            std::fs::write(t.path().join(shrunk).join("Donnees").join(manifest::SHRUNK_NOTE), "{}\n")
+                .unwrap();
+        }
+        let o = |min_free, keep| Options {
+            dir: t.path().to_owned(),
+            min_free,
+            keep,
+            dry_run: true,
+            keep_names: Vec::new(),
+        };
+        let deleted = |o: Outcome| o.deleted.into_iter().map(|d| d.name).collect::<Vec<_>>();
+        assert_eq!(
+            deleted(run(&o(None, Keep { last: 1, ..Keep::default() })).unwrap()),
+            ["2026-01-01_00-00-00", "2026-01-03_00-00-00"],
+            "the newest, and the last before the shrink, stay"
+        );
+        assert_eq!(
+            deleted(run(&o(Some(FreeTarget::Percent(100.0)), Keep::default())).unwrap()),
+            ["2026-01-01_00-00-00", "2026-01-03_00-00-00"]
+        );
+        // Once a backup is whole again, the shrink is over.
+        std::fs::remove_file(t.path().join("2026-01-04_00-00-00/Donnees").join(manifest::SHRUNK_NOTE))
+            .unwrap();
+        assert_eq!(
+            deleted(run(&o(None, Keep { last: 1, ..Keep::default() })).unwrap()),
+            ["2026-01-01_00-00-00", "2026-01-02_00-00-00", "2026-01-03_00-00-00"]
+        );
     }
 
     #[test]

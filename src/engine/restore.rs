@@ -33,6 +33,9 @@ pub struct Options {
     pub dry_run: bool,
     /// `to` may be `/` (the files go back where they were).
     pub in_place: bool,
+    /// Set-uid and set-gid bits, file capabilities and device nodes are
+    /// restored (`false` for a restore asked from the web console).
+    pub privileges: bool,
 }
 
 /// At most this many entries already in `--to` are named in the refusal.
@@ -84,7 +87,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
     let roots = roots(backup.as_fd(), &opts.backup, &plain)?;
     let mut members = Vec::new();
     for (archive, wanted) in &archived {
-        members.push(archive_members(&opts.backup.join(archive), wanted)?);
+        members.push(archive_members(backup.as_fd(), &opts.backup.join(archive), archive, wanted)?);
     }
     let mut summary = Summary { dest: opts.to.clone(), dry_run: opts.dry_run, ..Summary::default() };
     // Everything already in `--to` is refused before anything is written.
@@ -102,7 +105,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => bail!("--to {}: {e}", opts.to.display()),
         }
-        snapshot::copy_into(roots, None, &mut summary, false)?;
+        snapshot::copy_into(roots, None, &mut summary, false, opts.privileges)?;
         for m in members.iter().flatten() {
             summary.dirs += u64::from(m.dir);
             summary.files += u64::from(m.file);
@@ -115,11 +118,11 @@ pub fn run(opts: &Options) -> Result<Summary> {
     let to = fsx::make_dirs_strict(&opts.to).with_context(|| format!("--to {}", opts.to.display()))?;
     existing(to.as_fd())?;
     for path in &plain {
-        make_parents(backup.as_fd(), to.as_fd(), path)?;
+        make_parents(backup.as_fd(), to.as_fd(), path, opts.privileges)?;
     }
-    snapshot::copy_into(roots, Some(to.try_clone()?), &mut summary, opts.overwrite)?;
+    snapshot::copy_into(roots, Some(to.try_clone()?), &mut summary, opts.overwrite, opts.privileges)?;
     for ((archive, wanted), members) in archived.iter().zip(&members) {
-        let part = from_archive(&opts.backup.join(archive), wanted, members, opts, to.as_fd())?;
+        let part = from_archive((backup.as_fd(), archive), wanted, members, opts, to.as_fd())?;
         for (total, n) in [
             (&mut summary.files, part.files),
             (&mut summary.bytes, part.bytes),
@@ -181,10 +184,16 @@ struct Member {
 
 /// The members of `archive` at or below the `wanted` paths (an empty path:
 /// all of it); each wanted path must be there.
-fn archive_members(archive: &Path, wanted: &[PathBuf]) -> Result<Vec<Member>> {
+fn archive_members(
+    backup: BorrowedFd,
+    archive: &Path,
+    name: &OsStr,
+    wanted: &[PathBuf],
+) -> Result<Vec<Member>> {
     let mut out = Vec::new();
     let mut found = vec![false; wanted.len()];
-    backups::each_member(archive, |entry| {
+    let file = fsx::open_file(backup, name).with_context(|| archive.display().to_string())?;
+    backups::each_member(file, |entry| {
         let path =
             entry.path()?.components().filter(|c| matches!(c, Component::Normal(_))).collect::<PathBuf>();
         let Some(i) = wanted.iter().position(|w| path.starts_with(w)) else { return Ok(()) };
@@ -209,24 +218,38 @@ fn archive_members(archive: &Path, wanted: &[PathBuf]) -> Result<Vec<Member>> {
 /// attributes, links, holes) into a private folder beside the restored
 /// files, then copied into place by the same engine as a snapshot's files,
 /// with the same refusals; the private folder is removed.
+///
+/// The private folder is reached through its descriptor only: whoever owns
+/// `to` may rename it and put a symbolic link (or a folder of their own) in
+/// its place, and the extraction still goes into the folder made here, which
+/// only root can enter.
 fn from_archive(
-    archive: &Path,
+    (backup, name): (BorrowedFd, &OsStr),
     wanted: &[PathBuf],
     members: &[Member],
     opts: &Options,
     to: BorrowedFd,
 ) -> Result<Summary> {
-    let stage_name = format!(".tetras-back-restore.{}.archive", std::process::id());
+    let archive = opts.backup.join(name);
+    let stage_name = format!(".tetras-back-restore.{}.archive", fsx::random_suffix());
     mkdirat(to, stage_name.as_str(), Mode::from_bits_truncate(0o700))
         .map_err(|e| anyhow!("cannot create {}: {}", opts.to.join(&stage_name).display(), e.desc()))?;
     let stage_path = opts.to.join(&stage_name);
+    let stage = fsx::open_beneath(to, Path::new(&stage_name))
+        .map_err(|e| anyhow!("{}: {}", stage_path.display(), e.desc()))?;
+    let made = fstat(&stage)?;
+    if made.st_uid != nix::unistd::geteuid().as_raw() || made.st_mode & 0o077 != 0 {
+        bail!("{} was replaced as it was made; not extracting into it", stage_path.display());
+    }
+    crate::fault::point("restore::staged");
     let result = (|| -> Result<Summary> {
-        let stage = fsx::open_beneath(to, Path::new(&stage_name))?;
-        let mut unpack =
-            tar::Archive::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(
-                1 << 20,
-                File::open(archive).with_context(|| archive.display().to_string())?,
-            )));
+        use std::os::fd::AsRawFd;
+        // The kernel resolves this to the folder made above, wherever its name went.
+        let stage_dir = PathBuf::from(format!("/proc/self/fd/{}", stage.as_raw_fd()));
+        let file = fsx::open_file(backup, name).with_context(|| archive.display().to_string())?;
+        let mut unpack = tar::Archive::new(flate2::read::MultiGzDecoder::new(
+            std::io::BufReader::with_capacity(1 << 20, file),
+        ));
         unpack.set_preserve_permissions(true);
         unpack.set_preserve_ownerships(nix::unistd::geteuid().is_root());
         unpack.set_preserve_mtime(true);
@@ -249,8 +272,8 @@ fn from_archive(
             if entry.header().entry_type().is_dir() {
                 dir_times.push((path.clone(), entry.header().mtime().unwrap_or(0)));
             }
-            // unpack_in refuses `..` and writing through a symbolic link out of the folder.
-            if let Err(e) = entry.unpack_in(&stage_path) {
+            // unpack_in refuses `..` and links out of the folder, reached by its descriptor.
+            if let Err(e) = entry.unpack_in(&stage_dir) {
                 eprintln!("tetras-back: {}/{}: {e}", archive.display(), path.display());
                 skipped += 1;
             }
@@ -273,14 +296,23 @@ fn from_archive(
         }
         let roots = roots(stage.as_fd(), &stage_path, &tops)?;
         for path in &tops {
-            make_parents(stage.as_fd(), to, path)?;
+            make_parents(stage.as_fd(), to, path, opts.privileges)?;
         }
         let mut part = Summary::default();
-        snapshot::copy_into(roots, Some(fsx::open_beneath(to, Path::new(""))?), &mut part, opts.overwrite)?;
+        let into = Some(fsx::open_beneath(to, Path::new(""))?);
+        snapshot::copy_into(roots, into, &mut part, opts.overwrite, opts.privileges)?;
         part.skipped += skipped;
         Ok(part)
     })();
-    if let Err(e) = std::fs::remove_dir_all(&stage_path) {
+    // Removed by name only while the name is still the folder made above.
+    let same = fsx::lstat_at(to, OsStr::new(&stage_name))
+        .is_ok_and(|st| (st.st_dev, st.st_ino) == (made.st_dev, made.st_ino));
+    let removed = if same {
+        fsx::remove_tree(to, OsStr::new(&stage_name))
+    } else {
+        Err(std::io::Error::other("it was moved"))
+    };
+    if let Err(e) = removed {
         eprintln!("tetras-back: warning: cannot remove {}: {e}", stage_path.display());
     }
     result
@@ -301,10 +333,11 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
 /// The entries of the backup folder at and below `path`, relative to the
 /// folder, and whether each is a directory (manifests left out).
 fn backup_entries<'a>(backup: &'a Path, path: &Path) -> impl Iterator<Item = (PathBuf, bool)> + 'a {
-    let walk = walkdir::WalkDir::new(backup.join(path)).follow_links(false);
+    // A link at `path` itself is an entry to restore, not a way into what it points at.
+    let walk = walkdir::WalkDir::new(backup.join(path)).follow_links(false).follow_root_links(false);
     walk.into_iter()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name() != manifest::NAME)
+        .filter(|e| !manifest::is_ours(Path::new(e.file_name())))
         .map(move |e| (e.path().strip_prefix(backup).unwrap_or(e.path()).to_owned(), e.file_type().is_dir()))
 }
 
@@ -338,7 +371,7 @@ fn refuse_existing(entries: impl Iterator<Item = (PathBuf, bool)>, to: BorrowedF
 
 /// Creates the directories leading to `path` below `to` that are not there
 /// yet, with the backup's owner, mode, extended attributes and times.
-fn make_parents(backup: BorrowedFd, to: BorrowedFd, path: &Path) -> Result<()> {
+fn make_parents(backup: BorrowedFd, to: BorrowedFd, path: &Path, privileges: bool) -> Result<()> {
     let Some(parent) = path.parent() else { return Ok(()) };
     let mut done = PathBuf::new();
     for name in parent.iter() {
@@ -353,7 +386,7 @@ fn make_parents(backup: BorrowedFd, to: BorrowedFd, path: &Path) -> Result<()> {
             let src = File::from(fsx::open_beneath(backup, &done)?);
             let out = File::from(fsx::open_beneath(to, &done)?);
             let meta = Meta::of(&fstat(&src)?);
-            snapshot::set_meta(&src, &out, &meta, &done, nix::unistd::geteuid().is_root())
+            snapshot::set_meta(&src, &out, &meta, &done, nix::unistd::geteuid().is_root(), privileges)
                 .with_context(|| format!("cannot set metadata of {}", done.display()))?;
         }
     }

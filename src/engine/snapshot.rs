@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -52,6 +52,65 @@ pub struct Options {
     pub exclude: Exclude,
     pub one_file_system: bool,
     pub dry_run: bool,
+    /// A source that has lost more than this share (0 to 1) of its files or
+    /// bytes against the previous snapshot is reported ([`Shrunk`]).
+    pub shrink_warning: Option<f64>,
+}
+
+/// A source of a snapshot much smaller than in the previous one: a `/home`
+/// that did not mount, a data folder emptied by mistake. Such a backup
+/// still succeeds, loudly, and prune keeps the last backup before it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Shrunk {
+    pub source: PathBuf,
+    pub files_before: u64,
+    pub files_now: u64,
+    pub bytes_before: u64,
+    pub bytes_now: u64,
+}
+
+impl std::fmt::Display for Shrunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} files ({}) last time, {} ({}) now",
+            self.source.display(),
+            self.files_before,
+            super::human(self.bytes_before),
+            self.files_now,
+            super::human(self.bytes_now)
+        )
+    }
+}
+
+/// A `shrink_warning` (`--shrink-warning`): the share, 0 to 1, or none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShrinkWarning(pub Option<f64>);
+
+impl std::str::FromStr for ShrinkWarning {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_share(s).map(ShrinkWarning)
+    }
+}
+
+/// Parses a `shrink_warning`: "50%" or "50" is half; "0" or "off" turns
+/// the warning off.
+pub fn parse_share(text: &str) -> Result<Option<f64>, String> {
+    let t = text.trim();
+    if t == "off" {
+        return Ok(None);
+    }
+    let n: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a percentage such as \"50%\", or \"off\", got {text:?}"))?;
+    if !(0.0..=100.0).contains(&n) {
+        return Err(format!("{text:?}: a percentage is between 0 and 100"));
+    }
+    Ok((n > 0.0).then_some(n / 100.0))
 }
 
 /// What a snapshot did (or, with `--dry-run`, would do).
@@ -76,6 +135,9 @@ pub struct Summary {
     pub specials: u64,
     /// Entries that could not be read and are missing from the snapshot.
     pub skipped: u64,
+    /// Sources much smaller than in the previous snapshot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shrunk: Vec<Shrunk>,
     pub seconds: f64,
 }
 
@@ -117,8 +179,13 @@ struct Ctx<'a> {
     one_file_system: bool,
     target: Target,
     as_root: bool,
+    /// Set-uid and set-gid bits, file capabilities and device nodes are
+    /// recreated (not in a restore asked from the web console).
+    privileges: bool,
     skipped: Skipped,
     n: Counters,
+    /// Files and their bytes, for each root.
+    per_root: Vec<(AtomicU64, AtomicU64)>,
     /// Directories created, for their metadata once everything is in them.
     dirs: Mutex<Vec<(usize, PathBuf, Meta)>>,
     /// The first path of each inode with several links in the source, and
@@ -188,10 +255,14 @@ pub fn run(opts: &Options) -> Result<Summary> {
     };
     let (prev, prev_manifest) = match &link_dest {
         Some(p) => match fsx::open_dir_strict(p) {
-            Ok(fd) => {
-                let m = read_manifest(fd.as_fd(), p)?;
-                (Some(fd), m)
-            }
+            Ok(fd) => match read_manifest(fd.as_fd(), p) {
+                Ok(m) => (Some(fd), m),
+                // A damaged (or forged) previous backup must not stop every later one.
+                Err(e) => {
+                    eprintln!("tetras-back: --link-dest: {e:#}: the previous snapshot is damaged; copying everything");
+                    (None, None)
+                }
+            },
             Err(e) => {
                 eprintln!("tetras-back: --link-dest {e}: copying everything");
                 (None, None)
@@ -224,8 +295,22 @@ pub fn run(opts: &Options) -> Result<Summary> {
         dry_run: opts.dry_run,
         ..Summary::default()
     };
+    summary.shrunk = opts.shrink_warning.map(|share| ctx.shrunk(share)).unwrap_or_default();
+    for s in &summary.shrunk {
+        eprintln!(
+            "tetras-back: WARNING: {s}: more than {:.0}% less than the previous snapshot (did it fail to mount?)",
+            opts.shrink_warning.unwrap_or(0.0) * 100.0
+        );
+    }
     if let (Some(dest), Some(target)) = (&ctx.dest, target) {
         ctx.link_inside(dest.as_fd())?;
+        if !summary.shrunk.is_empty() {
+            let mut note = fsx::create_new(dest.as_fd(), OsStr::new(manifest::SHRUNK_NOTE))
+                .context("cannot write the shrink note")?;
+            for s in &summary.shrunk {
+                writeln!(note, "{}", serde_json::to_string(s)?).context("cannot write the shrink note")?;
+            }
+        }
         ctx.finish_dirs(dest.as_fd())?;
         let m = fsx::create_new(dest.as_fd(), OsStr::new(manifest::NAME))
             .context("cannot create the manifest")?;
@@ -246,17 +331,21 @@ pub fn run(opts: &Options) -> Result<Summary> {
 
 /// Copies the `roots` (entries of a backup) into the existing directory
 /// `dest` (`None`: a dry run that only counts), with the same fidelity as a
-/// snapshot: what `restore` does.
+/// snapshot: what `restore` does. Without `privileges`, nothing that grants
+/// them is made: set-uid and set-gid bits are dropped, file capabilities
+/// not copied, device nodes left out (and reported).
 pub(super) fn copy_into(
     roots: Vec<Root>,
     dest: Option<OwnedFd>,
     summary: &mut Summary,
     overwrite: bool,
+    privileges: bool,
 ) -> Result<()> {
     let started = Instant::now();
     // Snapshots' manifests describe the backup, not the files: left there.
-    let exclude = Exclude::new(&[manifest::NAME.to_owned()])?;
-    let ctx = Ctx::new(roots, dest, &exclude, Target::Existing { overwrite });
+    let exclude = Exclude::engine_files();
+    let mut ctx = Ctx::new(roots, dest, &exclude, Target::Existing { overwrite });
+    ctx.privileges = privileges;
     ctx.walk()?;
     if let Some(dest) = &ctx.dest {
         ctx.link_inside(dest.as_fd())?;
@@ -295,8 +384,8 @@ fn open_sources(sources: &[OsString]) -> Result<Vec<Root>> {
                 )
             })?
             .to_owned();
-        if name == manifest::NAME {
-            bail!("source {}: that name is reserved for the snapshot's manifest", path.display());
+        if manifest::is_ours(Path::new(&name)) {
+            bail!("source {}: that name is reserved for the snapshot's own files", path.display());
         }
         if let Some(other) = names.insert(name.clone(), src) {
             bail!(
@@ -373,11 +462,11 @@ pub fn find_previous(dest: &Path) -> Result<Option<PathBuf>> {
 }
 
 fn read_manifest(dir: BorrowedFd, path: &Path) -> Result<Option<Manifest>> {
-    match fsx::open_read(dir, OsStr::new(manifest::NAME), false) {
-        Ok(fd) => Ok(Some(Manifest::open(File::from(fd), &path.join(manifest::NAME))?)),
+    match fsx::open_file(dir, OsStr::new(manifest::NAME)) {
+        Ok(file) => Ok(Some(Manifest::open(file, &path.join(manifest::NAME))?)),
         // A folder made by another tool: checksums are computed from the files.
-        Err(Errno::ENOENT) => Ok(None),
-        Err(e) => bail!("{}: {}", path.join(manifest::NAME).display(), e.desc()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => bail!("{}: {e}", path.join(manifest::NAME).display()),
     }
 }
 
@@ -426,6 +515,7 @@ fn dest_err(rel: &Path, what: &str, e: impl std::fmt::Display) -> anyhow::Error 
 
 impl<'a> Ctx<'a> {
     fn new(roots: Vec<Root>, dest: Option<OwnedFd>, exclude: &'a Exclude, target: Target) -> Ctx<'a> {
+        let per_root = (0..roots.len()).map(|_| Default::default()).collect();
         Ctx {
             roots,
             dest,
@@ -436,12 +526,42 @@ impl<'a> Ctx<'a> {
             one_file_system: false,
             target,
             as_root: nix::unistd::geteuid().is_root(),
+            privileges: true,
             skipped: Skipped::default(),
             n: Counters::default(),
+            per_root,
             dirs: Mutex::new(Vec::new()),
             first_links: Mutex::new(HashMap::new()),
             more_links: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The roots that lost more than `share` of their files or bytes against
+    /// the previous snapshot's manifest.
+    fn shrunk(&self, share: f64) -> Vec<Shrunk> {
+        let Some(prev) = &self.prev_manifest else { return Vec::new() };
+        let lost = |before: u64, now: u64| before > 0 && (now as f64) < before as f64 * (1.0 - share);
+        self.roots
+            .iter()
+            .zip(&self.per_root)
+            .filter_map(|(root, (files, bytes))| {
+                // `SRC` is kept under its name, `SRC/`'s content at the top.
+                let top = root.only.as_deref().map_or(root.into.as_path(), Path::new);
+                let (files_before, bytes_before) = prev.totals.below(top)?;
+                let (files_now, bytes_now) = (files.load(Relaxed), bytes.load(Relaxed));
+                let source = match &root.only {
+                    Some(name) => root.base.join(name),
+                    None => root.base.clone(),
+                };
+                (lost(files_before, files_now) || lost(bytes_before, bytes_now)).then_some(Shrunk {
+                    source,
+                    files_before,
+                    files_now,
+                    bytes_before,
+                    bytes_now,
+                })
+            })
+            .collect()
     }
 
     /// Copies every root, directories in parallel.
@@ -520,8 +640,8 @@ impl<'a> Ctx<'a> {
             if self.exclude.matches(&path) {
                 continue;
             }
-            if path.as_os_str() == manifest::NAME {
-                self.skip(root, &path, "that name is reserved for the snapshot's manifest");
+            if manifest::is_ours(&path) {
+                self.skip(root, &path, "that name is reserved for the snapshot's own files");
                 continue;
             }
             let st = match fsx::lstat_at(src.as_fd(), &name) {
@@ -594,6 +714,8 @@ impl<'a> Ctx<'a> {
         let size = st.st_size as u64;
         self.n.files.fetch_add(1, Relaxed);
         self.n.bytes.fetch_add(size, Relaxed);
+        self.per_root[root].0.fetch_add(1, Relaxed);
+        self.per_root[root].1.fetch_add(size, Relaxed);
         if st.st_nlink > 1 {
             let inode = (st.st_dev, st.st_ino);
             let mut first = self.first_links.lock().unwrap();
@@ -624,9 +746,9 @@ impl<'a> Ctx<'a> {
                             let hash = match known {
                                 Some(h) => h,
                                 None => {
-                                    let f = fsx::open_read(dest, name, false)
-                                        .map_err(|e| dest_err(&path, "read", e.desc()))?;
-                                    hash_file(&File::from(f)).map_err(|e| dest_err(&path, "read", e))?
+                                    let f =
+                                        fsx::open_file(dest, name).map_err(|e| dest_err(&path, "read", e))?;
+                                    hash_file(&f).map_err(|e| dest_err(&path, "read", e))?
                                 }
                             };
                             return Ok(Some(entry(path, Kind::File, st, size, Some(hash))));
@@ -702,7 +824,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn set_meta(&self, src: &File, out: &File, meta: &Meta, what: &Path) -> io::Result<()> {
-        set_meta(src, out, meta, what, self.as_root)
+        set_meta(src, out, meta, what, self.as_root, self.privileges)
     }
 
     fn symlink(
@@ -752,6 +874,10 @@ impl<'a> Ctx<'a> {
         st: &FileStat,
         kind: SFlag,
     ) -> Result<Option<Entry>> {
+        if !self.privileges && matches!(kind, SFlag::S_IFCHR | SFlag::S_IFBLK) {
+            self.skip(root, &path, "a device node: not recreated by a restore asked from the web console");
+            return Ok(None);
+        }
         if let Some(dest) = d.dest {
             let perm = Mode::from_bits_truncate(st.st_mode & 0o7777);
             let tmp = self.temp_name();
@@ -842,12 +968,22 @@ fn split(p: &Path) -> (&Path, &OsStr) {
 
 /// Owner (when `as_root`), mode, `src`'s extended attributes and times, in
 /// that order (a change of owner clears set-uid bits and capabilities).
-pub(super) fn set_meta(src: &File, out: &File, meta: &Meta, what: &Path, as_root: bool) -> io::Result<()> {
+/// Without `privileges`, set-uid and set-gid bits and file capabilities
+/// are left out.
+pub(super) fn set_meta(
+    src: &File,
+    out: &File,
+    meta: &Meta,
+    what: &Path,
+    as_root: bool,
+    privileges: bool,
+) -> io::Result<()> {
     if as_root {
         fchown(out, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
     }
-    fchmod(out, Mode::from_bits_truncate(meta.mode))?;
-    copy_xattrs(src, out, what);
+    let mode = if privileges { meta.mode } else { meta.mode & !0o6000 };
+    fchmod(out, Mode::from_bits_truncate(mode))?;
+    copy_xattrs(src, out, what, privileges);
     futimens(out, &meta.atime, &meta.mtime)?;
     Ok(())
 }
@@ -863,10 +999,13 @@ fn fchmod_at(dir: BorrowedFd, name: &OsStr, st: &FileStat) -> nix::Result<()> {
 
 /// Copies the extended attributes (ACLs and capabilities among them) that
 /// the destination accepts.
-fn copy_xattrs(src: &File, out: &File, what: &Path) {
+fn copy_xattrs(src: &File, out: &File, what: &Path, privileges: bool) {
     use xattr::FileExt as _;
     let Ok(names) = src.list_xattr() else { return };
     for n in names {
+        if !privileges && n.as_bytes() == b"security.capability" {
+            continue;
+        }
         if let Ok(Some(v)) = src.get_xattr(&n) {
             if let Err(e) = out.set_xattr(&n, &v) {
                 if e.raw_os_error() != Some(Errno::ENOTSUP as i32) {

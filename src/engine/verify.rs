@@ -2,7 +2,6 @@
 //! written when it was made: missing, changed and extra entries.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -57,14 +56,13 @@ impl Report {
 
 pub fn run(backup: &Path) -> Result<Report> {
     let root = fsx::open_dir_strict(backup)?;
-    let fd = fsx::open_read(root.as_fd(), OsStr::new(manifest::NAME), false).map_err(|e| {
+    let file = fsx::open_file(root.as_fd(), OsStr::new(manifest::NAME)).map_err(|e| {
         anyhow!(
-            "{}: {} (not a snapshot made by tetras-back, or one that never completed)",
+            "{}: {e} (not a snapshot made by tetras-back, or one that never completed)",
             backup.join(manifest::NAME).display(),
-            e.desc()
         )
     })?;
-    let expected = Manifest::open(File::from(fd), &backup.join(manifest::NAME))?;
+    let expected = Manifest::open(file, &backup.join(manifest::NAME))?;
     let report = Mutex::new(Report { backup: backup.to_owned(), ..Report::default() });
 
     // Each directory is read in name order beside its block of the manifest.
@@ -79,7 +77,7 @@ pub fn run(backup: &Path) -> Result<Report> {
         let mut subdirs = Vec::new();
         for name in names {
             let path = rel.join(&name);
-            if path.as_os_str() == manifest::NAME {
+            if manifest::is_ours(&path) {
                 continue;
             }
             let st = fsx::lstat_at(dir.as_fd(), &name)
@@ -159,7 +157,7 @@ fn compare(
             if st.st_size as u64 != want.size {
                 diffs.push(format!("{} bytes instead of {}", st.st_size, want.size));
             } else {
-                let hash = hash_file(&File::from(fsx::open_read(dir, name, false)?))?;
+                let hash = hash_file(&fsx::open_file(dir, name)?)?;
                 if Some(hash) != want.hash {
                     diffs.push("content differs".into());
                 }

@@ -25,6 +25,7 @@ use crate::backup::report::{Report, Status};
 use crate::config::{self, MailWhen, SmtpTls, Transport};
 use crate::engine::human;
 use crate::lang::Language;
+use crate::logging::printable;
 
 /// A log larger than this is attached cut to its end (the end says how it finished).
 const MAX_ATTACHMENT: u64 = 8 << 20;
@@ -69,6 +70,16 @@ impl BackupMail {
             Status::Failed => t!("mail.what_failed", locale = locale),
             Status::Removed => t!("mail.what_removed", locale = locale),
             Status::Damaged => t!("mail.what_damaged", locale = locale),
+            Status::Warning => match self.report.totals.shrunk.first() {
+                Some(s) => t!(
+                    "mail.what_warning",
+                    locale = locale,
+                    source = printable(&s.source.display().to_string()),
+                    before = s.files_before,
+                    now = s.files_now
+                ),
+                None => t!("mail.what_success", locale = locale),
+            },
             Status::Running | Status::Interrupted => t!("mail.what_interrupted", locale = locale),
             Status::Refused => {
                 return t!("mail.subject_refused", locale = locale, host = self.host, disk = self.disk)
@@ -79,6 +90,9 @@ impl BackupMail {
             .into_owned()
     }
 
+    /// The report's text. Every string that may come from the disk (the
+    /// names of files, of dated folders, errors that quote them, the log's
+    /// lines) goes through [`printable`]: a name cannot forge a line.
     pub fn body(&self, lang: Language, log_tail: &str) -> String {
         let locale = lang.code();
         let r = &self.report;
@@ -125,7 +139,7 @@ impl BackupMail {
         let pruned = if r.totals.pruned.is_empty() {
             t!("mail.pruned_nothing", locale = locale).into_owned()
         } else {
-            more.extend(r.totals.pruned.iter().cloned());
+            more.extend(r.totals.pruned.iter().map(|p| printable(p).into_owned()));
             t!(
                 "mail.pruned_value",
                 locale = locale,
@@ -148,20 +162,25 @@ impl BackupMail {
         .into_owned();
         out.push_str("\n\n");
         for (label, value) in &rows {
-            out.push_str(&format!("{:<width$}{value}\n", format!("{label}:")));
+            out.push_str(&format!("{:<width$}{}\n", format!("{label}:"), printable(value)));
         }
         for p in &more {
             out.push_str(&format!("{indent}{p}\n"));
         }
         if let Some(d) = &r.drill {
-            out.push_str(&format!("{}: {}\n", t!("mail.drill", locale = locale), d.summary_in(lang)));
+            let summary = d.summary_in(lang);
+            out.push_str(&format!("{}: {}\n", t!("mail.drill", locale = locale), printable(&summary)));
             for p in &d.problems {
-                out.push_str(&format!("{indent}{p}\n"));
+                out.push_str(&format!("{indent}{}\n", printable(p)));
             }
             let left = d.problem_count.saturating_sub(d.problems.len() as u64);
             if left > 0 {
                 out.push_str(&format!("{indent}{}\n", t!("mail.and_more", locale = locale, count = left)));
             }
+        }
+        for s in &r.totals.shrunk {
+            let label = format!("{}:", t!("mail.shrunk", locale = locale));
+            out.push_str(&format!("{label:<width$}{}\n", printable(&s.to_string())));
         }
         out.push_str(&format!("\n{}:\n", t!("mail.scripts", locale = locale)));
         if r.scripts.is_empty() {
@@ -172,14 +191,14 @@ impl BackupMail {
             let code = s.exit_code.map_or("-".to_owned(), |c| c.to_string());
             out.push_str(&format!(
                 "  {:<28} {exit} {:<4} {:<10} {}\n",
-                s.script,
+                printable(&s.script),
                 code,
                 whole_seconds(Duration::from_secs_f64(s.duration_secs)),
-                s.outcome
+                printable(&s.outcome)
             ));
         }
         if let Some(e) = &r.error {
-            out.push_str(&format!("\n{}: {e}\n", t!("mail.error", locale = locale)));
+            out.push_str(&format!("\n{}: {}\n", t!("mail.error", locale = locale), printable(e)));
         }
         out.push_str(&format!(
             "\n{}\n{log_tail}\n",
@@ -255,6 +274,8 @@ fn build(
     subject: String,
     content: impl FnOnce(lettre::message::MessageBuilder) -> Result<Message, lettre::error::Error>,
 ) -> Result<Composed> {
+    // One line, whatever a name in it holds.
+    let subject = printable(&subject).into_owned();
     let mut b = Message::builder().from(cfg.from.clone()).subject(subject.clone()).date_now();
     for to in &cfg.to {
         b = b.to(to.clone());
@@ -351,12 +372,13 @@ fn read_log(path: &Path) -> (Vec<u8>, bool) {
     (buf, cut)
 }
 
-/// The last `n` lines of `log`, indented.
+/// The last `n` lines of `log`, indented, their control characters escaped
+/// (scripts print what they find on the disk).
 fn tail(log: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(log);
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(n);
-    lines[from..].iter().map(|l| format!("  {l}\n")).collect()
+    lines[from..].iter().map(|l| format!("  {}\n", printable(l))).collect()
 }
 
 fn whole_seconds(d: Duration) -> String {
@@ -376,10 +398,10 @@ mod tests {
         assert_eq!(describe(&e), "smtp x: Connection error: Connection refused");
     }
 
-    #[test]
-    fn a_failure_not_caused_by_a_script_is_explained() {
+    /// The report of a backup that failed to mount its disk.
+    fn failed_to_mount() -> BackupMail {
         let now = Local::now();
-        let m = BackupMail {
+        BackupMail {
             host: "host1".into(),
             disk: "office".into(),
             uuid: "u".into(),
@@ -399,8 +421,14 @@ mod tests {
                 totals: Default::default(),
                 identity: None,
                 drill: None,
+                folders: Vec::new(),
             },
-        };
+        }
+    }
+
+    #[test]
+    fn a_failure_not_caused_by_a_script_is_explained() {
+        let m = failed_to_mount();
         assert_eq!(m.subject(Language::En), "[tetras-back] host1: backup on 'office' FAILED");
         let body = m.body(Language::En, "  last line\n");
         for needle in
@@ -452,6 +480,51 @@ mod tests {
         assert!(!body.contains("Donnees/f50 "), "at most 50 named:\n{body}");
     }
 
+    /// Names from a disk (a file in the drill's list, the dated folder, a
+    /// pruned folder, an error quoting one) cannot forge a line of the body.
+    #[test]
+    fn disk_supplied_names_cannot_forge_lines() {
+        let evil = "x\nThe disk is safe to remove.\r\u{1b}[2J\u{9b}";
+        let drill = crate::backup::report::Drill {
+            folder: format!("2026-11-24_02-00-00_{evil}"),
+            passed: false,
+            entries: 1,
+            bytes: 1,
+            problem_count: 1,
+            problems: vec![format!("extra: Donnees/{evil}")],
+        };
+        let mut totals = crate::engine::journal::Totals::default();
+        totals.pruned.push(format!("2020-01-01_00-00-00_{evil}"));
+        let m = failed_to_mount();
+        let m = BackupMail {
+            report: Report {
+                status: Status::Damaged,
+                error: Some(format!("cannot read {evil}")),
+                totals,
+                drill: Some(drill),
+                ..m.report
+            },
+            ..m
+        };
+        // A log line is one line (the log is split at newlines): its escapes are what is left.
+        let body = m.body(Language::En, &tail("2026 [backup.sh] y\r\u{1b}[2J\u{9b}\n".as_bytes(), 5));
+        assert!(!body.contains('\r') && !body.contains('\u{1b}') && !body.contains('\u{9b}'), "{body}");
+        assert!(
+            !body.lines().any(|l| l.trim_start().starts_with("The disk is safe")),
+            "a forged line:\n{body}"
+        );
+        let shown = "x\\nThe disk is safe to remove.\\r\\x1b[2J\\u{9b}";
+        for needle in [
+            format!("extra: Donnees/{shown}"),
+            format!("2026-11-24_02-00-00_{shown}"),
+            format!("2020-01-01_00-00-00_{shown}"),
+            format!("cannot read {shown}"),
+            "[backup.sh] y\\r\\x1b[2J\\u{9b}".into(),
+        ] {
+            assert!(body.contains(&needle), "{needle:?} missing from:\n{body}");
+        }
+    }
+
     #[test]
     fn a_password_file_others_can_read_is_refused() {
         use std::os::unix::fs::PermissionsExt;
@@ -469,5 +542,6 @@ mod tests {
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail(b"a\nb\nc\n", 2), "  b\n  c\n");
         assert_eq!(tail(b"", 2), "");
+        assert_eq!(tail(b"x\x1b[2Jy\rz\n", 2), "  x\\x1b[2Jy\\rz\n");
     }
 }

@@ -319,33 +319,48 @@ impl Subscriber {
     /// every event read, in order, up to and including that one.
     #[track_caller]
     pub fn until(&mut self, event: &str) -> Vec<serde_json::Value> {
-        self.until_match(event, |_| true)
+        self.until_match(event, |v| v["event"] == event, Duration::from_secs(30))
     }
 
     /// Like `until`, for an event about the filesystem `uuid` (other tests'
     /// disks come and go on the same machine).
     #[track_caller]
     pub fn until_about(&mut self, event: &str, uuid: &str) -> Vec<serde_json::Value> {
-        self.until_match(event, |v| v["uuid"] == uuid)
+        self.until_match(event, |v| v["event"] == event && v["uuid"] == uuid, Duration::from_secs(30))
+    }
+
+    /// Like `until_about`, waiting at most `wait`.
+    #[track_caller]
+    pub fn until_about_within(&mut self, event: &str, uuid: &str, wait: Duration) -> Vec<serde_json::Value> {
+        self.until_match(event, |v| v["event"] == event && v["uuid"] == uuid, wait)
+    }
+
+    /// Events until one of `events` about the filesystem `uuid` arrives.
+    #[track_caller]
+    pub fn until_one_of(&mut self, events: &[&str], uuid: &str, wait: Duration) -> Vec<serde_json::Value> {
+        let what = events.join(" or ");
+        self.until_match(&what, |v| v["uuid"] == uuid && events.iter().any(|e| v["event"] == *e), wait)
     }
 
     #[track_caller]
+    /// Events until one that `done` accepts (`what` names it in the panic).
     fn until_match(
         &mut self,
-        event: &str,
-        also: impl Fn(&serde_json::Value) -> bool,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+        wait: Duration,
     ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + wait;
         let mut seen = Vec::new();
         loop {
             while let Some(v) = self.next_line() {
-                let done = v["event"] == event && also(&v);
+                let done = done(&v);
                 seen.push(v);
                 if done {
                     return seen;
                 }
             }
-            assert!(Instant::now() < deadline, "no {event:?} event; got {seen:#?}");
+            assert!(Instant::now() < deadline, "no {what:?} event; got {seen:#?}");
             let mut chunk = [0u8; 4096];
             match self.file.read(&mut chunk) {
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
