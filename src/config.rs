@@ -1,5 +1,7 @@
 //! The administrator's configuration: `/etc/tetras-back/tetras-back.toml`.
 //!
+//! May import: `engine` (sizes, shares), `lang`.
+//!
 //! Loading happens in two stages, as in zincati: serde reads the file into
 //! `Raw*` structs that reject unknown keys, then `validate` turns them into a
 //! [`Config`] the rest of the program trusts (absolute paths, parsed
@@ -719,7 +721,7 @@ fn web(raw: RawWeb, language: Language, state_dir: &Path) -> Result<Web, (&'stat
     };
     let admins = raw.admins.unwrap_or_default();
     for name in &admins {
-        crate::web::users::check_name(name).map_err(|e| ("web.admins", format!("{e:#}")))?;
+        check_user_name(name).map_err(|e| ("web.admins", e))?;
     }
     let restore_to = match raw.restore_to {
         None => vec![state_dir.join("restored")],
@@ -746,6 +748,21 @@ fn web(raw: RawWeb, language: Language, state_dir: &Path) -> Result<Web, (&'stat
         admins,
         restore_to,
     })
+}
+
+/// A console user's name (`[web] admins`, the users file): 1 to 64
+/// characters, no colon (the users file's separator), space or control
+/// character.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{name:?} is not a user name: 1 to 64 characters, no colon, space or control character"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `mail.to`: addresses separated by commas; a bare name such as

@@ -4,6 +4,8 @@
 //! step. Compiled in only with the `failpoints` cargo feature (`make test`
 //! turns it on); without it every point is an empty inline function.
 //!
+//! May import: nothing else of the crate.
+//!
 //! The `fail` crate's `FAILPOINTS` variable configures them, e.g.
 //! `FAILPOINTS="backup::after_mount=return"`:
 //! - `panic` panics at the point;

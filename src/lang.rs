@@ -3,13 +3,10 @@
 //! English and French text side by side under one key, looked up with
 //! rust-i18n's `t!(key, locale = lang.code(), var = value)` (`%{var}` in
 //! the text). The command line and the logs stay in English.
+//!
+//! May import: nothing else of the crate.
 
-use std::borrow::Cow;
-
-use rust_i18n::t;
 use serde::{Deserialize, Serialize};
-
-use crate::backup::report::Status;
 
 /// `language = "en" | "fr"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,26 +25,12 @@ impl Language {
             Language::Fr => "fr",
         }
     }
-
-    /// A backup status in words (`status.*`).
-    pub fn status(self, status: Status) -> Cow<'static, str> {
-        let locale = self.code();
-        match status {
-            Status::Success => t!("status.success", locale = locale),
-            Status::Failed => t!("status.failed", locale = locale),
-            Status::Removed => t!("status.removed", locale = locale),
-            Status::Damaged => t!("status.damaged", locale = locale),
-            Status::Running => t!("status.running", locale = locale),
-            Status::Interrupted => t!("status.interrupted", locale = locale),
-            Status::Refused => t!("status.refused", locale = locale),
-            Status::Warning => t!("status.warning", locale = locale),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rust_i18n::t;
 
     /// The `%{name}` variables of a message.
     fn variables(text: &str) -> Vec<&str> {
@@ -84,12 +67,5 @@ mod tests {
         let mut count = 0;
         walk("", &catalogue, &mut count);
         assert!(count > 50, "{count} messages");
-    }
-
-    #[test]
-    fn statuses_are_translated() {
-        assert_eq!(Language::En.status(Status::Success), "Succeeded");
-        assert_eq!(Language::Fr.status(Status::Success), "Réussie");
-        assert_eq!(Language::Fr.status(Status::Damaged), "Endommagée");
     }
 }

@@ -2,6 +2,8 @@
 //! carries a `<N>` priority prefix that journald turns into the entry's
 //! priority, and no timestamp of its own (the journal adds one).
 //!
+//! May import: nothing else of the crate.
+//!
 //! Messages quote names that come from disks (file and folder names,
 //! labels), which may hold newlines or terminal escapes: each message is
 //! one line, its control characters shown as escapes ([`printable`]), so

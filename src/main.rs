@@ -7,38 +7,26 @@ mod backup;
 mod bus;
 /// The command line: legacy flags and subcommands, turned into actions.
 mod cli;
+/// The clients of the daemon: non-blocking FIFOs, the control protocol, events.
+mod clients;
 /// The administrator's TOML configuration, validated.
 mod config;
-/// The control FIFO protocol between the CLI and the daemon.
-mod control;
 /// The daemon's event loop.
 mod daemon;
-/// Block devices through udev: monitor, enumeration, database look-up.
-mod devices;
+/// The disk: udev devices, safe mounts, the identity it proves, the udev rule.
+mod disk;
 /// The backup engines the scripts call: snapshot, archive, prune, verify.
 mod engine;
-/// Events written to subscribers' FIFOs.
-mod events;
 /// Fault-injection points for the tests (the `failpoints` feature).
 mod fault;
-/// Safe, non-blocking named-pipe I/O.
-mod fifo;
-/// The backup history and mail outbox in SQLite.
-mod history;
 /// English and French: the message catalogue of the mails and the web console.
 mod lang;
 /// Log output for the terminal and journald.
 mod logging;
-/// Backup reports, reminders and test mails; the outbox thread.
-mod mail;
-/// The Prometheus text file.
-mod metrics;
-/// Mounting backup disks safely and unmounting them.
-mod mount;
-/// The persistent state: known disks and subscribers.
-mod state;
-/// The udev rule keeping desktop automounters off the known disks.
-mod udev_rule;
+/// Telling people: mail reports, reminders, the outbox, the metrics file.
+mod notify;
+/// What the daemon keeps: the state file and the SQLite history.
+mod store;
 /// The web console (`tetras-back web`), a client of the daemon.
 mod web;
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::report::Drill;
 use super::scripts::{self, BackupLog, Capture, Outcome};
 use crate::engine::{backups, prune};
+use crate::store::report::Drill;
 
 /// `tetras-back drill MOUNT`: checks the newest backup of the disk mounted
 /// at `mount` and prints the [`Drill`] as one JSON line (`null`: there is no

@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use chrono::{DateTime, Local};
 
-use super::identity;
-use super::report::{Drill, Job, PowerOff, Report, ScriptReport, Status};
 use super::scripts::{self, BackupLog, Outcome};
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::disk::identity;
+use crate::disk::mount;
 use crate::engine::{fsx, journal};
 use crate::fault;
-use crate::mount;
+use crate::store::report::{Drill, Job, PowerOff, Report, ScriptReport, Status};
 
 /// How the daemon's loop stops a running backup.
 #[derive(Debug, Default)]

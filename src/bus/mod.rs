@@ -2,6 +2,8 @@
 //! sleep or shut down in the middle of a backup, and UDisks2, so that a
 //! disk is powered off once it is unmounted.
 //!
+//! May import: `store` (the words of a power-off).
+//!
 //! Both are courtesies: with no system bus, no logind or no udisks the
 //! daemon says so (once at start for the bus and logind, in each
 //! `safe_to_remove` for udisks) and backs up all the same.
@@ -16,7 +18,7 @@ use zbus::blocking::Connection;
 
 pub use logind::Inhibitor;
 
-use crate::backup::report::PowerOff;
+use crate::store::report::PowerOff;
 
 /// How long a call may take: a hung service must not hold a backup's end.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -14,7 +14,7 @@ use std::path::Path;
 use zbus::blocking::Connection;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use crate::backup::report::PowerOff;
+use crate::store::report::PowerOff;
 
 #[zbus::proxy(
     interface = "org.freedesktop.UDisks2.Manager",

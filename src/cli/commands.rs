@@ -8,15 +8,15 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use super::{engines, Action, EXIT_NOT_RUNNING};
+use crate::clients::control::client::{self, NotRunning};
+use crate::clients::control::{Data, DiskLocation, Reply, Request};
+use crate::clients::events::DiskRow;
 use crate::config::Config;
-use crate::control::client::{self, NotRunning};
-use crate::control::{Data, DiskLocation, Reply, Request};
 use crate::daemon::{self, ConfigSource};
-use crate::events::DiskRow;
-use crate::history::History;
-use crate::mail;
-use crate::state::{self, State, StateLock};
-use crate::udev_rule;
+use crate::disk::udev_rule;
+use crate::notify::mail;
+use crate::store::history::History;
+use crate::store::state::{self, State, StateLock};
 
 pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitCode> {
     // The engines need neither the daemon nor the configuration.

@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::config::Config;
 use crate::engine::{self, archive, human, journal, prune, restore, snapshot, Exclude};
-use crate::history::History;
+use crate::store::history::History;
 
 /// Exit code of `snapshot`/`archive` when some files could not be read
 /// (everything else was saved), as rsync's "partial transfer".

@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::HistoryArgs;
 use crate::config::Config;
 use crate::engine::human;
-use crate::history::History;
+use crate::store::history::History;
 
 pub fn run(config: &Config, a: &HistoryArgs) -> Result<ExitCode> {
     let path = config.history_path();

@@ -1,6 +1,9 @@
 //! The command line: the legacy flags of the Perl Tetras-back
 //! (`--save UUID=name`, `--plug /dev/sdb1`, ...) and the modern subcommands,
 //! both turned into one [`Action`] so that clap's types stop here.
+//!
+//! May import: every room, as the top of the house: `backup`, `clients`,
+//! `config`, `daemon`, `disk`, `engine`, `logging`, `notify`, `store`, `web`.
 
 mod commands;
 mod engines;
@@ -448,7 +451,7 @@ pub fn run() -> ExitCode {
     match commands::run(action, config_path, explicit) {
         Ok(code) => code,
         Err(e) => {
-            if e.downcast_ref::<crate::control::client::NotRunning>().is_some() {
+            if e.downcast_ref::<crate::clients::control::client::NotRunning>().is_some() {
                 eprintln!("tetras-back: {e}");
                 return ExitCode::from(EXIT_NOT_RUNNING);
             }

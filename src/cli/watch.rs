@@ -14,11 +14,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use crate::clients::control::client;
+use crate::clients::control::Request;
+use crate::clients::events::{Event, EventLine};
+use crate::clients::fifo::{self, Line, LineReader};
 use crate::config::Config;
-use crate::control::client;
-use crate::control::Request;
-use crate::events::{Event, EventLine};
-use crate::fifo::{self, Line, LineReader};
 
 /// The watch FIFO: unregistered and removed on the way out, however we leave.
 struct Registration<'a> {
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn every_event_reads_as_a_line_of_text() {
         use std::borrow::Cow;
-        for e in crate::events::one_of_each() {
+        for e in crate::clients::events::one_of_each() {
             let line =
                 EventLine { event: Cow::Borrowed(&e), seq: 1, time: "2026-11-24T10:11:12+01:00".into() };
             let text = describe(&serde_json::to_value(&line).unwrap());

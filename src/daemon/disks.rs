@@ -14,15 +14,15 @@ use super::opened::OpenDisks;
 use super::pipeline::{Do, Known, Pipeline};
 use super::wake::WakeChannel;
 use super::Daemon;
-use crate::backup::report::{Job, Report, Status};
 use crate::backup::{self, Cancel, Progress};
-use crate::devices::BlockEvent;
-use crate::events::Event;
+use crate::clients::events::Event;
+use crate::disk::devices::BlockEvent;
+use crate::disk::mount;
 use crate::fault;
-use crate::mail::outbox::Work;
-use crate::mail::BackupMail;
-use crate::mount;
-use crate::state::{Disk, LastBackup};
+use crate::notify::mail::outbox::Work;
+use crate::notify::mail::BackupMail;
+use crate::store::report::{Job, Report, Status};
+use crate::store::state::{Disk, LastBackup};
 
 /// The thread running a backup, and how to stop it.
 pub struct Worker {

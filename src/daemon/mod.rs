@@ -4,6 +4,9 @@
 //! worker thread (see `backup`), so the loop keeps answering commands and
 //! sees the disk being pulled out.
 //!
+//! May import: `backup`, `bus`, `clients`, `config`, `disk`, `fault`,
+//! `notify`, `store`.
+//!
 //! Its life is three functions around [`Phase`]:
 //!
 //! ```text
@@ -43,16 +46,16 @@ mod retention;
 mod wake;
 
 use crate::bus::Bus;
+use crate::clients::control::{self, Data, LastBackupInfo, NextDue, Reply, Request, StatusInfo};
+use crate::clients::events::{DiskRow, Event, Subscribers, MAX_SUBSCRIBERS};
+use crate::clients::fifo::{self, Line, LineReader};
 use crate::config::Config;
-use crate::control::{self, Data, LastBackupInfo, NextDue, Reply, Request, StatusInfo};
-use crate::devices::{self, Monitor};
-use crate::events::{DiskRow, Event, Subscribers, MAX_SUBSCRIBERS};
-use crate::fifo::{self, Line, LineReader};
-use crate::history::History;
-use crate::mail::outbox::{self, Mailer, Work};
-use crate::metrics;
-use crate::state::{self, Saved, State, StateLock};
-use crate::udev_rule;
+use crate::disk::devices::{self, Monitor};
+use crate::disk::udev_rule;
+use crate::notify::mail::outbox::{self, Mailer, Work};
+use crate::notify::metrics;
+use crate::store::history::History;
+use crate::store::state::{self, Saved, State, StateLock};
 
 /// Where the configuration comes from, so that SIGHUP can read it again.
 pub struct ConfigSource {
@@ -142,7 +145,7 @@ fn start(source: ConfigSource) -> Result<(Daemon, Inputs)> {
     let mut state = State::load(&config.state_path())?;
     // A hand-edited list may hold any number of paths: tidied in one pass
     // and one write, before anything is sent to them.
-    let tidied = state.tidy_subscribers(MAX_SUBSCRIBERS);
+    let tidied = state.tidy_subscribers(MAX_SUBSCRIBERS, fifo::is_fifo);
     if tidied.changed() {
         log::warn!("{}", tidied.message(MAX_SUBSCRIBERS));
         state.store(&config.state_path())?;
@@ -421,7 +424,7 @@ impl Daemon {
                 if !self.state.subscribers.contains(&path) {
                     // The subscribers that are gone make room, in the same write.
                     self.edit_state(|s| {
-                        s.tidy_subscribers(MAX_SUBSCRIBERS);
+                        s.tidy_subscribers(MAX_SUBSCRIBERS, fifo::is_fifo);
                         if s.subscribers.len() >= MAX_SUBSCRIBERS {
                             bail!(
                                 "{} subscribers are registered already, the most there can be; \

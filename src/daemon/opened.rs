@@ -23,12 +23,12 @@ use anyhow::{bail, Context, Result};
 use super::pipeline::Do;
 use super::Daemon;
 use crate::backup;
-use crate::backup::identity;
-use crate::backup::report::{Job, PowerOff};
 use crate::backup::scripts::{self, BackupLog, Capture, Outcome};
-use crate::control::{DiskLocation, Reply};
-use crate::events::Event;
-use crate::mount::Mounted;
+use crate::clients::control::{DiskLocation, Reply};
+use crate::clients::events::Event;
+use crate::disk::identity;
+use crate::disk::mount::Mounted;
+use crate::store::report::{Job, PowerOff};
 
 /// An opened disk: its read-only mount and when it was last used.
 pub struct OpenDisk {
@@ -47,7 +47,7 @@ impl Daemon {
     /// `hold NAME` / `release NAME`.
     pub(super) fn hold(&mut self, name: &str, held: bool) -> Result<String> {
         let (uuid, changed) = self.edit_state(|s| s.set_held(name, held))?;
-        let mut message = crate::state::held_message(name, held, changed);
+        let mut message = crate::store::state::held_message(name, held, changed);
         if held && self.disks.pipeline.is_connected(&uuid) && self.disks.pipeline.opened(&uuid).is_none() {
             message.push_str(&format!("; it is plugged in now: `tetras-back open {name}` opens it"));
         }

@@ -28,10 +28,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::backup::report::Job;
-use crate::control::RunningBackup;
-use crate::devices::{BlockEvent, Filesystem};
-use crate::events::{Event, UnknownRow};
+use crate::clients::control::RunningBackup;
+use crate::clients::events::{Event, UnknownRow};
+use crate::disk::devices::{BlockEvent, Filesystem};
+use crate::store::report::Job;
 
 /// What the daemon does about an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -393,7 +393,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::Action;
+    use crate::disk::devices::Action;
 
     fn ev(devnum: u64, uuid: Option<&str>, action: Action) -> BlockEvent {
         BlockEvent {

@@ -9,7 +9,7 @@ use chrono::Local;
 
 use super::Daemon;
 use crate::config::MailWhen;
-use crate::mail::{self, outbox::Work};
+use crate::notify::mail::{self, outbox::Work};
 
 /// How often the known disks are looked at.
 pub const EVERY: Duration = Duration::from_secs(3600);

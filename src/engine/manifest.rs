@@ -32,8 +32,8 @@ use anyhow::{bail, Context, Result};
 
 use super::fsx;
 
-/// The note a snapshot carries when a source shrank (see
-/// [`snapshot::Shrunk`](super::snapshot::Shrunk)), one JSON line each.
+/// The note a snapshot carries when a source shrank (what snapshot's
+/// `Shrunk` says, one JSON line each).
 pub const SHRUNK_NOTE: &str = ".tetras-back-shrunk";
 
 /// Whether `top`, a path at the top of a snapshot, is one of the engine's

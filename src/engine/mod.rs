@@ -2,6 +2,9 @@
 //! `prune` and `verify`; and `restore`, which gets files back. They run outside the daemon, as ordinary commands,
 //! and share the pieces here: exclusion patterns, the dated folder names,
 //! the report of files that had to be skipped, and the thread pool.
+//!
+//! May import: nothing else of the crate but `fault` (its fault-injection
+//! points): the engines are commands of their own.
 
 pub mod archive;
 pub mod backups;

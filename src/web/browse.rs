@@ -30,9 +30,9 @@ use serde::Deserialize;
 use super::handlers::{attachment, csrf_refusal, form, html, known_name, not_found, notice_of, Admin, User};
 use super::pages::{layout, stamp, Ctx};
 use super::App;
-use crate::control::{Data, Reply, Request};
+use crate::clients::control::{Data, Reply, Request};
 use crate::engine::{archive, backups, fsx, human};
-use crate::state;
+use crate::store::state;
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 type AppState = State<Arc<App>>;

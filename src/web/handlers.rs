@@ -32,13 +32,13 @@ use super::pages::{self, Ctx, Dashboard, HistoryView};
 use super::session::{self, Notice, Refusal, Session, MAX_FAILURES};
 use super::users::{Role, Users};
 use super::App;
-use crate::backup::report::Status;
+use crate::clients::control::client::{self, NotRunning};
+use crate::clients::control::{Data, Reply, Request};
+use crate::clients::events::DiskRow;
 use crate::config::Config;
-use crate::control::client::{self, NotRunning};
-use crate::control::{Data, Reply, Request};
-use crate::events::DiskRow;
-use crate::history::History;
-use crate::state::{self, State as DiskState};
+use crate::store::history::History;
+use crate::store::report::Status;
+use crate::store::state::{self, State as DiskState};
 
 const SESSION_COOKIE: &str = "tb_session";
 /// The login form's own token (double-submitted: cookie and field).
@@ -513,7 +513,7 @@ pub async fn history(State(app): AppState, user: User, Query(q): Query<HistoryQu
 }
 
 /// A backup of the history, and whether its log is one of the daemon's.
-fn find_backup(config: &Config, id: i64) -> anyhow::Result<Option<crate::history::BackupRow>> {
+fn find_backup(config: &Config, id: i64) -> anyhow::Result<Option<crate::store::history::BackupRow>> {
     let Some(h) = History::open_read_only(&config.history_path())? else { return Ok(None) };
     h.backup(id)
 }

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{broadcast, watch};
 
+use crate::clients::control::client;
+use crate::clients::control::Request;
+use crate::clients::fifo::{self, Line, LineReader};
 use crate::config::Config;
-use crate::control::client;
-use crate::control::Request;
-use crate::fifo::{self, Line, LineReader};
 
 /// How often the link checks that the daemon is still there.
 const CHECK_EVERY: Duration = Duration::from_secs(1);

@@ -3,6 +3,8 @@
 //! events through a subscriber FIFO (`link`), the history read from
 //! `history.sqlite` read-only. The daemon stays free of HTTP.
 //!
+//! May import: `backup`, `clients`, `config`, `engine`, `lang`, `store`.
+//!
 //! ```text
 //!   browser ──HTTP(S)──> web ──control FIFO──> daemon
 //!      ^  SSE /events     |  <──web-events FIFO── (events)

@@ -9,12 +9,12 @@ use maud::{html, Markup, DOCTYPE};
 use rust_i18n::t;
 
 use super::session::Notice;
-use crate::backup::report::Status;
-use crate::control::StatusInfo;
+use crate::clients::control::StatusInfo;
+use crate::clients::events::{DiskRow, UnknownRow};
 use crate::engine::human;
-use crate::events::{DiskRow, UnknownRow};
-use crate::history::BackupRow;
 use crate::lang::Language;
+use crate::store::history::BackupRow;
+use crate::store::report::Status;
 
 /// What every page needs to know of who looks at it.
 pub struct Ctx {
@@ -69,7 +69,7 @@ fn status_class(s: Status) -> &'static str {
 }
 
 pub fn status_badge(lang: Language, s: Status) -> Markup {
-    html! { span class={"badge " (status_class(s))} { (lang.status(s)) } }
+    html! { span class={"badge " (status_class(s))} { (s.word(lang)) } }
 }
 
 /// The whole page around `body`.
@@ -397,7 +397,7 @@ pub fn history(ctx: &Ctx, v: &HistoryView) -> Markup {
                     select id="status" name="status" {
                         option value="" { (ctx.t("web.all")) }
                         @for s in Status::ALL {
-                            option value=(s.as_str()) selected[v.status == Some(s)] { (ctx.lang.status(s)) }
+                            option value=(s.as_str()) selected[v.status == Some(s)] { (s.word(ctx.lang)) }
                         }
                     }
                 }

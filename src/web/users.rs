@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use anyhow::{bail, Context, Result};
 
-use crate::state::write_atomic;
+use crate::store::state::write_atomic;
 
 /// bcrypt's cost for the hashes `web-passwd` writes (2^12 rounds, about a
 /// quarter of a second: slow for guessing, quick enough to log in).
@@ -140,13 +140,7 @@ impl Role {
 
 /// A user name the file can hold: no colon, no space or control character.
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || name.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control())
-    {
-        bail!("{name:?} is not a user name: 1 to 64 characters, no colon, space or control character");
-    }
-    Ok(())
+    crate::config::check_user_name(name).map_err(anyhow::Error::msg)
 }
 
 /// Sets `name`'s password (adds the user if new); returns whether it was new.

@@ -9,7 +9,7 @@
 //!    | rm <run_dir>/replies/<id>            |
 //! ```
 //!
-//! One JSON object per line. A request is at most [`crate::fifo::MAX_LINE`]
+//! One JSON object per line. A request is at most [`crate::clients::fifo::MAX_LINE`]
 //! bytes, so each one is one atomic pipe write and two CLIs never interleave.
 //! A reply is as long as it needs (the disk table of thousands of disks is
 //! larger than a pipe): only the daemon writes on a reply FIFO, once, and
@@ -26,9 +26,9 @@ use std::time::Instant;
 use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
-use crate::backup::report::Status;
-use crate::events::{DiskRow, UnknownRow};
-use crate::fifo::{self, Delivery};
+use crate::clients::events::{DiskRow, UnknownRow};
+use crate::clients::fifo::{self, Delivery};
+use crate::store::report::Status;
 
 /// A command sent to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,8 +27,8 @@ use nix::sys::stat::{fchmod, Mode};
 use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::backup::report::Status;
 use crate::engine::fsx;
+use crate::store::report::Status;
 
 /// The schema version this build writes (2: disks carry `identity`; a
 /// version 1 file reads as is, its disks without one).
@@ -263,11 +263,12 @@ impl State {
         Ok((uuid, changed))
     }
 
-    /// Keeps the first `max` subscribers whose path still names a FIFO,
-    /// each once, and drops the others (gone, repeated, or beyond `max`):
-    /// one pass over the list, whatever its length, and the caller writes
-    /// the state once. A path beyond `max` is not even looked at.
-    pub fn tidy_subscribers(&mut self, max: usize) -> Tidied {
+    /// Keeps the first `max` subscribers whose path is still `alive` (names
+    /// a FIFO: the caller says how, see `clients::fifo::is_fifo`), each once,
+    /// and drops the others (gone, repeated, or beyond `max`): one pass over
+    /// the list, whatever its length, and the caller writes the state once.
+    /// A path beyond `max` is not even looked at.
+    pub fn tidy_subscribers(&mut self, max: usize, alive: impl Fn(&Path) -> bool) -> Tidied {
         let mut tidied = Tidied::default();
         let mut seen = std::collections::HashSet::new();
         self.subscribers.retain(|p| {
@@ -277,7 +278,7 @@ impl State {
             } else if seen.contains(p) {
                 tidied.repeated += 1;
                 false
-            } else if !crate::fifo::is_fifo(p) {
+            } else if !alive(p) {
                 tidied.gone += 1;
                 false
             } else {
@@ -553,25 +554,29 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(nix::libc::ENOTDIR), "{e}");
     }
 
+    fn is_fifo(p: &Path) -> bool {
+        std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+    }
+
     #[test]
     fn subscribers_are_tidied_in_one_pass() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = |n: &str| {
             let p = dir.path().join(n);
-            crate::fifo::create(&p, 0o600).unwrap();
+            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
             p
         };
         let (a, b, c) = (fifo("a"), fifo("b"), fifo("c"));
         let subscribers = vec![a.clone(), dir.path().join("gone"), a.clone(), b.clone(), c.clone()];
         let mut s = State { subscribers, ..State::default() };
-        let t = s.tidy_subscribers(2);
+        let t = s.tidy_subscribers(2, is_fifo);
         assert_eq!(s.subscribers, vec![a.clone(), b.clone()]);
         assert_eq!(t, Tidied { gone: 1, repeated: 1, over: 1 });
         assert!(t.message(2).starts_with("dropped 3 subscriber(s)"), "{}", t.message(2));
-        assert!(!s.tidy_subscribers(2).changed());
+        assert!(!s.tidy_subscribers(2, is_fifo).changed());
         s.subscribers = (0..100_000).map(|i| dir.path().join(format!("s{i}"))).collect();
         let started = Instant::now();
-        assert_eq!(s.tidy_subscribers(64).gone, 100_000);
+        assert_eq!(s.tidy_subscribers(64, is_fifo).gone, 100_000);
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(s.subscribers.is_empty());
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::{Reply, Request};
+use crate::clients::fifo::{self, Delivery};
 use crate::config::{self, Config};
-use crate::fifo::{self, Delivery};
 
 /// How long the CLI waits for the daemon's answer.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,9 +12,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::state::{self, Disk};
+use crate::store::state::{self, Disk};
 
-const HEADER: &str = include_str!("../rules/61-tetras-back.rules");
+const HEADER: &str = include_str!("../../rules/61-tetras-back.rules");
 
 /// The rule file for `disks`.
 pub fn render(disks: &[Disk]) -> String {

@@ -67,6 +67,11 @@ impl Status {
         Status::Warning,
     ];
 
+    /// The status in words, in `lang`: the catalogue's `status.<as_str>`.
+    pub fn word(self, lang: crate::lang::Language) -> std::borrow::Cow<'static, str> {
+        rust_i18n::t!(format!("status.{}", self.as_str()), locale = lang.code())
+    }
+
     /// A backup that holds what it should (for reminders and the schedule).
     pub fn succeeded(self) -> bool {
         matches!(self, Status::Success | Status::Warning)
@@ -199,5 +204,24 @@ impl PowerOff {
             PowerOff::Done => None,
             PowerOff::Not(why) => Some(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+    use crate::lang::Language;
+
+    /// Every status has its words in both languages (a missing key would
+    /// come back as the key itself).
+    #[test]
+    fn every_status_is_said_in_both_languages() {
+        for s in Status::ALL {
+            for lang in [Language::En, Language::Fr] {
+                assert_ne!(s.word(lang), format!("status.{s}"), "{s} in {lang:?}");
+            }
+        }
+        assert_eq!(Status::Success.word(Language::En), "Succeeded");
+        assert_eq!(Status::Damaged.word(Language::Fr), "Endommagée");
     }
 }

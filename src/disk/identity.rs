@@ -29,7 +29,7 @@ const FILE: &str = "disk-id";
 const MAX_LEN: i64 = 256;
 
 /// Why a disk that failed [`check`] is refused, for the log, the event and the mail.
-pub fn refusal(job: &super::report::Job, why: &str) -> String {
+pub fn refusal(job: &crate::store::report::Job, why: &str) -> String {
     format!(
         "{} carries the UUID of disk {} ({}) but {why}: it is not the disk that was saved; \
          nothing was run or written (`tetras-back save {} {} --adopt` accepts it)",
@@ -88,8 +88,13 @@ pub fn write(mount: &Path) -> Result<String> {
         Mode::empty(),
     )
     .with_context(|| format!("{DIR} on the disk is not a folder"))?;
-    crate::state::write_atomic_in(dir.as_fd(), OsStr::new(FILE), 0o600, format!("{token}\n").as_bytes())
-        .context("cannot write the identity file")?;
+    crate::store::state::write_atomic_in(
+        dir.as_fd(),
+        OsStr::new(FILE),
+        0o600,
+        format!("{token}\n").as_bytes(),
+    )
+    .context("cannot write the identity file")?;
     Ok(blake3::hash(token.as_bytes()).to_hex().to_string())
 }
 

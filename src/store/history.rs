@@ -18,8 +18,8 @@ use chrono::{DateTime, Local, TimeZone};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::backup::report::{Drill, Job, Report, ScriptReport, Status};
 use crate::engine::snapshot::Shrunk;
+use crate::store::report::{Drill, Job, Report, ScriptReport, Status};
 
 /// Schema migrations, in order: entry `i` brings version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[

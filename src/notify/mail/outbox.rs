@@ -17,7 +17,7 @@ use chrono::{DateTime, Local};
 
 use super::{BackupMail, Composed};
 use crate::config;
-use crate::history::History;
+use crate::store::history::History;
 
 /// The longest wait between two attempts, and between two looks at the outbox.
 const MAX_WAIT: Duration = Duration::from_secs(3600);

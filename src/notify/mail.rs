@@ -21,11 +21,11 @@ use lettre::{Message, SendmailTransport, SmtpTransport, Transport as _};
 
 use rust_i18n::t;
 
-use crate::backup::report::{Report, Status};
 use crate::config::{self, MailWhen, SmtpTls, Transport};
 use crate::engine::human;
 use crate::lang::Language;
 use crate::logging::printable;
+use crate::store::report::{Report, Status};
 
 /// A log larger than this is attached cut to its end (the end says how it finished).
 const MAX_ATTACHMENT: u64 = 8 << 20;
@@ -157,7 +157,7 @@ impl BackupMail {
             locale = locale,
             host = self.host,
             disk = self.disk,
-            status = lang.status(r.status)
+            status = r.status.word(lang)
         )
         .into_owned();
         out.push_str("\n\n");
@@ -388,7 +388,7 @@ fn whole_seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::report::PowerOff;
+    use crate::store::report::PowerOff;
 
     #[test]
     fn causes_are_said_once() {
@@ -453,13 +453,13 @@ mod tests {
             .contains("removed during the backup: this backup is incomplete"));
         let problems: Vec<String> =
             (0..60).map(|i| format!("changed: Donnees/f{i} (content differs)")).collect();
-        let drill = crate::backup::report::Drill {
+        let drill = crate::store::report::Drill {
             folder: "2026-11-24_02-00-00_Sauvegarde_srv".into(),
             passed: false,
             entries: 100,
             bytes: 1 << 20,
             problem_count: 60,
-            problems: problems[..crate::backup::report::Drill::SHOWN].to_vec(),
+            problems: problems[..crate::store::report::Drill::SHOWN].to_vec(),
         };
         let damaged = BackupMail {
             report: Report { status: Status::Damaged, drill: Some(drill), ..m.report.clone() },
@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn disk_supplied_names_cannot_forge_lines() {
         let evil = "x\nThe disk is safe to remove.\r\u{1b}[2J\u{9b}";
-        let drill = crate::backup::report::Drill {
+        let drill = crate::store::report::Drill {
             folder: format!("2026-11-24_02-00-00_{evil}"),
             passed: false,
             entries: 1,

@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Local, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::backup::report::Status;
-use crate::fifo::{self, Delivery};
-use crate::history::{DiskSummary, History};
-use crate::state::{Disk, State};
+use crate::clients::fifo::{self, Delivery};
+use crate::store::history::{DiskSummary, History};
+use crate::store::report::Status;
+use crate::store::state::{Disk, State};
 
 /// Something the daemon tells its subscribers (and what `watch` reads back).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

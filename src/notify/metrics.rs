@@ -3,15 +3,15 @@
 //! rename in the same directory, so the collector never reads half a file)
 //! when the daemon starts, after each backup, and when it stops. That
 //! directory may be writable by another account (node-exporter's):
-//! [`crate::state::write_atomic`] never writes through what it plants there.
+//! [`crate::store::state::write_atomic`] never writes through what it plants there.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::backup::report::Status;
-use crate::history::DiskSummary;
+use crate::store::history::DiskSummary;
+use crate::store::report::Status;
 
 /// The statuses `tetras_back_last_backup_status` has a series for.
 const STATUSES: [Status; 6] =
@@ -91,14 +91,14 @@ fn escape(v: &str) -> String {
 
 /// Replaces the metrics file.
 pub fn write(path: &Path, text: &str) -> Result<()> {
-    crate::state::write_atomic(path, 0o644, text.as_bytes())
+    crate::store::state::write_atomic(path, 0o644, text.as_bytes())
         .with_context(|| format!("cannot write the metrics file {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::BackupRow;
+    use crate::store::history::BackupRow;
 
     #[test]
     fn one_status_series_is_one_and_labels_are_escaped() {
