@@ -698,3 +698,57 @@ async fn operators_and_admins_and_the_disks_own_folder() {
     stranger.detach();
     disk.detach();
 }
+
+/// A backup whose source shrank (a `/home` that did not mount) is a
+/// `warning`: amber in the history and on the dashboard, and its page names
+/// the source and the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shrunk_source_shows_as_a_warning() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let port = free_port();
+    install_shipped_scripts(&env.path("scripts"));
+    env.write_config(&format!(
+        "[[scripts]]\nname = \"backup_nocloud.sh\"\nargs = [\"--data\"]\n[mail]\nwhen = \"never\"\n{}",
+        WebConsole::config(&env, port, None)
+    ));
+    let data = env.path("data");
+    std::fs::create_dir_all(data.join("docs")).unwrap();
+    for i in 0..4 {
+        std::fs::write(data.join(format!("docs/{i}.txt")), "text\n").unwrap();
+    }
+    let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 64);
+    env.cli(&["save", &disk.uuid, "office"]).ok();
+    let _daemon = env.start_daemon_with(&[("NOCLOUD_DATA", data.to_str().unwrap())]);
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    add_user(&env, "alice", "pw");
+    let web = WebConsole::start(&env, port, false);
+    for (emptied, status) in [(false, "success"), (true, "warning")] {
+        if emptied {
+            std::fs::remove_dir_all(data.join("docs")).unwrap();
+            std::thread::sleep(Duration::from_millis(1100)); // a new dated folder
+        }
+        disk.attach();
+        let done = sub.until_about("backup_finished", &disk.uuid).pop().unwrap();
+        assert_eq!(done["status"], status, "{done}");
+        sub.until_about("safe_to_remove", &disk.uuid);
+        disk.detach();
+        sub.until_about("disk_unplugged", &disk.uuid);
+    }
+
+    let b = Browser::start(false).await;
+    b.login(&web.url, "alice", "pw").await;
+    let badge = b.wait_text(&format!("tr[data-uuid='{}'] .badge.warn", disk.uuid), "Warning").await;
+    assert!(badge.text().await.unwrap().contains("Warning"));
+    b.client.goto(&format!("{}/history", web.url)).await.unwrap();
+    b.wait_text("table.history .badge.warn", "Warning").await;
+    b.shots("history-warning").await;
+    b.click("table.history td a").await;
+    let shrunk = b.wait_text("dd.warn", "files").await.text().await.unwrap();
+    assert!(
+        shrunk.contains(&format!("{}/: 4 files", data.display())) && shrunk.contains("0 (0 B) now"),
+        "{shrunk}"
+    );
+    b.shots("backup-warning").await;
+}

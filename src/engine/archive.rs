@@ -233,8 +233,20 @@ impl<'a, W: Write> Writer<'a, W> {
             }
             self.links.insert((meta.dev(), meta.ino()), name.to_owned());
         }
-        let file = match std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
-        {
+        // Never blocking, and still the regular file that was listed (a
+        // download of a backup disk's folder reads what the disk holds).
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)
+            .and_then(|f| match f.metadata() {
+                Ok(m) if m.is_file() && m.ino() == meta.ino() => Ok(f),
+                Ok(_) => {
+                    Err(io::Error::other("changed into something else than this file while being archived"))
+                }
+                Err(e) => Err(e),
+            });
+        let file = match opened {
             Ok(f) => f,
             Err(e) => {
                 self.skipped.report(format_args!("{}: {e}", path.display()));

@@ -145,11 +145,7 @@ fn open_dir(mount: &Path, rel: &Path) -> Option<OwnedFd> {
 fn open_file(mount: &Path, rel: &Path) -> Option<(File, u64)> {
     let name = rel.file_name()?;
     let dir = open_dir(mount, rel.parent().unwrap_or(Path::new("")))?;
-    let st = fsx::lstat_at(dir.as_fd(), name).ok()?;
-    if fsx::kind(&st) != nix::sys::stat::SFlag::S_IFREG {
-        return None;
-    }
-    let file = File::from(fsx::open_read(dir.as_fd(), name, false).ok()?);
+    let file = fsx::open_file(dir.as_fd(), name).ok()?;
     let len = file.metadata().ok()?.len();
     Some((file, len))
 }
