@@ -30,12 +30,14 @@ PROFILE     ?= release
 # Packages needed to build, and in addition to test (Debian names).
 BUILD_DEPS  := pkg-config libudev-dev gcc
 DEB_DEPS    := $(BUILD_DEPS) dpkg-dev binutils gzip git
+# What the installed program runs: ssh and rsync pull the other hosts.
+RUN_DEPS    := openssh-client rsync
 # The service tests boot a Debian with systemd as PID 1 (../shared/tools/systemd-box).
 # Every program the tests, scripts, demo and bench call must come from these
 # lists or from an Essential/required package: `make check-deps` checks it.
 TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup time \
                python3-minimal python3-aiosmtpd python3-prometheus-client systemd make openssl \
-               systemd-container mmdebstrap lintian rsync procps \
+               systemd-container mmdebstrap lintian rsync procps openssh-client openssh-server pv \
                chromium chromium-driver btrfs-progs curl apache2-utils
 LINT_DEPS   := $(BUILD_DEPS) shellcheck python3-minimal
 BENCH_DEPS  := $(BUILD_DEPS) rsync python3-minimal python3 tar gzip coreutils time
@@ -80,7 +82,7 @@ define apt_install
 endef
 
 deps:
-	$(call apt_install,$(BUILD_DEPS))
+	$(call apt_install,$(BUILD_DEPS) $(RUN_DEPS))
 
 test-deps:
 	$(call apt_install,$(TEST_DEPS))

@@ -19,6 +19,8 @@ mod disk;
 mod engine;
 /// Fault-injection points for the tests (the `failpoints` feature).
 mod fault;
+/// The site's other machines, pulled over SSH with rsync (`pull`, `hosts`).
+mod hosts;
 /// English and French: the message catalogue of the mails and the web console.
 mod lang;
 /// Log output for the terminal and journald.

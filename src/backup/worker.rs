@@ -355,6 +355,10 @@ impl Backup<'_> {
             (journal::ENV, self.journal.display().to_string()),
         ]
         .into_iter()
+        .chain(
+            // The daemon's configuration, for the engines that read it (`pull`).
+            self.config.source.as_ref().map(|p| ("TETRAS_BACK_CONFIG", p.display().to_string())),
+        )
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }

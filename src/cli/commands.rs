@@ -45,6 +45,8 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
     };
     let config = Config::load(&config_path, explicit)?;
     match action {
+        Action::Hosts(a) => super::hosts::hosts(&config, a),
+        Action::Pull(a) => super::hosts::pull(&config, a),
         Action::Daemon
         | Action::Snapshot(_)
         | Action::Archive(_)

@@ -3,12 +3,13 @@
 //! both turned into one [`Action`] so that clap's types stop here.
 //!
 //! May import: every room, as the top of the house: `backup`, `clients`,
-//! `config`, `daemon`, `disk`, `engine`, `logging`, `notify`, `store`, `web`.
+//! `config`, `daemon`, `disk`, `engine`, `hosts`, `logging`, `notify`, `store`, `web`.
 
 mod commands;
 mod engines;
 mod generate;
 mod history;
+mod hosts;
 mod watch;
 
 use std::path::PathBuf;
@@ -289,6 +290,20 @@ enum Command {
     #[command(after_help = "Example:\n  tetras-back verify /mnt/disk/2026-11-22_10-00-00/home\n\n\
         Exit code 4: something is missing, changed or extra.")]
     Verify(engines::VerifyArgs),
+    /// The other machines of [[hosts]]: list them; `key`, `trust`, `check`
+    #[command(after_help = "Examples:\n  tetras-back hosts\n  tetras-back hosts key\n  \
+        tetras-back hosts trust web1\n  tetras-back hosts check\n\n\
+        Set-up: add a [[hosts]] entry, put the line `hosts key` prints on the host, `hosts trust` it, \
+        `hosts check` it. backup_hosts.sh then pulls it onto every backup disk.")]
+    Hosts(hosts::HostsArgs),
+    /// Pull other hosts' paths over SSH with rsync into a backup folder
+    #[command(after_help = "Examples:\n  \
+        tetras-back pull --all --dest /mnt/disk/2026-12-02_02-30-00_Hosts --link-dest auto\n  \
+        tetras-back pull web1 --dest /mnt/disk/new --dry-run --json\n\n\
+        Each host goes into DIR/NAME with its absolute paths kept (DIR/web1/etc/nginx/...), \
+        written as NAME.partial and renamed when complete, with a manifest as a snapshot has. \
+        Exit code 1: a host failed (the others are complete); 23: some files could not be read there.")]
+    Pull(hosts::PullArgs),
     /// Copy files back out of a backup, with owners, modes, times, links and holes
     #[command(after_help = "Examples:\n  \
         tetras-back restore office Donnees/alice/thesis.odt --to /tmp/restored\n  \
@@ -360,6 +375,8 @@ pub enum Action {
     Prune(engines::PruneArgs),
     Verify(engines::VerifyArgs),
     Restore(engines::RestoreArgs),
+    Hosts(hosts::HostsArgs),
+    Pull(hosts::PullArgs),
 }
 
 impl Cli {
@@ -401,6 +418,8 @@ impl Cli {
                 Command::Prune(a) => Action::Prune(a),
                 Command::Verify(a) => Action::Verify(a),
                 Command::Restore(a) => Action::Restore(a),
+                Command::Hosts(a) => Action::Hosts(a),
+                Command::Pull(a) => Action::Pull(a),
             });
         }
         Ok(if let Some(arg) = l.save {

@@ -24,12 +24,11 @@
 //! `start` refuses (and the daemon exits non-zero) when the configuration or
 //! the state file is invalid, or when another daemon holds the state lock.
 
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -136,7 +135,7 @@ fn start(source: ConfigSource) -> Result<(Daemon, Inputs)> {
     // logs, history and mount points are root's alone (the scripts inherit it).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = Config::load(&source.path, source.explicit)?;
-    private_dir("state_dir", &config.state_dir)?;
+    state::private_dir("state_dir", &config.state_dir)?;
     let Some(mut lock) = StateLock::try_acquire(&config.state_dir)? else {
         let pid = state::lock_holder(&config.state_dir).map(|p| format!(" (pid {p})")).unwrap_or_default();
         bail!("another tetras-back daemon is running on {}{pid}", config.state_dir.display());
@@ -157,7 +156,7 @@ fn start(source: ConfigSource) -> Result<(Daemon, Inputs)> {
         ("log_dir", &config.log_dir),
         ("mount_dir", &config.mount_dir),
     ] {
-        private_dir(key, dir)?;
+        state::private_dir(key, dir)?;
     }
     let control_path = config.control_path();
     fifo::create(&control_path, 0o600)?;
@@ -635,40 +634,6 @@ impl Daemon {
         log::info!("{message} (in {:?})", started.elapsed());
         Ok(message)
     }
-}
-
-/// Creates `dir` (and parents), the directory of the setting `key`, and
-/// makes sure only its owner, the daemon's user, can enter it. A shared
-/// directory (another user's, writable by group or others, sticky, like
-/// `/tmp`) is refused, never chmodded: the daemon needs one of its own.
-fn private_dir(key: &str, dir: &Path) -> Result<()> {
-    let refuse = |why: String| -> Result<()> {
-        bail!("`{key}` = {}: {why}; refusing to use it (give `{key}` a directory of its own)", dir.display())
-    };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("`{key}`: cannot create directory {}", dir.display()))?;
-    let meta =
-        fs::symlink_metadata(dir).with_context(|| format!("`{key}`: cannot inspect {}", dir.display()))?;
-    if !meta.is_dir() {
-        return refuse("not a directory (a symbolic link?)".into());
-    }
-    if meta.uid() != nix::unistd::geteuid().as_raw() {
-        return refuse(format!("owned by uid {}, not by the daemon's user", meta.uid()));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o1022 != 0 {
-        return refuse(format!(
-            "a shared directory (mode {mode:04o}: sticky, or writable by group or others)"
-        ));
-    }
-    if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("`{key}`: cannot restrict the mode of {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 fn drain(s: &mut UnixStream) {

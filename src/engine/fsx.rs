@@ -360,6 +360,17 @@ impl Partial {
         Ok(Partial { parent, name: name.to_owned(), partial, partial_path, lock: None })
     }
 
+    /// Creates the folder `DIR.partial` (0700 until its metadata is set),
+    /// locked while it is written.
+    pub fn create_dir(path: &Path, flag: &str) -> anyhow::Result<Partial> {
+        let mut t = Partial::prepare(path, flag)?;
+        nix::sys::stat::mkdirat(&t.parent, t.partial.as_os_str(), Mode::from_bits_truncate(0o700))
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {}", t.partial_path.display(), e.desc()))?;
+        let fd = open_read(t.parent.as_fd(), &t.partial, true)?;
+        t.lock(fd)?;
+        Ok(t)
+    }
+
     /// Takes the lock through a descriptor of the new `.partial`.
     pub fn lock(&mut self, fd: OwnedFd) -> anyhow::Result<()> {
         let lock = InUse::lock(fd)

@@ -37,6 +37,76 @@ pub enum Entry {
         deleted: Vec<String>,
         freed: u64,
     },
+    /// One host of a `pull`, as soon as it is done.
+    Pull(HostPull),
+}
+
+/// How the pull of one host ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pulled {
+    /// Everything is there (files that vanished while rsync read them are counted).
+    Done,
+    /// Complete but for the files it could not read, named in `unreadable`.
+    Partial,
+    /// Nothing kept for this host: `error` says why.
+    Failed,
+}
+
+/// One host of a `pull`: what the report, the history and the console say of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostPull {
+    pub name: String,
+    pub outcome: Pulled,
+    /// Its folder in the backup, once complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest: Option<PathBuf>,
+    pub files: u64,
+    pub bytes: u64,
+    /// Bytes of the files new since its previous pull (the others are hard links).
+    pub bytes_written: u64,
+    pub seconds: f64,
+    /// Files that disappeared on the host while they were read.
+    #[serde(default)]
+    pub vanished: u64,
+    /// Files the host could not read, with why (at most [`HostPull::SHOWN`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl HostPull {
+    pub const SHOWN: usize = 50;
+}
+
+impl std::fmt::Display for HostPull {
+    /// One line: `web1: 1234 files (5.0 MiB, 1.0 MiB new) in 12s`, or why not.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.outcome, &self.error) {
+            (Pulled::Failed, e) => {
+                write!(f, "{}: failed: {}", self.name, e.as_deref().unwrap_or("unknown error"))
+            }
+            _ => {
+                write!(
+                    f,
+                    "{}: {} files ({}, {} new) in {:.0}s",
+                    self.name,
+                    self.files,
+                    super::human(self.bytes),
+                    super::human(self.bytes_written),
+                    self.seconds
+                )?;
+                if self.vanished > 0 {
+                    write!(f, ", {} vanished while read", self.vanished)?;
+                }
+                if !self.unreadable.is_empty() {
+                    write!(f, ", {} unreadable", self.unreadable.len())?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Appends `entry` to the journal named in the environment, if any. A
@@ -65,8 +135,10 @@ pub struct Totals {
     pub freed: u64,
     /// Sources of the snapshots much smaller than the last time.
     pub shrunk: Vec<Shrunk>,
-    /// What the snapshots and archives wrote: their paths.
+    /// What the snapshots, archives and pulls wrote: their paths.
     pub written: Vec<PathBuf>,
+    /// Each host pulled (or not), in the order they finished.
+    pub hosts: Vec<HostPull>,
 }
 
 /// Reads the journal at `path` (absent: nothing was recorded); lines that do
@@ -90,6 +162,12 @@ pub fn totals(path: &Path) -> Totals {
             Ok(Entry::Prune { dir, deleted, freed }) => {
                 t.pruned.extend(deleted.iter().map(|d| dir.join(d).display().to_string()));
                 t.freed += freed;
+            }
+            Ok(Entry::Pull(host)) => {
+                t.files += host.files;
+                t.bytes_written += host.bytes_written;
+                t.written.extend(host.dest.clone());
+                t.hosts.push(host);
             }
             Err(e) => log::warn!("{}: ignored a line that is not a journal entry: {e}", path.display()),
         }
@@ -129,7 +207,8 @@ mod tests {
                 pruned: vec!["/m/old".into()],
                 freed: 7,
                 shrunk: vec![],
-                written: vec!["/m/a".into(), "/m/a.tgz".into()]
+                written: vec!["/m/a".into(), "/m/a.tgz".into()],
+                hosts: vec![],
             }
         );
         assert_eq!(totals(&dir.path().join("absent")), Totals::default());

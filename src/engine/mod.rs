@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod backups;
 pub mod fsx;
+pub mod index;
 pub mod journal;
 pub mod manifest;
 pub mod prune;

@@ -275,7 +275,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
     let dest = if opts.dry_run {
         None
     } else {
-        let t = create_target(&opts.dest)?;
+        let t = Partial::create_dir(&opts.dest, "--dest")?;
         let fd = fsx::open_read(t.parent.as_fd(), &t.partial, true)
             .with_context(|| format!("cannot open {}", t.partial_path.display()))?;
         target = Some(t);
@@ -407,16 +407,6 @@ fn open_sources(sources: &[OsString]) -> Result<Vec<Root>> {
     Ok(roots)
 }
 
-/// Creates `DIR.partial`, locked while it is written.
-fn create_target(dest: &Path) -> Result<Partial> {
-    let mut t = Partial::prepare(dest, "--dest")?;
-    mkdirat(&t.parent, t.partial.as_os_str(), Mode::from_bits_truncate(0o700))
-        .map_err(|e| anyhow!("cannot create {}: {}", t.partial_path.display(), e.desc()))?;
-    let fd = fsx::open_read(t.parent.as_fd(), &t.partial, true)?;
-    t.lock(fd)?;
-    Ok(t)
-}
-
 /// Syncs the snapshot's file system, then renames `DIR.partial` to `DIR`:
 /// the name appears only on a complete, durable snapshot.
 fn commit(target: Partial, dest: BorrowedFd) -> Result<()> {
@@ -472,7 +462,7 @@ fn read_manifest(dir: BorrowedFd, path: &Path) -> Result<Option<Manifest>> {
 
 /// The new manifest's scratch file, in the snapshot being written (whose
 /// file system has room for it), unlinked at once: it never outlives the run.
-fn spill_file(dest: BorrowedFd) -> Result<File> {
+pub(super) fn spill_file(dest: BorrowedFd) -> Result<File> {
     let name = OsStr::new(".tetras-back-manifest.spill");
     let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(dest, name, flags, Mode::from_bits_truncate(0o600))
@@ -490,7 +480,7 @@ fn same_file(a: &FileStat, b: &FileStat, owners: bool) -> bool {
         && (!owners || (a.st_uid == b.st_uid && a.st_gid == b.st_gid))
 }
 
-fn entry(path: PathBuf, kind: Kind, st: &FileStat, size: u64, hash: Option<Hash>) -> Entry {
+pub(super) fn entry(path: PathBuf, kind: Kind, st: &FileStat, size: u64, hash: Option<Hash>) -> Entry {
     Entry {
         path,
         kind,

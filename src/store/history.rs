@@ -18,6 +18,7 @@ use chrono::{DateTime, Local, TimeZone};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+use crate::engine::journal::HostPull;
 use crate::engine::snapshot::Shrunk;
 use crate::store::report::{Drill, Job, Report, ScriptReport, Status};
 
@@ -80,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE backups ADD COLUMN drill TEXT;",
     "ALTER TABLE backups ADD COLUMN shrunk TEXT;",
     "ALTER TABLE backups ADD COLUMN folders TEXT;",
+    "ALTER TABLE backups ADD COLUMN hosts TEXT;",
 ];
 
 /// An open history database.
@@ -116,6 +118,9 @@ pub struct BackupRow {
     /// The dated folders it wrote at the top of the disk.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub folders: Vec<String>,
+    /// The other hosts it pulled (or failed to).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostPull>,
 }
 
 /// One plug or unplug.
@@ -260,7 +265,7 @@ impl History {
         tx.execute(
             "UPDATE backups SET finished = ?2, status = ?3, duration_secs = ?4, bytes_written = ?5, files = ?6,
                 free_before = ?7, free_after = ?8, pruned = ?9, error = ?10, drill = ?11, shrunk = ?12,
-                folders = ?13
+                folders = ?13, hosts = ?14
              WHERE id = ?1",
             params![
                 id,
@@ -276,6 +281,7 @@ impl History {
                 r.drill.as_ref().map(serde_json::to_string).transpose()?,
                 (!r.totals.shrunk.is_empty()).then(|| serde_json::to_string(&r.totals.shrunk)).transpose()?,
                 (!r.folders.is_empty()).then(|| serde_json::to_string(&r.folders)).transpose()?,
+                (!r.totals.hosts.is_empty()).then(|| serde_json::to_string(&r.totals.hosts)).transpose()?,
             ],
         )?;
         for (seq, s) in r.scripts.iter().enumerate() {
@@ -392,6 +398,27 @@ impl History {
         Ok((self.select_backups(FILTER, params![disk, status], limit, offset)?, total as u64))
     }
 
+    /// The last pull of each host, newest first: when it finished, onto
+    /// which disk, and how it went (`tetras-back hosts`).
+    pub fn last_pulls(&self) -> Result<Vec<(DateTime<Local>, String, HostPull)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT COALESCE(finished, started), disk, hosts FROM backups WHERE hosts IS NOT NULL
+             ORDER BY id DESC LIMIT 1000",
+        )?;
+        let rows =
+            stmt.query_map([], |r| Ok((time(r.get(0)?), r.get::<_, String>(1)?, json_column(r, 2)?)))?;
+        let mut out: Vec<(DateTime<Local>, String, HostPull)> = Vec::new();
+        for row in rows {
+            let (when, disk, hosts): (_, _, Option<Vec<HostPull>>) = row?;
+            for h in hosts.unwrap_or_default() {
+                if !out.iter().any(|(_, _, o)| o.name == h.name) {
+                    out.push((when, disk.clone(), h));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The names of the disks in the history, for filters.
     pub fn disk_names(&self) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare("SELECT DISTINCT disk FROM backups ORDER BY disk")?;
@@ -408,7 +435,7 @@ impl History {
     ) -> Result<Vec<BackupRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT id, disk, uuid, device, started, finished, status, duration_secs, bytes_written, files,
-                    free_before, free_after, pruned, log, error, drill, shrunk, folders
+                    free_before, free_after, pruned, log, error, drill, shrunk, folders, hosts
              FROM backups WHERE {condition} ORDER BY started DESC, id DESC LIMIT {limit} OFFSET {offset}"
         ))?;
         let count = |v: Option<i64>| v.map(|b| b as u64);
@@ -435,6 +462,7 @@ impl History {
                 drill: json_column(r, 15)?,
                 shrunk: json_column(r, 16)?.unwrap_or_default(),
                 folders: json_column(r, 17)?.unwrap_or_default(),
+                hosts: json_column(r, 18)?.unwrap_or_default(),
             })
         })?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;

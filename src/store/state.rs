@@ -11,11 +11,11 @@
 //! the same lock to edit the file directly when no daemon runs.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -380,6 +380,40 @@ pub fn check_name(name: &str) -> Result<()> {
         && name != "..";
     if !ok {
         bail!("invalid disk name {name:?}: expected 1 to 64 characters from A-Z a-z 0-9 . _ - (and not \".\" or \"..\")");
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and parents), the directory of the setting `key`, and
+/// makes sure only its owner, the daemon's user, can enter it. A shared
+/// directory (another user's, writable by group or others, sticky, like
+/// `/tmp`) is refused, never chmodded: the daemon needs one of its own.
+pub fn private_dir(key: &str, dir: &Path) -> Result<()> {
+    let refuse = |why: String| -> Result<()> {
+        bail!("`{key}` = {}: {why}; refusing to use it (give `{key}` a directory of its own)", dir.display())
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("`{key}`: cannot create directory {}", dir.display()))?;
+    let meta =
+        fs::symlink_metadata(dir).with_context(|| format!("`{key}`: cannot inspect {}", dir.display()))?;
+    if !meta.is_dir() {
+        return refuse("not a directory (a symbolic link?)".into());
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return refuse(format!("owned by uid {}, not by the daemon's user", meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o1022 != 0 {
+        return refuse(format!(
+            "a shared directory (mode {mode:04o}: sticky, or writable by group or others)"
+        ));
+    }
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("`{key}`: cannot restrict the mode of {}", dir.display()))?;
     }
     Ok(())
 }

@@ -383,4 +383,5 @@ pub mod disk;
 pub mod rig;
 pub mod sdbox;
 pub mod smtp;
+pub mod sshd;
 pub mod tree;

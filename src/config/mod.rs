@@ -18,6 +18,9 @@ use serde::Deserialize;
 
 use crate::lang::Language;
 
+mod hosts;
+pub use hosts::{Host, HostSide};
+
 /// Where the configuration lives unless `--config` or `TETRAS_BACK_CONFIG` say otherwise.
 pub const DEFAULT_PATH: &str = "/etc/tetras-back/tetras-back.toml";
 
@@ -63,6 +66,8 @@ pub struct Config {
     pub language: Language,
     /// `[web]`: the web console (`tetras-back web`).
     pub web: Web,
+    /// `[[hosts]]`: the other machines pulled over SSH (`tetras-back pull`).
+    pub hosts: Vec<Host>,
 }
 
 /// `[web]`: the web console, its own process (`tetras-back web`).
@@ -290,6 +295,7 @@ struct RawConfig {
     shrink_warning: Option<String>,
     language: Option<Language>,
     web: Option<RawWeb>,
+    hosts: Option<Vec<hosts::RawHost>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -419,6 +425,25 @@ impl Config {
 
     pub fn history_path(&self) -> PathBuf {
         self.state_dir.join("history.sqlite")
+    }
+
+    /// Our SSH key pair and the host keys we trust (`tetras-back hosts`).
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh")
+    }
+
+    /// The `[[hosts]]` entry named `name`; the error lists the known ones.
+    pub fn host(&self, name: &str) -> Result<&Host, String> {
+        self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+            match (&self.source, known.is_empty()) {
+                (Some(f), true) => format!("no host {name:?}: {} has no [[hosts]]", f.display()),
+                (None, _) => format!("no host {name:?}: there is no configuration file, so no [[hosts]]"),
+                (Some(f), false) => {
+                    format!("no host {name:?} in {} (its hosts: {})", f.display(), known.join(", "))
+                }
+            }
+        })
     }
 }
 
@@ -632,6 +657,7 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
     };
     let udev_rule = optional_file("udev_rule", raw.udev_rule, Some(DEFAULT_UDEV_RULE))?;
     let web = web(raw.web.unwrap_or_default(), language, &state_dir).map_err(|(key, m)| err(key, m))?;
+    let hosts = hosts::hosts(raw.hosts.unwrap_or_default()).map_err(|(key, m)| err(&key, m))?;
 
     Ok(Config {
         source: source.map(Path::to_owned),
@@ -668,6 +694,7 @@ fn validate(raw: RawConfig, source: Option<&Path>) -> Result<Config, ConfigError
         },
         language,
         web,
+        hosts,
     })
 }
 
@@ -823,7 +850,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_is_valid_and_matches_the_defaults() {
-        let shipped = include_str!("../conf/tetras-back.toml");
+        let shipped = include_str!("../../conf/tetras-back.toml");
         let c = parse(shipped).unwrap();
         let d = parse("").unwrap();
         assert_eq!(Config { source: None, ..c }, Config { source: None, ..d });

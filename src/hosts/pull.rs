@@ -1,0 +1,414 @@
+//! `pull`: each host's paths into `DIR/NAME/` with rsync over ssh, their
+//! absolute paths kept (`DIR/web1/etc/nginx/...`), unchanged files
+//! hard-linked to the same host's folder in the previous backup.
+//!
+//! A host is written as `NAME.partial` and renamed once complete, with the
+//! manifest a snapshot has (see `engine::index`), so everything that reads
+//! snapshots reads it. One host's failure never touches another's folder;
+//! a failed host leaves nothing behind. Each host's outcome is journaled
+//! for the report as soon as it is known.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::process::{run, Ran};
+use super::ssh::{alias, Ssh};
+use crate::config::{Host, HostSide};
+use crate::engine::fsx::{self, Partial};
+use crate::engine::journal::{self, HostPull, Pulled};
+use crate::engine::snapshot::{self, LinkDest};
+use crate::engine::{index, manifest};
+
+/// Where a host declares more of what to back up.
+pub const HOST_D: &str = "/etc/tetras-back/host.d/";
+/// host.d files larger than this are not fetched; more than this many are not read.
+const HOST_D_MAX_SIZE: &str = "64K";
+const HOST_D_MAX_FILES: usize = 100;
+/// rsync's I/O timeout: a transfer that moves no data this long ends.
+const IO_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct Options {
+    pub dest: PathBuf,
+    pub link_dest: Option<LinkDest>,
+    /// Hosts pulled at the same time.
+    pub jobs: usize,
+    /// Only estimate what would be written.
+    pub dry_run: bool,
+}
+
+/// What a pull did (or, with `--dry-run`, would write).
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub dest: PathBuf,
+    pub dry_run: bool,
+    /// Bytes the pulls would write (the files new or changed since each
+    /// host's previous folder): what the scripts make room for.
+    pub needed_bytes: u64,
+    pub hosts: Vec<HostPull>,
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub fn failed(&self) -> usize {
+        self.hosts.iter().filter(|h| h.outcome == Pulled::Failed).count()
+    }
+
+    pub fn partial(&self) -> bool {
+        self.hosts.iter().any(|h| h.outcome == Pulled::Partial)
+    }
+}
+
+/// Pulls `hosts`, `opts.jobs` at a time.
+pub fn run_all(ssh: &Ssh, hosts: &[Host], opts: &Options) -> Result<Summary> {
+    let started = Instant::now();
+    if ssh.public_key()?.is_none() {
+        anyhow::bail!("no SSH key yet: run `tetras-back hosts key` and put its line on the hosts");
+    }
+    let config = ssh.write_config(hosts)?.to_owned();
+    let dest = std::path::absolute(&opts.dest).unwrap_or_else(|_| opts.dest.clone());
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<(usize, HostPull)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.clamp(1, hosts.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(host) = hosts.get(i) else { break };
+                let pull = Pull { ssh, config: &config, host, dest: &dest, opts };
+                let outcome = pull.run();
+                eprintln!("tetras-back: {}", crate::logging::printable(&outcome.to_string()));
+                if !opts.dry_run {
+                    journal::record(&journal::Entry::Pull(outcome.clone()));
+                }
+                done.lock().unwrap().push((i, outcome));
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap();
+    done.sort_by_key(|(i, _)| *i);
+    let hosts: Vec<HostPull> = done.into_iter().map(|(_, h)| h).collect();
+    Ok(Summary {
+        dest,
+        dry_run: opts.dry_run,
+        needed_bytes: if opts.dry_run { hosts.iter().map(|h| h.bytes_written).sum() } else { 0 },
+        hosts,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+struct Pull<'a> {
+    ssh: &'a Ssh,
+    config: &'a Path,
+    host: &'a Host,
+    dest: &'a Path,
+    opts: &'a Options,
+}
+
+/// A failure of one host, in words.
+type Why = String;
+
+impl Pull<'_> {
+    fn run(&self) -> HostPull {
+        let started = Instant::now();
+        let mut out = HostPull {
+            name: self.host.name.clone(),
+            outcome: Pulled::Failed,
+            dest: None,
+            files: 0,
+            bytes: 0,
+            bytes_written: 0,
+            seconds: 0.0,
+            vanished: 0,
+            unreadable: Vec::new(),
+            error: None,
+        };
+        if let Err(why) = self.pull(started + self.host.timeout, &mut out) {
+            out.outcome = Pulled::Failed;
+            out.error = Some(why);
+        }
+        out.seconds = started.elapsed().as_secs_f64();
+        out
+    }
+
+    fn pull(&self, deadline: Instant, out: &mut HostPull) -> Result<(), Why> {
+        let side = self.host_side(deadline)?;
+        let mut paths = self.host.paths.clone();
+        for p in side.paths {
+            if !paths.contains(&p) {
+                paths.push(p);
+            }
+        }
+        let exclude: Vec<String> = self.host.exclude.iter().chain(&side.exclude).cloned().collect();
+        let before: Vec<String> = self.host.before.iter().chain(&side.before).cloned().collect();
+        let at = self.dest.join(&self.host.name);
+        let prev = self.previous(&at);
+        if self.opts.dry_run {
+            return self.estimate(deadline, &paths, &exclude, prev.as_deref(), out);
+        }
+        for command in &before {
+            self.before(command, deadline)?;
+        }
+        let target = Partial::create_dir(&at, "--dest").map_err(|e| format!("{e:#}"))?;
+        match self.transfer(deadline, &paths, &exclude, prev.as_deref(), &target, out) {
+            Ok(()) => {
+                target.rename_into_place().map_err(|e| format!("{e:#}"))?;
+                out.dest = Some(at);
+                Ok(())
+            }
+            Err(why) => {
+                drop_partial(target);
+                Err(why)
+            }
+        }
+    }
+
+    /// The same host's folder in the previous complete backup.
+    fn previous(&self, at: &Path) -> Option<PathBuf> {
+        match &self.opts.link_dest {
+            None => None,
+            Some(LinkDest::Auto) => snapshot::find_previous(at).ok().flatten(),
+            Some(LinkDest::Path(p)) => {
+                let p = std::path::absolute(p).ok()?.join(&self.host.name);
+                fsx::open_dir_strict(&p).is_ok().then_some(p)
+            }
+        }
+    }
+
+    /// The rsync command every transfer of this host starts from.
+    fn rsync(&self) -> Command {
+        let mut cmd = Command::new("rsync");
+        cmd.env("LC_ALL", "C")
+            .arg("-e")
+            .arg(Ssh::rsync_shell(self.config))
+            .arg(format!("--timeout={}", IO_TIMEOUT.as_secs()));
+        cmd
+    }
+
+    fn remote(&self, path: &str) -> String {
+        format!("{}:{path}", alias(self.host))
+    }
+
+    /// What the host declares in its own host.d, fetched read-only.
+    fn host_side(&self, deadline: Instant) -> Result<HostSide, Why> {
+        let scratch = tempfile::tempdir().map_err(|e| format!("cannot make a scratch folder: {e}"))?;
+        let mut cmd = self.rsync();
+        cmd.args(["-r", "--max-size", HOST_D_MAX_SIZE, "--include=*.toml", "--exclude=*"])
+            .arg(self.remote(HOST_D))
+            .arg(format!("{}/", scratch.path().display()));
+        let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
+        match ran.code() {
+            Some(0) => {}
+            // No host.d there: nothing more to back up.
+            Some(23) if ran.stderr.iter().any(|l| l.contains("No such file or directory")) => {
+                return Ok(HostSide::default())
+            }
+            _ => return Err(self.ssh.reason(self.host, &ran)),
+        }
+        let mut names: Vec<PathBuf> = std::fs::read_dir(scratch.path())
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        names.sort();
+        let mut side = HostSide::default();
+        for file in names.into_iter().take(HOST_D_MAX_FILES) {
+            let shown = format!("{}{}", HOST_D, file.file_name().unwrap_or_default().to_string_lossy());
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{shown} on the host: {e}"))?;
+            let more = HostSide::parse(&text).map_err(|e| format!("{shown} on the host: {e}"))?;
+            eprintln!(
+                "[{}] {shown}: {} more paths, {} exclusions, {} commands",
+                self.host.name,
+                more.paths.len(),
+                more.exclude.len(),
+                more.before.len()
+            );
+            side.paths.extend(more.paths);
+            side.exclude.extend(more.exclude);
+            side.before.extend(more.before);
+        }
+        Ok(side)
+    }
+
+    /// Runs one `before` command on the host; its output goes to the log.
+    fn before(&self, command: &str, deadline: Instant) -> Result<(), Why> {
+        eprintln!("[{}] running on the host: {}", self.host.name, crate::logging::printable(command));
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(self.config).arg(alias(self.host)).arg("--").arg(command);
+        let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
+        for line in ran.stdout.lines() {
+            eprintln!("[{}] {}", self.host.name, crate::logging::printable(line));
+        }
+        if ran.success() {
+            return Ok(());
+        }
+        if ran.stderr.iter().any(|l| l.contains("does not run rsync")) {
+            return Err(format!(
+                "before command `{command}` cannot run: our key there is limited to rrsync (read-only); \
+                 a host with `before` commands needs a key line without command=\"rrsync ...\""
+            ));
+        }
+        let why = match ran.code() {
+            // ssh's own failure: the connection, not the command.
+            Some(255) | None => self.ssh.reason(self.host, &ran),
+            Some(code) => {
+                format!("exit {code}{}", ran.last_error().map(|l| format!(": {l}")).unwrap_or_default())
+            }
+        };
+        Err(format!("before command `{command}` failed: {why}"))
+    }
+
+    fn transfer_args(&self, cmd: &mut Command, paths: &[String], exclude: &[String], prev: Option<&Path>) {
+        cmd.args(["-aHAXS", "--numeric-ids", "--relative"]);
+        for ours in [manifest::NAME, manifest::SHRUNK_NOTE] {
+            cmd.arg(format!("--exclude=/{ours}"));
+        }
+        for e in exclude {
+            cmd.arg(format!("--exclude={e}"));
+        }
+        if let Some(p) = prev {
+            cmd.arg(format!("--link-dest={}", p.display()));
+        }
+        for p in paths {
+            cmd.arg(self.remote(p));
+        }
+    }
+
+    fn transfer(
+        &self,
+        deadline: Instant,
+        paths: &[String],
+        exclude: &[String],
+        prev: Option<&Path>,
+        target: &Partial,
+        out: &mut HostPull,
+    ) -> Result<(), Why> {
+        let mut cmd = self.rsync();
+        self.transfer_args(&mut cmd, paths, exclude, prev);
+        cmd.arg(format!("{}/", target.partial_path.display()));
+        let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
+        out.vanished = ran.vanished;
+        match ran.code() {
+            Some(0) => out.outcome = Pulled::Done,
+            // Files vanished while read: what is there is a backup.
+            Some(24) => out.outcome = Pulled::Done,
+            // Some files could not be read (or a path does not exist): named.
+            Some(23) => {
+                out.unreadable = unreadable(&ran);
+                if out.unreadable.is_empty() {
+                    return Err(self.ssh.reason(self.host, &ran));
+                }
+                out.outcome = Pulled::Partial;
+            }
+            _ => return Err(self.ssh.reason(self.host, &ran)),
+        }
+        let dir = fsx::open_read(target.parent.as_fd(), &target.partial, true)
+            .map_err(|e| format!("cannot open {}: {}", target.partial_path.display(), e.desc()))?;
+        let indexed = index::write(dir.as_fd(), &target.partial_path, prev).map_err(|e| format!("{e:#}"))?;
+        out.files = indexed.files;
+        out.bytes = indexed.bytes;
+        out.bytes_written = indexed.new_bytes;
+        nix::unistd::syncfs(dir.as_fd()).map_err(|e| format!("syncfs: {}", e.desc()))
+    }
+
+    /// `--dry-run`: what the transfer would write, from rsync's own count.
+    fn estimate(
+        &self,
+        deadline: Instant,
+        paths: &[String],
+        exclude: &[String],
+        prev: Option<&Path>,
+        out: &mut HostPull,
+    ) -> Result<(), Why> {
+        let scratch = tempfile::tempdir().map_err(|e| format!("cannot make a scratch folder: {e}"))?;
+        let mut cmd = self.rsync();
+        cmd.args(["--dry-run", "--stats"]);
+        self.transfer_args(&mut cmd, paths, exclude, prev);
+        cmd.arg(format!("{}/", scratch.path().display()));
+        let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
+        if !matches!(ran.code(), Some(0 | 23 | 24)) {
+            return Err(self.ssh.reason(self.host, &ran));
+        }
+        out.outcome = Pulled::Done;
+        out.files = stat(&ran.stdout, "Number of regular files transferred").unwrap_or(0);
+        out.bytes = stat(&ran.stdout, "Total file size").unwrap_or(0);
+        out.bytes_written = stat(&ran.stdout, "Total transferred file size").unwrap_or(0);
+        Ok(())
+    }
+}
+
+/// Removes what a failed host left.
+fn drop_partial(target: Partial) {
+    let (parent, name) = (target.parent.try_clone(), target.partial.clone());
+    let shown = target.partial_path.clone();
+    drop(target);
+    if let Ok(parent) = parent {
+        if let Err(e) = fsx::remove_tree(parent.as_fd(), &name) {
+            eprintln!("tetras-back: cannot remove {}: {e}", shown.display());
+        }
+    }
+}
+
+/// A number of rsync's `--stats` ("Total file size: 1,234 bytes").
+fn stat(stats: &str, label: &str) -> Option<u64> {
+    let line = stats.lines().find(|l| l.trim_start().starts_with(label))?;
+    let value = line.split_once(':')?.1;
+    let digits: String = value.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
+    digits.replace(',', "").parse().ok()
+}
+
+/// The files rsync could not read, from its messages: `PATH: why`.
+fn unreadable(ran: &Ran) -> Vec<String> {
+    ran.stderr.iter().filter_map(|l| unreadable_line(l)).take(HostPull::SHOWN).collect()
+}
+
+fn unreadable_line(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("rsync: ")?;
+    if rest.contains("vanished") {
+        return None;
+    }
+    let (a, b) = (rest.find('"')?, rest.rfind('"')?);
+    if b <= a {
+        return None;
+    }
+    let path = &rest[a + 1..b];
+    let why = rest[b + 1..].rsplit(": ").next().unwrap_or("").trim();
+    Some(format!("{path}: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsync_s_messages_name_the_unreadable_files() {
+        assert_eq!(
+            unreadable_line(
+                r#"rsync: [sender] send_files failed to open "/srv/secret" (in srv): Permission denied (13)"#
+            )
+            .as_deref(),
+            Some("/srv/secret: Permission denied (13)")
+        );
+        assert_eq!(
+            unreadable_line(r#"rsync: [sender] link_stat "/nope" failed: No such file or directory (2)"#)
+                .as_deref(),
+            Some("/nope: No such file or directory (2)")
+        );
+        assert_eq!(unreadable_line(r#"file has vanished: "/tmp/x""#), None);
+        assert_eq!(unreadable_line("rsync error: some files could not be transferred (code 23)"), None);
+    }
+
+    #[test]
+    fn stats_are_read_with_their_separators() {
+        let s = "Number of files: 3 (reg: 2, dir: 1)\nTotal file size: 1,234,567 bytes\n\
+                 Total transferred file size: 89 bytes\n";
+        assert_eq!(stat(s, "Total file size"), Some(1_234_567));
+        assert_eq!(stat(s, "Total transferred file size"), Some(89));
+        assert_eq!(stat(s, "Literal data"), None);
+    }
+}

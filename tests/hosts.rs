@@ -1,0 +1,266 @@
+//! Other hosts pulled over SSH with rsync (`hosts`, `pull`, backup_hosts.sh):
+//! real OpenSSH servers on loopback (tests/common/sshd.rs), each serving
+//! this machine's files as "a host", real rsync and rrsync, real loop disks.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::disk::{install_shipped_scripts, require_root, LoopDisk};
+use common::smtp::free_port;
+use common::sshd::Sshd;
+use common::tree::{self, text};
+use common::{Run, TestEnv};
+
+/// A test root with a mounted disk, our key, and sshd servers started by the test.
+struct Site {
+    disk: LoopDisk,
+    env: TestEnv,
+    /// Our public key line.
+    public: String,
+}
+
+impl Site {
+    fn new(mb: u64) -> Site {
+        require_root();
+        let env = TestEnv::new();
+        install_shipped_scripts(&env.path("scripts"));
+        let disk = LoopDisk::mounted(env.root(), mb, &env.path("disk"));
+        // The key is made by `hosts key`, whatever the config says of hosts.
+        let out = env.cli(&["hosts", "key"]).ok();
+        assert!(out.stdout.contains("No [[hosts]] yet"), "{out:?}");
+        let public = fs::read_to_string(env.path("state/ssh/id_ed25519.pub")).unwrap().trim().to_owned();
+        assert!(out.stdout.contains(&public), "{out:?}");
+        let key = fs::metadata(env.path("state/ssh/id_ed25519")).unwrap();
+        assert_eq!(key.mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(env.path("state/ssh")).unwrap().mode() & 0o777, 0o700);
+        Site { disk, env, public }
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.env.path("disk")
+    }
+
+    /// An sshd whose authorized_keys holds our key after `options` (`restrict`, ...).
+    fn sshd(&self, name: &str, options: &str) -> Sshd {
+        Sshd::start(&self.env.path(&format!("sshd-{name}")), &format!("{options} {}\n", self.public))
+    }
+
+    fn hosts(&self, toml: &str) {
+        self.env.write_config(&format!("filesystems = [\"ext4\"]\n{toml}"));
+    }
+
+    fn trust(&self, name: &str, fingerprints: &[&str]) -> Run {
+        let mut args = vec!["hosts", "trust", name];
+        for f in fingerprints {
+            args.extend(["--fingerprint", f]);
+        }
+        self.env.cli(&args)
+    }
+
+    fn pull(&self, args: &[&str]) -> (Run, serde_json::Value) {
+        let mut all = vec!["pull", "--json"];
+        all.extend(args);
+        let run = self.env.cli(&all);
+        let json = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run:?}"));
+        (run, json)
+    }
+}
+
+/// The host named `name` in a pull's JSON summary.
+fn host<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("{summary:#}"))
+}
+
+fn toml_host(name: &str, port: u16, paths: &[&Path], extra: &str) -> String {
+    let paths: Vec<String> = paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+    format!(
+        "[[hosts]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nport = {port}\npaths = [{}]\n{extra}\n",
+        paths.join(", ")
+    )
+}
+
+/// `rsync -anHAXc --delete -i` of `src` against `copy` lists nothing: the same tree.
+fn assert_rsync_finds_nothing(src: &Path, copy: &Path) {
+    let out = Command::new("rsync")
+        .args(["-anHAXc", "--numeric-ids", "--delete", "-i"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", copy.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    // The copy's own manifest is only at the host folder's top, never here.
+    assert!(listed.trim().is_empty(), "the copy differs from {}:\n{listed}", src.display());
+}
+
+fn inode(p: &Path) -> u64 {
+    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).ino()
+}
+
+/// A failing host fails alone, and says why: a changed host key (naming
+/// both fingerprints), an unreachable port (quickly), a `before` command
+/// that fails; the others are pulled, through a jump host and with a key
+/// limited to `rrsync -ro`, with what the host adds in its host.d.
+#[test]
+fn each_host_fails_alone_and_says_why() {
+    let site = Site::new(128);
+    let src = site.env.path("web1-src");
+    tree::torture(&src);
+    // "store1" sees a root of its own through rrsync: its /srv/data and the
+    // host.d file there that adds /srv/app.
+    let fake = site.env.path("store1-root");
+    fs::create_dir_all(fake.join("srv/data")).unwrap();
+    fs::write(fake.join("srv/data/a.txt"), text(1, 5000)).unwrap();
+    fs::create_dir_all(fake.join("srv/app")).unwrap();
+    fs::write(fake.join("srv/app/app.db"), text(2, 7000)).unwrap();
+    fs::create_dir_all(fake.join("srv/other")).unwrap();
+    fs::write(fake.join("srv/other/not-asked.txt"), "x").unwrap();
+    fs::create_dir_all(fake.join("etc/tetras-back/host.d")).unwrap();
+    fs::write(fake.join("etc/tetras-back/host.d/app.toml"), "paths = [\"/srv/app\"]\n").unwrap();
+    fs::write(fake.join("etc/tetras-back/host.d/README"), "not a .toml: not read").unwrap();
+
+    let plain = site.sshd("plain", "restrict");
+    let limited = site.sshd("limited", &format!("restrict,command=\"rrsync -ro {}\"", fake.display()));
+    let gone = site.sshd("gone", "restrict");
+    let jump = site.sshd(
+        "jump",
+        &format!("restrict,port-forwarding,permitopen=\"127.0.0.1:{}\",command=\"/bin/false\"", limited.port),
+    );
+    let mut changed = site.sshd("changed", "restrict");
+    let closed = free_port();
+    let fake_data = Path::new("/srv/data");
+    site.hosts(
+        &[
+            toml_host("web1", plain.port, &[&src], "before = [\"echo dumped > /dev/null; echo before-ran\"]"),
+            toml_host("store1", limited.port, &[fake_data], ""),
+            toml_host("far", limited.port, &[fake_data], &format!("jump = \"root@127.0.0.1:{}\"", jump.port)),
+            toml_host("mail1", changed.port, &[&src], ""),
+            toml_host("db1", plain.port, &[&src], "before = [\"exit 1\"]"),
+            toml_host("nowhere", closed, &[&src], ""),
+            toml_host("gone", gone.port, &[&src], ""),
+        ]
+        .concat(),
+    );
+
+    // Not on a terminal, a key is never pinned without its fingerprint.
+    site.trust("web1", &[]).fails_with(&["not on a terminal", "--fingerprint"]);
+    site.trust("web1", &["SHA256:not-it"]).fails_with(&["not a fingerprint given", "nothing was written"]);
+    // Nothing pinned: the pull refuses the host, naming what to run.
+    let (run, s) =
+        site.pull(&["web1", "--dest", site.disk().join("2026-01-01_00-00-00_Hosts").to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(host(&s, "web1")["error"].as_str().unwrap().contains("hosts trust web1"), "{s:#}");
+    assert!(!site.disk().join("2026-01-01_00-00-00_Hosts/web1").exists());
+    let _ = fs::remove_dir_all(site.disk().join("2026-01-01_00-00-00_Hosts"));
+
+    site.trust("web1", &[&plain.fingerprint()]).ok();
+    site.trust("db1", &[&plain.fingerprint()]).fails_with(&["already trusted"]);
+    site.trust("store1", &[&limited.fingerprint()]).ok();
+    // Through the jump: both keys are shown and both must be given.
+    site.trust("far", &[&limited.fingerprint()]).fails_with(&["not a fingerprint given"]);
+    let far = site.trust("far", &[&limited.fingerprint(), &jump.fingerprint()]);
+    assert!(far.stdout.contains(&jump.fingerprint()), "{far:?}");
+    site.trust("mail1", &[&changed.fingerprint()]).ok();
+    site.trust("gone", &[&gone.fingerprint()]).ok();
+    let pinned = changed.fingerprint();
+    changed.restart_with_new_host_key();
+    drop(gone);
+
+    // With the key limited to rrsync, no command runs.
+    let ssh = Command::new("ssh")
+        .arg("-F")
+        .arg(site.env.path("state/ssh/ssh_config"))
+        .args(["tetras-back--store1", "id"])
+        .output()
+        .unwrap();
+    assert!(!ssh.status.success() && !String::from_utf8_lossy(&ssh.stdout).contains("uid="), "{ssh:?}");
+
+    let check = site.env.cli(&["hosts", "check"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    for (name, says) in [
+        ("web1", "ok:"),
+        ("store1", "ok:"),
+        ("far", "ok:"),
+        ("mail1", "host key changed"),
+        ("nowhere", "unreachable"),
+        ("db1", "ok:"),
+    ] {
+        let line = check
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{check:?}"));
+        assert!(line.contains(says), "{name}: {line}");
+    }
+
+    let dir = site.disk().join("2026-12-01_10-00-00_Hosts");
+    let started = Instant::now();
+    let (run, s) =
+        site.pull(&["--all", "--dest", dir.to_str().unwrap(), "--link-dest", "auto", "--jobs", "3"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(host(&s, "web1")["outcome"], "done", "{s:#}");
+    assert!(run.stderr.contains("[web1] before-ran"), "the before command's output is in the log: {run:?}");
+    assert_rsync_finds_nothing(&src, &dir.join("web1").join(src.strip_prefix("/").unwrap()));
+    site.env.cli(&["verify", dir.join("web1").to_str().unwrap()]).ok();
+
+    // rrsync's root is the host's /; host.d added /srv/app, not the README.
+    assert_eq!(host(&s, "store1")["outcome"], "done", "{s:#}");
+    assert_eq!(fs::read(dir.join("store1/srv/app/app.db")).unwrap(), text(2, 7000));
+    assert_eq!(fs::read(dir.join("store1/srv/data/a.txt")).unwrap(), text(1, 5000));
+    assert!(!dir.join("store1/srv/other").exists());
+    assert!(run.stderr.contains("host.d/app.toml: 1 more paths"), "{run:?}");
+    assert_eq!(host(&s, "far")["outcome"], "done", "{s:#}");
+    assert!(dir.join("far/srv/app/app.db").exists());
+
+    let why = host(&s, "mail1")["error"].as_str().unwrap().to_owned();
+    assert!(why.contains(&pinned) && why.contains(&changed.fingerprint()), "both fingerprints: {why}");
+    assert!(why.contains("--replace"), "{why}");
+    let why = host(&s, "nowhere")["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("unreachable") && why.contains("Connection refused"), "{why}");
+    let why = host(&s, "db1")["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("before command `exit 1` failed: exit 1"), "{why}");
+    assert!(host(&s, "gone")["error"].as_str().is_some_and(|e| e.contains("unreachable")), "{s:#}");
+    // Failed hosts leave nothing; the others are complete.
+    let mut names: Vec<String> =
+        fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["far", "store1", "web1"]);
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    let backups = site.env.cli(&["backups", site.disk().to_str().unwrap(), "--json"]).ok();
+    let folders: serde_json::Value = serde_json::from_str(&backups.stdout).unwrap();
+    let parts = folders["backups"][0]["parts"].as_array().unwrap();
+    assert!(parts.iter().all(|p| p["kind"] == "snapshot"), "{folders:#}");
+
+    // A reinstalled host is trusted again with --replace, and pulled.
+    site.trust("mail1", &[&changed.fingerprint()]).fails_with(&["changed", "--replace"]);
+    let again =
+        site.env.cli(&["hosts", "trust", "mail1", "--replace", "--fingerprint", &changed.fingerprint()]).ok();
+    assert!(again.stdout.contains("pinned 1 key"), "{again:?}");
+    let (run, s) = site.pull(&[
+        "mail1",
+        "web1",
+        "--dest",
+        site.disk().join("2026-12-01_11-00-00_Hosts").to_str().unwrap(),
+        "--link-dest",
+        "auto",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(host(&s, "mail1")["outcome"], "done");
+    // web1's second pull hard-links what did not change.
+    let rel = src.strip_prefix("/").unwrap().join("a/b/c/big");
+    let first = dir.join("web1").join(&rel);
+    let second = site.disk().join("2026-12-01_11-00-00_Hosts/web1").join(&rel);
+    assert_eq!(inode(&first), inode(&second), "not hard-linked");
+    assert_eq!(host(&s, "web1")["bytes_written"], 0, "{s:#}");
+    drop(site.disk);
+}
