@@ -44,7 +44,18 @@ out=$("$TB" pull "${SELECT[@]}" --dry-run --json --link-dest auto --dest "$DIR")
     || die "cannot estimate what the hosts will write"
 NEED=$(printf '%s\n' "$out" | json_field needed_bytes)
 [ -n "$NEED" ] || die "cannot read the estimate: $out"
-make_room "$ROOT"
+# rsync counts a sparse file whole (its holes too), so the estimate can be
+# more than the pulls will write: when even deleting every older backup
+# cannot free that much, nothing is deleted and the pulls go on; a host that
+# does not fit fails alone, and the older backups stay.
+want=$((NEED + NEED / 10 + MARGIN_BYTES))
+rc=0
+"$TB" prune "$ROOT" --min-free "$want" --dry-run >/dev/null || rc=$?
+case $rc in
+    0) make_room "$ROOT" ;;
+    5) say "the estimate ($NEED bytes, sparse files counted whole) is more than this disk can free; nothing deleted, pulling anyway" ;;
+    *) die "prune failed (exit $rc)" ;;
+esac
 
 mkdir -- "$DIR"
 say "writing $DIR"

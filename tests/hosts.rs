@@ -264,3 +264,153 @@ fn each_host_fails_alone_and_says_why() {
     assert_eq!(host(&s, "web1")["bytes_written"], 0, "{s:#}");
     drop(site.disk);
 }
+
+/// The whole procedure: a known disk plugged in, backup_hosts.sh pulls the
+/// host (through a key limited to `rrsync -ro /`), the copy is the source
+/// exactly, the report and the history list the host; the second backup
+/// hard-links what did not change, the drill passes, and a flipped byte in
+/// the host's folder is found.
+#[test]
+fn a_plugged_disk_gets_the_host_pulled_linked_drilled_and_reported() {
+    use common::rig::Rig;
+    use common::smtp::{smtp_config, Mail, SmtpServer};
+    let mut rig = Rig::new("ext4", "");
+    install_shipped_scripts(&rig.scripts_dir());
+    rig.env.cli(&["hosts", "key"]).ok();
+    let public = fs::read_to_string(rig.env.path("state/ssh/id_ed25519.pub")).unwrap();
+    let src = rig.env.path("web1-src");
+    tree::torture(&src);
+    let sshd = Sshd::start(&rig.env.path("sshd"), &format!("restrict,command=\"rrsync -ro /\" {public}"));
+    let mail_port = free_port();
+    rig.env.write_config(&format!(
+        "verify_every = 2\n[[scripts]]\nname = \"backup_hosts.sh\"\nargs = [\"--verify\"]\n{}{}",
+        toml_host("web1", sshd.port, &[&src], ""),
+        smtp_config(mail_port, "")
+    ));
+    let key = rig.env.cli(&["hosts", "key"]).ok();
+    assert!(key.stdout.contains(&format!("restrict,command=\"rrsync -ro /\" {}", public.trim())), "{key:?}");
+    rig.env.cli(&["hosts", "trust", "web1", "--fingerprint", &sshd.fingerprint()]).ok();
+    let server = SmtpServer::start(rig.env.root(), mail_port);
+    let _d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    let events = rig.until("safe_to_remove");
+    let finished = events.iter().find(|e| e["event"] == "backup_finished").unwrap();
+    assert_eq!(finished["status"], "success", "{}", rig.logs().join("\n"));
+    let m = Mail::parse(&server.wait_for(1, Duration::from_secs(20))[0]);
+    assert!(m.body.contains("Hosts:"), "{}", m.body);
+    let line =
+        m.body.lines().find(|l| l.trim_start().starts_with("web1")).unwrap_or_else(|| panic!("{}", m.body));
+    assert!(line.contains("pulled: ") && line.contains(" files, "), "{line}");
+
+    // One file changes; the second backup copies only it.
+    let changed = src.join("a/b/other-owner");
+    fs::write(&changed, text(9, 6000)).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    rig.env.cli(&["backup", "office"]).ok();
+    let events = rig.until("safe_to_remove");
+    let finished = events.iter().find(|e| e["event"] == "backup_finished").unwrap();
+    assert_eq!(finished["status"], "success", "{}", rig.logs().join("\n"));
+    let history = rig.env.cli(&["history", "--json"]).ok();
+    let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let newest = &rows[0];
+    assert_eq!(newest["hosts"][0]["name"], "web1", "{newest:#}");
+    assert_eq!(newest["hosts"][0]["bytes_written"], 6000, "only the changed file is new: {newest:#}");
+    assert_eq!(newest["drill"]["passed"], true, "{newest:#}");
+    let listing = rig.env.cli(&["hosts"]).ok();
+    assert!(listing.stdout.contains("onto office") && listing.stdout.contains("yes"), "{listing:?}");
+
+    let rel = src.strip_prefix("/").unwrap().to_owned();
+    let root = rig.env.root().to_owned();
+    rig.disk.modify(&root, |disk| {
+        let mut folders: Vec<PathBuf> = fs::read_dir(disk)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with("_Hosts"))
+            .collect();
+        folders.sort();
+        assert_eq!(folders.len(), 2, "{folders:?}");
+        let (old, new) = (folders[0].join("web1").join(&rel), folders[1].join("web1").join(&rel));
+        assert_rsync_finds_nothing(&src, &new);
+        assert_eq!(inode(&old.join("a/b/c/big")), inode(&new.join("a/b/c/big")), "unchanged: hard-linked");
+        assert_ne!(
+            inode(&old.join("a/b/other-owner")),
+            inode(&new.join("a/b/other-owner")),
+            "changed: copied"
+        );
+        // A flipped byte in the host's folder is found.
+        let f = new.join("a/b/other-owner");
+        let mut bytes = fs::read(&f).unwrap();
+        bytes[100] ^= 1;
+        fs::write(&f, bytes).unwrap();
+        let out = Command::new(common::BIN).arg("verify").arg(folders[1].join("web1")).output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("other-owner"), "{out:?}");
+    });
+}
+
+/// A host whose files vanish while rsync reads them is pulled (and says
+/// how many); one with unreadable files is pulled but for them, named.
+/// The "host" serves through a forced command that drops root's power to
+/// read anything and throttles what it sends, so that a file can vanish
+/// between the listing and its turn.
+#[test]
+fn vanished_files_are_noted_and_unreadable_ones_named() {
+    let site = Site::new(64);
+    let vanish = site.env.path("vanish");
+    fs::create_dir_all(&vanish).unwrap();
+    fs::write(vanish.join("a_big"), text(5, 3 << 20)).unwrap();
+    fs::write(vanish.join("z_vanish"), "soon gone").unwrap();
+    let secret_dir = site.env.path("secret");
+    fs::create_dir_all(&secret_dir).unwrap();
+    fs::write(secret_dir.join("readable"), "fine").unwrap();
+    fs::write(secret_dir.join("secret"), "root cannot read me without its capabilities").unwrap();
+    nix::unistd::chown(&secret_dir.join("secret"), Some(1234.into()), Some(1234.into())).unwrap();
+    fs::set_permissions(secret_dir.join("secret"), std::os::unix::fs::PermissionsExt::from_mode(0o000))
+        .unwrap();
+    let wrapper = common::disk::script(
+        &site.env.path("bin"),
+        "weak-slow",
+        "exec setpriv --inh-caps=-dac_override,-dac_read_search --bounding-set=-dac_override,-dac_read_search \\\n  \
+         bash -o pipefail -c \"$SSH_ORIGINAL_COMMAND | pv -q -L 1m\"",
+        0o755,
+    );
+    let sshd = site.sshd("weak", &format!("restrict,command=\"{}\"", wrapper.display()));
+    site.hosts(
+        &[toml_host("moving", sshd.port, &[&vanish], ""), toml_host("locked", sshd.port, &[&secret_dir], "")]
+            .concat(),
+    );
+    site.trust("moving", &[&sshd.fingerprint()]).ok();
+
+    let dir = site.disk().join("2026-12-01_10-00-00_Hosts");
+    let watched = dir.join("moving.partial").join(vanish.strip_prefix("/").unwrap());
+    let gone = vanish.join("z_vanish");
+    let remover = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // rsync writes a_big under a temporary name first: the listing is done.
+        while !fs::read_dir(&watched).is_ok_and(|d| {
+            d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains("a_big"))
+        }) {
+            assert!(Instant::now() < deadline, "the pull never started writing a_big");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        fs::remove_file(gone).unwrap();
+    });
+    let (run, s) = site.pull(&["moving", "--dest", dir.to_str().unwrap()]);
+    remover.join().unwrap();
+    assert_eq!(run.code, 0, "vanished files are no failure: {run:?}");
+    let moving = host(&s, "moving");
+    assert_eq!(moving["outcome"], "done", "{s:#}");
+    assert_eq!(moving["vanished"], 1, "{s:#}");
+    assert!(dir.join("moving").join(vanish.strip_prefix("/").unwrap()).join("a_big").exists());
+
+    let (run, s) = site.pull(&["locked", "--dest", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 23, "{run:?}");
+    let locked = host(&s, "locked");
+    assert_eq!(locked["outcome"], "partial", "{s:#}");
+    let named = locked["unreadable"].as_array().unwrap();
+    assert!(named.iter().any(|u| u.as_str().unwrap().contains("secret/secret: Permission denied")), "{s:#}");
+    let kept = dir.join("locked").join(secret_dir.strip_prefix("/").unwrap());
+    assert_eq!(fs::read_to_string(kept.join("readable")).unwrap(), "fine");
+    site.env.cli(&["verify", dir.join("locked").to_str().unwrap()]).ok();
+}

@@ -82,7 +82,16 @@ pub fn run_all(ssh: &Ssh, hosts: &[Host], opts: &Options) -> Result<Summary> {
                 let Some(host) = hosts.get(i) else { break };
                 let pull = Pull { ssh, config: &config, host, dest: &dest, opts };
                 let outcome = pull.run();
-                eprintln!("tetras-back: {}", crate::logging::printable(&outcome.to_string()));
+                let said = match (opts.dry_run, outcome.outcome) {
+                    (true, Pulled::Done) => format!(
+                        "{}: would write about {} ({} files new or changed)",
+                        outcome.name,
+                        crate::engine::human(outcome.bytes_written),
+                        outcome.files
+                    ),
+                    _ => outcome.to_string(),
+                };
+                eprintln!("tetras-back: {}", crate::logging::printable(&said));
                 if !opts.dry_run {
                     journal::record(&journal::Entry::Pull(outcome.clone()));
                 }
@@ -201,10 +210,10 @@ impl Pull<'_> {
         cmd.args(["-r", "--max-size", HOST_D_MAX_SIZE, "--include=*.toml", "--exclude=*"])
             .arg(self.remote(HOST_D))
             .arg(format!("{}/", scratch.path().display()));
-        let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
+        // Not echoed: a host without host.d is the usual case, not an error.
+        let ran = run(cmd, deadline, None).map_err(|e| format!("{e:#}"))?;
         match ran.code() {
             Some(0) => {}
-            // No host.d there: nothing more to back up.
             Some(23) if ran.stderr.iter().any(|l| l.contains("No such file or directory")) => {
                 return Ok(HostSide::default())
             }

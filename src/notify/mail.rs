@@ -182,6 +182,16 @@ impl BackupMail {
             let label = format!("{}:", t!("mail.shrunk", locale = locale));
             out.push_str(&format!("{label:<width$}{}\n", printable(&s.to_string())));
         }
+        if !r.totals.hosts.is_empty() {
+            out.push_str(&format!("\n{}:\n", t!("mail.hosts", locale = locale)));
+            for h in &r.totals.hosts {
+                let (head, more) = crate::store::report::host_lines(h, lang);
+                out.push_str(&format!("  {:<16} {}\n", printable(&h.name), printable(&head)));
+                for m in more {
+                    out.push_str(&format!("  {:<16} {}\n", "", printable(&m)));
+                }
+            }
+        }
         out.push_str(&format!("\n{}:\n", t!("mail.scripts", locale = locale)));
         if r.scripts.is_empty() {
             out.push_str(&format!("  {}\n", t!("mail.none_ran", locale = locale)));

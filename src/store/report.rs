@@ -185,6 +185,35 @@ impl Drill {
     }
 }
 
+/// One host of a backup in words, in `lang`: how its pull went (the
+/// report, the console), then what vanished and what could not be read.
+pub fn host_lines(h: &journal::HostPull, lang: crate::lang::Language) -> (String, Vec<String>) {
+    use rust_i18n::t;
+    let locale = lang.code();
+    let secs = humantime::format_duration(Duration::from_secs(h.seconds.round() as u64)).to_string();
+    let (files, bytes, new) =
+        (h.files.to_string(), crate::engine::human(h.bytes), crate::engine::human(h.bytes_written));
+    let head = match h.outcome {
+        journal::Pulled::Done => {
+            t!("mail.host_done", locale = locale, files = files, bytes = bytes, new = new, secs = secs)
+        }
+        journal::Pulled::Partial => {
+            t!("mail.host_partial", locale = locale, files = files, bytes = bytes, new = new, secs = secs)
+        }
+        journal::Pulled::Failed => {
+            t!("mail.host_failed", locale = locale, why = h.error.as_deref().unwrap_or("?"))
+        }
+    };
+    let mut more = Vec::new();
+    if h.vanished > 0 {
+        more.push(t!("mail.host_vanished", locale = locale, count = h.vanished).into_owned());
+    }
+    for u in &h.unreadable {
+        more.push(t!("mail.host_unreadable", locale = locale, what = u).into_owned());
+    }
+    (head.into_owned(), more)
+}
+
 /// What became of the drive after the unmount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PowerOff {

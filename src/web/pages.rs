@@ -458,6 +458,22 @@ pub fn backup(ctx: &Ctx, b: &BackupRow, log: Option<&str>, cut: bool) -> Markup 
                 @if !b.pruned.is_empty() {
                     dt { (ctx.t("web.pruned")) } dd { @for p in &b.pruned { (p) br; } }
                 }
+                @if !b.hosts.is_empty() {
+                    dt { (ctx.t("mail.hosts")) } dd class="hosts" {
+                        @for h in &b.hosts {
+                            @let (head, more) = crate::store::report::host_lines(h, ctx.lang);
+                            @let class = match h.outcome {
+                                crate::engine::journal::Pulled::Done => "",
+                                crate::engine::journal::Pulled::Partial => "warn",
+                                crate::engine::journal::Pulled::Failed => "error",
+                            };
+                            div class=(class) {
+                                strong { (h.name) } " " (head)
+                                @for m in &more { br; small { (m) } }
+                            }
+                        }
+                    }
+                }
                 @if let Some(d) = &b.drill {
                     dt { (ctx.t("mail.drill")) } dd {
                         (d.summary_in(ctx.lang))
