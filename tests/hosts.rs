@@ -414,3 +414,108 @@ fn vanished_files_are_noted_and_unreadable_ones_named() {
     assert_eq!(fs::read_to_string(kept.join("readable")).unwrap(), "fine");
     site.env.cli(&["verify", dir.join("locked").to_str().unwrap()]).ok();
 }
+
+/// The pid of the running `tetras-back pull` whose command line mentions `needle`.
+fn pull_pid(needle: &str) -> Option<i32> {
+    fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()).find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(e.path().join("cmdline")).ok()?;
+        let words: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let is_pull = words.iter().any(|w| *w == b"pull") && !words.iter().any(|w| *w == b"--dry-run");
+        (is_pull && String::from_utf8_lossy(&cmd).contains(needle)).then_some(pid)
+    })
+}
+
+/// Killed dead in the middle of a pull (the daemon, the script, pull, rsync
+/// and ssh, as a power cut would): only `NAME.partial` is left, `backups`
+/// shows it incomplete, and the next backup is complete, not linked to it.
+#[test]
+fn killed_during_a_pull_only_a_partial_is_left_and_the_next_backup_is_whole() {
+    use common::rig::Rig;
+    let mut rig = Rig::new("ext4", "");
+    install_shipped_scripts(&rig.scripts_dir());
+    rig.env.cli(&["hosts", "key"]).ok();
+    let public = fs::read_to_string(rig.env.path("state/ssh/id_ed25519.pub")).unwrap();
+    let src = rig.env.path("slow-src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), text(7, 4 << 20)).unwrap();
+    let slow = common::disk::script(
+        &rig.env.path("bin"),
+        "slow",
+        "exec bash -o pipefail -c \"$SSH_ORIGINAL_COMMAND | pv -q -L 1m\"",
+        0o755,
+    );
+    let sshd =
+        Sshd::start(&rig.env.path("sshd"), &format!("restrict,command=\"{}\" {public}", slow.display()));
+    rig.env.write_config(&format!(
+        "[[scripts]]\nname = \"backup_hosts.sh\"\n{}",
+        toml_host("slow1", sshd.port, &[&src], "")
+    ));
+    rig.env.cli(&["hosts", "trust", "slow1", "--fingerprint", &sshd.fingerprint()]).ok();
+    let mnt = rig.env.path("mnt").join(&rig.disk.uuid);
+    let d = rig.env.start_daemon();
+    rig.subscribe();
+    rig.disk.attach();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        let writing = fs::read_dir(&mnt).ok().and_then(|d| {
+            d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.join("slow1.partial").exists())
+        });
+        if let (Some(_), Some(pid)) = (writing, pull_pid(mnt.to_str().unwrap())) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the pull never started:\n{}", rig.logs().join("\n"));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid()), nix::sys::signal::Signal::SIGKILL);
+    drop(d);
+    // Still mounted where the killed daemon left it: the folder is
+    // incomplete, its host a `.partial` that nothing holds any more.
+    let out = Command::new(common::BIN).args(["backups", "--json"]).arg(&mnt).output().unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let killed = &listed["backups"][0];
+    assert_eq!(killed["complete"], false, "{out:?}");
+    assert_eq!(killed["in_use"], false, "{out:?}");
+    assert_eq!(killed["parts"][0]["name"], "slow1.partial", "{out:?}");
+    assert_eq!(killed["parts"][0]["kind"], "incomplete", "{out:?}");
+    let killed = killed["name"].as_str().unwrap().to_owned();
+
+    // The next daemon finds the disk plugged in and backs it up again; its
+    // prune deletes the interrupted folder.
+    let _d = rig.env.start_daemon();
+    let events = rig.until("safe_to_remove");
+    let finished = events.iter().find(|e| e["event"] == "backup_finished").unwrap();
+    assert_eq!(finished["status"], "success", "{}", rig.logs().join("\n"));
+    let history = rig.env.cli(&["history", "--json"]).ok();
+    let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(rows[1]["status"], "interrupted", "{rows:#}");
+
+    let root = rig.env.root().to_owned();
+    let logs = rig.logs();
+    rig.disk.inspect(&root, |disk| {
+        let out = Command::new(common::BIN).args(["backups", "--json"]).arg(disk).output().unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let folders = listed["backups"].as_array().unwrap_or_else(|| panic!("{out:?}"));
+        assert_eq!(folders.len(), 1, "{listed:#}");
+        assert_eq!(folders[0]["complete"], true, "{listed:#}");
+        assert_eq!(folders[0]["parts"][0]["name"], "slow1");
+        assert!(
+            logs.iter().any(|l| l.contains(&format!("deleted {killed} (interrupted backup"))),
+            "{logs:?}"
+        );
+        let whole = disk
+            .join(folders[0]["name"].as_str().unwrap())
+            .join("slow1")
+            .join(src.strip_prefix("/").unwrap());
+        assert_eq!(fs::read(whole.join("big")).unwrap(), text(7, 4 << 20));
+        assert_eq!(fs::metadata(whole.join("big")).unwrap().nlink(), 1, "not linked to the partial");
+        let verify = Command::new(common::BIN)
+            .arg("verify")
+            .arg(disk.join(folders[0]["name"].as_str().unwrap()).join("slow1"))
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{verify:?}");
+    });
+}
