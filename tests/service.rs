@@ -543,7 +543,59 @@ const SCENARIOS: &[Scenario] = &[
         "a_hostile_disk_blocks_neither_the_next_disk_nor_the_stop",
         a_hostile_disk_blocks_neither_the_next_disk_nor_the_stop,
     ),
+    ("a_host_is_pulled_through_the_units_sandbox", a_host_is_pulled_through_the_units_sandbox),
 ];
+
+/// Another host pulled over SSH by the installed unit: ssh and rsync run
+/// within its sandbox, the key and known_hosts in its StateDirectory, the
+/// host an sshd on this machine's loopback (the box shares its network).
+fn a_host_is_pulled_through_the_units_sandbox(c: &mut Ctx) {
+    c.b.sh("tetras-back hosts key").ok();
+    let public = fs::read_to_string(c.b.path("/var/lib/tetras-back/ssh/id_ed25519.pub")).unwrap();
+    let src = c.images.path().join("web1-src");
+    tree::torture(&src);
+    let sshd = common::sshd::Sshd::start(
+        &c.images.path().join("sshd"),
+        &format!("restrict,command=\"rrsync -ro /\" {public}"),
+    );
+    let hosts = format!(
+        "[[scripts]]\nname = \"backup_hosts.sh\"\nargs = [\"--verify\"]\n\
+         [[hosts]]\nname = \"web1\"\naddress = \"127.0.0.1\"\nport = {}\npaths = [\"{}\"]\n",
+        sshd.port,
+        src.display()
+    );
+    c.configure(Some(&hosts));
+    c.b.sh(&format!("tetras-back hosts trust web1 --fingerprint {}", sshd.fingerprint())).ok();
+    let check = c.b.sh("tetras-back hosts check web1").ok();
+    assert!(check.stdout.contains("web1: ok:"), "{check:?}");
+
+    let mut disk = c.disk("hosts");
+    disk.attach_low();
+    let events = c.events_until("backup_finished", &disk);
+    let finished = events.last().unwrap();
+    assert_eq!(
+        finished["status"],
+        "success",
+        "{finished}\n{}",
+        fs::read_to_string(c.b.path(finished["log"].as_str().unwrap())).unwrap_or_default()
+    );
+    c.events_until("safe_to_remove", &disk);
+    let history = c.b.sh("tetras-back history --json --limit 1").ok();
+    let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(rows[0]["hosts"][0]["outcome"], "done", "{rows:#}");
+    let mount = c.images.path().join("look");
+    disk.inspect(&mount, |m| {
+        let folder = fs::read_dir(m)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with("_Hosts"))
+            .expect("a _Hosts folder");
+        let copy = folder.join("web1").join(src.strip_prefix("/").unwrap());
+        tree::assert_same(&src, &copy, &Compare::snapshot());
+    });
+    disk.detach();
+    drop(sshd);
+}
 
 /// Runs `f`, printing its outcome as libtest does; returns whether it passed.
 fn run_one(name: &str, f: impl FnOnce()) -> bool {
@@ -567,7 +619,8 @@ fn main() -> std::process::ExitCode {
     if SCENARIOS.iter().any(|(n, _)| wanted(n)) {
         let stage = images.path().join("stage");
         make("install", &[&format!("DESTDIR={}", stage.display()), "PREFIX=/usr/local", "PROFILE=dev"], &[]);
-        let b = SystemdBox::boot("plain", "");
+        // With ssh: the unit pulls other hosts.
+        let b = SystemdBox::boot("plain-ssh", "openssh-client");
         b.install(&stage);
         b.sh("systemctl daemon-reload && systemctl enable --now tetras-back").ok();
         fs::create_dir_all(b.path(TEST_DIR)).unwrap();
