@@ -40,7 +40,7 @@ TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzi
                systemd-container mmdebstrap lintian rsync procps openssh-client openssh-server pv \
                chromium chromium-driver btrfs-progs curl apache2-utils
 LINT_DEPS   := $(BUILD_DEPS) shellcheck python3-minimal
-BENCH_DEPS  := $(BUILD_DEPS) rsync python3-minimal python3 tar gzip coreutils time
+BENCH_DEPS  := $(BUILD_DEPS) rsync python3-minimal python3 tar gzip coreutils time openssh-client openssh-server
 
 # make bench: where the generated tree and the copies go, and runs per figure.
 BENCH_DIR   ?= target/bench
