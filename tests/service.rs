@@ -481,7 +481,8 @@ fn debian_package(images: &Path) {
         "lintian: {lintian:?}"
     );
 
-    let b = SystemdBox::boot("udisks", "udisks2");
+    // The Depends a Debian with udisks has to have: openssh-client (rsync is in every box).
+    let b = SystemdBox::boot("udisks-ssh", "udisks2,openssh-client");
     b.put(&deb, "/root/tetras-back.deb");
     b.sh("dpkg -i /root/tetras-back.deb").ok();
     assert_eq!(b.sh("systemctl is-active tetras-back").stdout.trim(), "active");
