@@ -65,7 +65,7 @@ rc=0
 case $rc in
     0) ;;
     23) PARTIAL=1; say "some files could not be read on the hosts (listed above); the rest is saved" ;;
-    1) say "some hosts failed (listed above); the others are complete" ;;
+    6) say "some hosts failed (listed above); the others are complete" ;;
     *) die "tetras-back pull failed (exit $rc)" ;;
 esac
 
@@ -76,5 +76,5 @@ if [ "$VERIFY" -eq 1 ]; then
     done
 fi
 
-[ "$rc" -ne 1 ] || die "some hosts failed; see above"
+[ "$rc" -ne 6 ] || die "some hosts failed; see above"
 finish "$DIR"

@@ -132,7 +132,7 @@ fn each_host_fails_alone_and_says_why() {
     let plain = site.sshd("plain", "restrict");
     let limited = site.sshd("limited", &format!("restrict,command=\"rrsync -ro {}\"", fake.display()));
     let gone = site.sshd("gone", "restrict");
-    let jump = site.sshd(
+    let mut jump = site.sshd(
         "jump",
         &format!("restrict,port-forwarding,permitopen=\"127.0.0.1:{}\",command=\"/bin/false\"", limited.port),
     );
@@ -158,7 +158,7 @@ fn each_host_fails_alone_and_says_why() {
     // Nothing pinned: the pull refuses the host, naming what to run.
     let (run, s) =
         site.pull(&["web1", "--dest", site.disk().join("2026-01-01_00-00-00_Hosts").to_str().unwrap()]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 6, "{run:?}");
     assert!(host(&s, "web1")["error"].as_str().unwrap().contains("hosts trust web1"), "{s:#}");
     assert!(!site.disk().join("2026-01-01_00-00-00_Hosts/web1").exists());
     let _ = fs::remove_dir_all(site.disk().join("2026-01-01_00-00-00_Hosts"));
@@ -207,7 +207,7 @@ fn each_host_fails_alone_and_says_why() {
     let started = Instant::now();
     let (run, s) =
         site.pull(&["--all", "--dest", dir.to_str().unwrap(), "--link-dest", "auto", "--jobs", "3"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 6, "{run:?}");
     assert_eq!(host(&s, "web1")["outcome"], "done", "{s:#}");
     assert!(run.stderr.contains("[web1] before-ran"), "the before command's output is in the log: {run:?}");
     assert_rsync_finds_nothing(&src, &dir.join("web1").join(src.strip_prefix("/").unwrap()));
@@ -241,8 +241,14 @@ fn each_host_fails_alone_and_says_why() {
     let parts = folders["backups"][0]["parts"].as_array().unwrap();
     assert!(parts.iter().all(|p| p["kind"] == "snapshot"), "{folders:#}");
 
-    // A reinstalled host is trusted again with --replace, and pulled.
+    // A reinstalled host is trusted again with --replace, and pulled; a
+    // --replace that is not confirmed keeps the old pin.
     site.trust("mail1", &[&changed.fingerprint()]).fails_with(&["changed", "--replace"]);
+    site.env
+        .cli(&["hosts", "trust", "mail1", "--replace", "--fingerprint", "SHA256:wrong"])
+        .fails_with(&["nothing was written"]);
+    let still = site.env.cli(&["hosts", "check", "mail1"]);
+    assert!(still.stdout.contains("host key changed"), "the old pin is kept: {still:?}");
     let again =
         site.env.cli(&["hosts", "trust", "mail1", "--replace", "--fingerprint", &changed.fingerprint()]).ok();
     assert!(again.stdout.contains("pinned 1 key"), "{again:?}");
@@ -262,6 +268,35 @@ fn each_host_fails_alone_and_says_why() {
     let second = site.disk().join("2026-12-01_11-00-00_Hosts/web1").join(&rel);
     assert_eq!(inode(&first), inode(&second), "not hard-linked");
     assert_eq!(host(&s, "web1")["bytes_written"], 0, "{s:#}");
+
+    // A jump host whose key changed is named as such, and trusted again.
+    let old_jump = jump.fingerprint();
+    jump.restart_with_new_host_key();
+    let (run, s) =
+        site.pull(&["far", "--dest", site.disk().join("2026-12-01_12-00-00_Hosts").to_str().unwrap()]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let why = host(&s, "far")["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("the jump host on the way"), "{why}");
+    assert!(why.contains(&old_jump) && why.contains(&jump.fingerprint()), "{why}");
+    site.env
+        .cli(&[
+            "hosts",
+            "trust",
+            "far",
+            "--replace",
+            "--fingerprint",
+            &limited.fingerprint(),
+            "--fingerprint",
+            &jump.fingerprint(),
+        ])
+        .ok();
+    let (run, _) = site.pull(&[
+        "far",
+        "store1",
+        "--dest",
+        site.disk().join("2026-12-01_13-00-00_Hosts").to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
     drop(site.disk);
 }
 
@@ -518,4 +553,52 @@ fn killed_during_a_pull_only_a_partial_is_left_and_the_next_backup_is_whole() {
             .unwrap();
         assert!(verify.status.success(), "{verify:?}");
     });
+}
+
+/// A host that was broken into cannot have the backup server's own files
+/// put into its backup: it leaves `srv/leak -> <a folder of the server>` in
+/// one backup and a folder `srv/leak` holding a file that looks like the
+/// server's (same size, time, mode, owner) in the next; rsync, hard-linking
+/// from the previous folder by path, would follow the link. It is confined
+/// to the two folders (Landlock), and the pull notices the link and pulls
+/// that host again without `--link-dest`.
+#[test]
+fn a_host_cannot_have_the_servers_files_linked_into_its_backup() {
+    let site = Site::new(64);
+    let secret = site.env.path("server-secret");
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("id"), "THE SERVER'S OWN SECRET").unwrap();
+    tree::set_mtime(&secret.join("id"), 1_700_000_000, 0);
+    let fake = site.env.path("evil-root");
+    fs::create_dir_all(fake.join("srv")).unwrap();
+    std::os::unix::fs::symlink(&secret, fake.join("srv/leak")).unwrap();
+    let sshd = site.sshd("evil", &format!("restrict,command=\"rrsync -ro {}\"", fake.display()));
+    site.hosts(&toml_host("evil", sshd.port, &[Path::new("/srv")], ""));
+    site.trust("evil", &[&sshd.fingerprint()]).ok();
+    let first = site.disk().join("2026-12-01_10-00-00_Hosts");
+    let (run, _) = site.pull(&["evil", "--dest", first.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(fs::symlink_metadata(first.join("evil/srv/leak")).unwrap().file_type().is_symlink());
+
+    // Now a folder where the link was, with a look-alike of the server's file.
+    fs::remove_file(fake.join("srv/leak")).unwrap();
+    fs::create_dir_all(fake.join("srv/leak")).unwrap();
+    fs::write(fake.join("srv/leak/id"), "the host's own bytes!!!").unwrap();
+    assert_eq!(
+        fs::metadata(fake.join("srv/leak/id")).unwrap().len(),
+        fs::metadata(secret.join("id")).unwrap().len()
+    );
+    fs::set_permissions(fake.join("srv/leak/id"), fs::metadata(secret.join("id")).unwrap().permissions())
+        .unwrap();
+    tree::set_mtime(&fake.join("srv/leak/id"), 1_700_000_000, 0);
+    let second = site.disk().join("2026-12-01_11-00-00_Hosts");
+    let (run, s) = site.pull(&["evil", "--dest", second.to_str().unwrap(), "--link-dest", "auto"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(host(&s, "evil")["outcome"], "done");
+    assert!(run.stderr.contains("pulling again without --link-dest"), "{run:?}");
+    let copy = second.join("evil/srv/leak/id");
+    assert_eq!(fs::read_to_string(&copy).unwrap(), "the host's own bytes!!!");
+    assert_ne!(inode(&copy), inode(&secret.join("id")));
+    assert_eq!(fs::metadata(secret.join("id")).unwrap().nlink(), 1, "the server's file was linked");
+    site.env.cli(&["verify", second.join("evil").to_str().unwrap()]).ok();
 }

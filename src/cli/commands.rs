@@ -31,6 +31,7 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         Action::Verify(a) => return engines::verify(a),
         Action::Restore(a) if is_dir_path(&a.disk) => return engines::restore(a),
         Action::Generate(a) => return super::generate::run(a),
+        Action::Confine(a) => return super::hosts::confine(a),
         Action::Drill { mount } => {
             crate::backup::drill::main(&mount)?;
             return Ok(ExitCode::SUCCESS);
@@ -53,6 +54,7 @@ pub fn run(action: Action, config_path: PathBuf, explicit: bool) -> Result<ExitC
         | Action::Prune(_)
         | Action::Verify(_)
         | Action::Generate(_)
+        | Action::Confine(_)
         | Action::Drill { .. }
         | Action::Reload => unreachable!("handled above"),
         Action::Restore(mut a) => {

@@ -11,6 +11,10 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use super::engines::EXIT_PARTIAL;
+
+/// Exit code of `pull` when a host failed (the others were pulled): not 1,
+/// which says the pull itself could not run.
+pub const EXIT_HOST_FAILED: u8 = 6;
 use crate::config::{Config, Host};
 use crate::engine::human;
 use crate::engine::journal::Pulled;
@@ -82,6 +86,29 @@ pub struct PullArgs {
     /// Print the summary as JSON
     #[arg(long)]
     json: bool,
+}
+
+/// `confine`: what `pull` runs rsync under (hidden).
+#[derive(Args, Debug, PartialEq)]
+pub struct ConfineArgs {
+    /// May write anything beneath this folder
+    #[arg(long, value_name = "DIR")]
+    write: Vec<PathBuf>,
+    /// May read, and hard-link from, beneath this folder
+    #[arg(long, value_name = "DIR")]
+    link_from: Vec<PathBuf>,
+    /// May read this file
+    #[arg(long, value_name = "FILE")]
+    read: Vec<PathBuf>,
+    /// The command
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
+}
+
+pub fn confine(a: ConfineArgs) -> Result<ExitCode> {
+    let allowed = crate::hosts::confine::Allowed { write: &a.write, link_from: &a.link_from, read: &a.read };
+    crate::hosts::confine::exec(&allowed, &a.command)?;
+    unreachable!("exec returns only on failure")
 }
 
 pub fn hosts(config: &Config, a: HostsArgs) -> Result<ExitCode> {
@@ -294,7 +321,7 @@ pub fn pull(config: &Config, a: PullArgs) -> Result<ExitCode> {
     let link_dest =
         a.link_dest.map(|p| if p.as_os_str() == "auto" { LinkDest::Auto } else { LinkDest::Path(p) });
     let opts = pull::Options { dest: a.dest, link_dest, jobs: a.jobs, dry_run: a.dry_run };
-    let s = pull::run_all(&Ssh::new(config), &hosts, &opts)?;
+    let s = pull::run_all(&Ssh::new(config), &config.hosts, &hosts, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
     } else if s.dry_run {
@@ -313,7 +340,7 @@ pub fn pull(config: &Config, a: PullArgs) -> Result<ExitCode> {
     }
     if s.failed() > 0 {
         eprintln!("tetras-back: {} host(s) failed (said above); the others are complete", s.failed());
-        return Ok(ExitCode::FAILURE);
+        return Ok(ExitCode::from(EXIT_HOST_FAILED));
     }
     if s.partial() {
         eprintln!("tetras-back: some files could not be read on the hosts (named above); the rest is saved");

@@ -302,8 +302,11 @@ enum Command {
         tetras-back pull web1 --dest /mnt/disk/new --dry-run --json\n\n\
         Each host goes into DIR/NAME with its absolute paths kept (DIR/web1/etc/nginx/...), \
         written as NAME.partial and renamed when complete, with a manifest as a snapshot has. \
-        Exit code 1: a host failed (the others are complete); 23: some files could not be read there.")]
+        Exit code 6: a host failed (the others are complete); 23: some files could not be read there; 1: the pull could not run.")]
     Pull(hosts::PullArgs),
+    /// Run a command confined to some folders (what pull runs rsync under)
+    #[command(hide = true)]
+    Confine(hosts::ConfineArgs),
     /// Copy files back out of a backup, with owners, modes, times, links and holes
     #[command(after_help = "Examples:\n  \
         tetras-back restore office Donnees/alice/thesis.odt --to /tmp/restored\n  \
@@ -377,6 +380,7 @@ pub enum Action {
     Restore(engines::RestoreArgs),
     Hosts(hosts::HostsArgs),
     Pull(hosts::PullArgs),
+    Confine(hosts::ConfineArgs),
 }
 
 impl Cli {
@@ -420,6 +424,7 @@ impl Cli {
                 Command::Restore(a) => Action::Restore(a),
                 Command::Hosts(a) => Action::Hosts(a),
                 Command::Pull(a) => Action::Pull(a),
+                Command::Confine(a) => Action::Confine(a),
             });
         }
         Ok(if let Some(arg) = l.save {

@@ -48,6 +48,21 @@ impl Host {
             format!("[{}]:{}", self.address, self.port)
         }
     }
+
+    /// How ssh names its jump hosts in a known_hosts file.
+    pub fn jump_known_as(&self) -> Vec<String> {
+        let Some(j) = &self.jump else { return Vec::new() };
+        j.split(',')
+            .map(|hop| {
+                let rest = hop.split_once('@').map_or(hop, |(_, r)| r);
+                match rest.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') && p != "22" => format!("[{h}]:{p}"),
+                    Some((h, _)) if !h.contains(':') => h.to_owned(),
+                    _ => rest.to_owned(),
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,8 +152,17 @@ fn check_lists(side: HostSide) -> Result<HostSide, (String, String)> {
         check_path(p).map_err(|m| (format!("paths[{i}]"), m))?;
     }
     for (i, e) in side.exclude.iter().enumerate() {
-        if e.trim().is_empty() || e.contains(['\n', '\r', '\0']) {
-            return Err((format!("exclude[{i}]"), format!("{e:?} is not an rsync pattern")));
+        // "!" clears every rule before it; "+ " and "- " are rule prefixes.
+        if e.trim().is_empty()
+            || e.contains(['\n', '\r', '\0'])
+            || e.starts_with('!')
+            || e.starts_with("+ ")
+            || e.starts_with("- ")
+        {
+            return Err((
+                format!("exclude[{i}]"),
+                format!("{e:?} is not an rsync pattern (nor may it be a rule)"),
+            ));
         }
     }
     for (i, c) in side.before.iter().enumerate() {
@@ -168,9 +192,11 @@ fn check_name(name: &str) -> Result<(), String> {
 fn check_address(a: &str) -> Result<(), String> {
     let ok = (1..=253).contains(&a.len())
         && !a.starts_with('-')
-        && a.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '%'));
+        && a.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
     if !ok {
-        return Err(format!("{a:?} is not a host name or IP address"));
+        return Err(format!(
+            "{a:?} is not a host name or IP address (IPv6 zone indexes such as %eth0 are not supported)"
+        ));
     }
     Ok(())
 }
@@ -262,6 +288,12 @@ mod tests {
             ("name = \"x\"\naddress = \"a\"\npaths = [\"etc\"]", "hosts[0].paths[0]"),
             ("name = \"x\"\naddress = \"a\"\npaths = [\"/etc/../root\"]", "hosts[0].paths[0]"),
             ("name = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\nexclude = [\"\"]", "hosts[0].exclude[0]"),
+            ("name = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\nexclude = [\"!\"]", "hosts[0].exclude[0]"),
+            (
+                "name = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\nexclude = [\"+ /etc\"]",
+                "hosts[0].exclude[0]",
+            ),
+            ("name = \"x\"\naddress = \"fe80::1%eth0\"\npaths = [\"/etc\"]", "hosts[0].address"),
             ("name = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\nbefore = [\" \"]", "hosts[0].before[0]"),
             ("name = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\njump = \"-J\"", "hosts[0].jump"),
             ("name = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\njump = \"b:99999\"", "hosts[0].jump"),
@@ -274,6 +306,11 @@ mod tests {
         let two = "[[hosts]]\nname = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\n";
         assert_eq!(hosts(raw(&format!("{two}{two}"))).unwrap_err().0, "hosts[1].name");
         assert!(check_jump("admin@bastion.example.org:2222,gw").is_ok());
+        let h = hosts(raw(
+            "[[hosts]]\nname = \"x\"\naddress = \"a\"\npaths = [\"/etc\"]\njump = \"u@b:2222,c,d:22\"",
+        ))
+        .unwrap();
+        assert_eq!(h[0].jump_known_as(), ["[b]:2222", "c", "d"]);
     }
 
     #[test]

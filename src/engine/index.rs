@@ -38,6 +38,11 @@ pub struct Indexed {
     pub dirs: u64,
     pub symlinks: u64,
     pub specials: u64,
+    /// Folders of the tree that are symbolic links in the previous folder:
+    /// a tool that hard-links from it by path (rsync's `--link-dest`) may
+    /// have followed them out of it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub followed_links: Vec<PathBuf>,
 }
 
 #[derive(Default)]
@@ -59,6 +64,7 @@ struct Ctx<'a> {
     writer: manifest::Writer,
     /// Checksums of inodes linked several times in the tree.
     seen: Mutex<HashMap<(u64, u64), Hash>>,
+    followed: Mutex<Vec<PathBuf>>,
     n: Counts,
 }
 
@@ -80,7 +86,15 @@ pub fn write(root: BorrowedFd, what: &Path, prev: Option<&Path>) -> Result<Index
         }
     });
     let writer = manifest::Writer::new(spill_file(root)?);
-    let ctx = Ctx { root, what, prev, writer, seen: Mutex::default(), n: Counts::default() };
+    let ctx = Ctx {
+        root,
+        what,
+        prev,
+        writer,
+        seen: Mutex::default(),
+        followed: Mutex::default(),
+        n: Counts::default(),
+    };
     super::walk::par_walk(vec![PathBuf::new()], |rel| ctx.visit(rel))?;
     let out = fsx::create_new(root, OsStr::new(manifest::NAME))
         .map_err(|e| anyhow!("cannot create {}: {}", what.join(manifest::NAME).display(), e.desc()))?;
@@ -100,6 +114,7 @@ pub fn write(root: BorrowedFd, what: &Path, prev: Option<&Path>) -> Result<Index
         dirs: n.dirs.load(Relaxed),
         symlinks: n.symlinks.load(Relaxed),
         specials: n.specials.load(Relaxed),
+        followed_links: ctx.followed.into_inner().unwrap(),
     })
 }
 
@@ -131,6 +146,12 @@ impl Ctx<'_> {
             let e = match fsx::kind(&st) {
                 SFlag::S_IFDIR => {
                     self.n.dirs.fetch_add(1, Relaxed);
+                    let link_before = prev_dir.as_ref().is_some_and(|p| {
+                        fsx::lstat_at(p.as_fd(), &name).is_ok_and(|p| fsx::kind(&p) == SFlag::S_IFLNK)
+                    });
+                    if link_before {
+                        self.followed.lock().unwrap().push(path.clone());
+                    }
                     subdirs.push(path.clone());
                     entry(path, Kind::Dir, &st, 0, None)
                 }
@@ -201,5 +222,33 @@ impl Ctx<'_> {
             self.seen.lock().unwrap().insert(inode, h);
         }
         Ok((h, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// A folder of the new tree that is a symbolic link in the previous
+    /// one is reported (a tool linking by path may have followed it), and
+    /// the checksums of files linked from the previous folder are carried.
+    #[test]
+    fn links_in_the_previous_folder_where_folders_are_now_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let (prev, new) = (t.path().join("prev"), t.path().join("new"));
+        fs::create_dir_all(prev.join("kept")).unwrap();
+        fs::write(prev.join("kept/f"), "same").unwrap();
+        std::os::unix::fs::symlink("/etc", prev.join("leak")).unwrap();
+        let prev_fd = fsx::open_dir_strict(&prev).unwrap();
+        write(prev_fd.as_fd(), &prev, None).unwrap();
+        fs::create_dir_all(new.join("kept")).unwrap();
+        fs::hard_link(prev.join("kept/f"), new.join("kept/f")).unwrap();
+        fs::create_dir_all(new.join("leak")).unwrap();
+        fs::write(new.join("leak/passwd"), "mine").unwrap();
+        let new_fd = fsx::open_dir_strict(&new).unwrap();
+        let i = write(new_fd.as_fd(), &new, Some(&prev)).unwrap();
+        assert_eq!(i.followed_links, [PathBuf::from("leak")]);
+        assert_eq!((i.files, i.linked_files, i.new_files, i.new_bytes), (2, 1, 1, 4));
     }
 }

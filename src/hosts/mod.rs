@@ -8,6 +8,7 @@
 //! manifest, the journal), `fault`, `logging` (escaping what hosts print),
 //! `store` (atomic writes, private folders).
 
+pub mod confine;
 mod process;
 pub mod pull;
 pub mod ssh;

@@ -65,13 +65,14 @@ impl Summary {
     }
 }
 
-/// Pulls `hosts`, `opts.jobs` at a time.
-pub fn run_all(ssh: &Ssh, hosts: &[Host], opts: &Options) -> Result<Summary> {
+/// Pulls `hosts` (some of `all`, the configuration's: our ssh_config names
+/// every one, whoever else uses it meanwhile), `opts.jobs` at a time.
+pub fn run_all(ssh: &Ssh, all: &[Host], hosts: &[Host], opts: &Options) -> Result<Summary> {
     let started = Instant::now();
     if ssh.public_key()?.is_none() {
         anyhow::bail!("no SSH key yet: run `tetras-back hosts key` and put its line on the hosts");
     }
-    let config = ssh.write_config(hosts)?.to_owned();
+    let config = ssh.write_config(all)?.to_owned();
     let dest = std::path::absolute(&opts.dest).unwrap_or_else(|_| opts.dest.clone());
     let next = AtomicUsize::new(0);
     let done: Mutex<Vec<(usize, HostPull)>> = Mutex::new(Vec::new());
@@ -122,6 +123,94 @@ struct Pull<'a> {
 /// A failure of one host, in words.
 type Why = String;
 
+/// One ssh connection to a host that every command of its pull goes
+/// through (ssh's ControlMaster): one authentication, one place where
+/// the connection's failure is read. Stopped when dropped.
+struct Master {
+    child: std::process::Child,
+    /// The control socket, in a private scratch folder.
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Master {
+    fn start(pull: &Pull, deadline: Instant) -> Result<Master, Why> {
+        let dir = tempfile::Builder::new()
+            .prefix("tetras-back-ssh.")
+            .tempdir()
+            .map_err(|e| format!("cannot make a scratch folder: {e}"))?;
+        let socket = dir.path().join("master");
+        let mut child = Command::new("ssh")
+            .arg("-F")
+            .arg(pull.config)
+            .args(["-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-o"])
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-N", &alias(pull.host)])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run ssh (Debian: openssh-client): {e}"))?;
+        let stderr = child.stderr.take().expect("piped");
+        let lines = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stderr).lines().map_while(Result::ok).take(1000).collect::<Vec<String>>()
+        });
+        let connect_by = deadline.min(Instant::now() + super::ssh::CONNECT_TIMEOUT * 2);
+        loop {
+            // The socket appears once the host is authenticated.
+            if socket.exists() {
+                // Its later words are only echoed if it fails.
+                std::thread::spawn(move || drop(lines.join()));
+                return Ok(Master { child, socket, _dir: dir });
+            }
+            let status = child.try_wait().map_err(|e| e.to_string())?;
+            if status.is_some() || Instant::now() >= connect_by {
+                let timed_out = status.is_none();
+                let _ = child.kill();
+                let status = child.wait().ok();
+                let ran = Ran {
+                    status: if timed_out { None } else { status },
+                    stderr: lines.join().unwrap_or_default(),
+                    ..Ran::default()
+                };
+                return Err(pull.ssh.reason(pull.host, &ran));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// ssh through this connection: for `-e` and for commands.
+    fn ssh_args(&self, config: &Path) -> Vec<String> {
+        vec![
+            "-F".into(),
+            config.display().to_string(),
+            "-o".into(),
+            "ControlMaster=no".into(),
+            "-o".into(),
+            format!("ControlPath={}", self.socket.display()),
+        ]
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// How a transfer ended when it did not.
+enum Transfer {
+    Failed(Why),
+    /// Folders of the new tree that are symbolic links in the previous
+    /// folder: rsync may have followed them while linking.
+    FollowedLinks(Vec<PathBuf>),
+}
+
 impl Pull<'_> {
     fn run(&self) -> HostPull {
         let started = Instant::now();
@@ -146,7 +235,8 @@ impl Pull<'_> {
     }
 
     fn pull(&self, deadline: Instant, out: &mut HostPull) -> Result<(), Why> {
-        let side = self.host_side(deadline)?;
+        let master = Master::start(self, deadline)?;
+        let side = self.host_side(&master, deadline)?;
         let mut paths = self.host.paths.clone();
         for p in side.paths {
             if !paths.contains(&p) {
@@ -158,21 +248,36 @@ impl Pull<'_> {
         let at = self.dest.join(&self.host.name);
         let prev = self.previous(&at);
         if self.opts.dry_run {
-            return self.estimate(deadline, &paths, &exclude, prev.as_deref(), out);
+            return self.estimate(&master, deadline, &paths, &exclude, prev.as_deref(), out);
         }
         for command in &before {
-            self.before(command, deadline)?;
+            self.before(&master, command, deadline)?;
         }
-        let target = Partial::create_dir(&at, "--dest").map_err(|e| format!("{e:#}"))?;
-        match self.transfer(deadline, &paths, &exclude, prev.as_deref(), &target, out) {
-            Ok(()) => {
-                target.rename_into_place().map_err(|e| format!("{e:#}"))?;
-                out.dest = Some(at);
-                Ok(())
-            }
-            Err(why) => {
-                drop_partial(target);
-                Err(why)
+        let mut prev = prev;
+        loop {
+            let target = Partial::create_dir(&at, "--dest").map_err(|e| format!("{e:#}"))?;
+            match self.transfer(&master, deadline, &paths, &exclude, prev.as_deref(), &target, out) {
+                Ok(()) => {
+                    target.rename_into_place().map_err(|e| format!("{e:#}"))?;
+                    out.dest = Some(at);
+                    return Ok(());
+                }
+                Err(Transfer::Failed(why)) => {
+                    drop_partial(target);
+                    return Err(why);
+                }
+                Err(Transfer::FollowedLinks(links)) => {
+                    drop_partial(target);
+                    let shown: Vec<String> = links.iter().take(5).map(|l| l.display().to_string()).collect();
+                    eprintln!(
+                        "[{}] WARNING: {}: the previous backup has a symbolic link on the way where the host now \
+                         has a folder (rsync would follow it out of the backup): pulling again without \
+                         --link-dest, so that nothing is linked through it",
+                        self.host.name,
+                        crate::logging::printable(&shown.join(", ")),
+                    );
+                    prev = None;
+                }
             }
         }
     }
@@ -189,13 +294,17 @@ impl Pull<'_> {
         }
     }
 
-    /// The rsync command every transfer of this host starts from.
-    fn rsync(&self) -> Command {
+    /// The rsync arguments every transfer of this host starts with: its
+    /// remote shell through the master connection.
+    fn rsync_args(&self, master: &Master) -> Vec<String> {
+        let quoted: Vec<String> =
+            master.ssh_args(self.config).iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        vec!["-e".into(), format!("ssh {}", quoted.join(" ")), format!("--timeout={}", IO_TIMEOUT.as_secs())]
+    }
+
+    fn rsync(&self, master: &Master) -> Command {
         let mut cmd = Command::new("rsync");
-        cmd.env("LC_ALL", "C")
-            .arg("-e")
-            .arg(Ssh::rsync_shell(self.config))
-            .arg(format!("--timeout={}", IO_TIMEOUT.as_secs()));
+        cmd.env("LC_ALL", "C").args(self.rsync_args(master));
         cmd
     }
 
@@ -204,9 +313,9 @@ impl Pull<'_> {
     }
 
     /// What the host declares in its own host.d, fetched read-only.
-    fn host_side(&self, deadline: Instant) -> Result<HostSide, Why> {
+    fn host_side(&self, master: &Master, deadline: Instant) -> Result<HostSide, Why> {
         let scratch = tempfile::tempdir().map_err(|e| format!("cannot make a scratch folder: {e}"))?;
-        let mut cmd = self.rsync();
+        let mut cmd = self.rsync(master);
         cmd.args(["-r", "--max-size", HOST_D_MAX_SIZE, "--include=*.toml", "--exclude=*"])
             .arg(self.remote(HOST_D))
             .arg(format!("{}/", scratch.path().display()));
@@ -214,7 +323,13 @@ impl Pull<'_> {
         let ran = run(cmd, deadline, None).map_err(|e| format!("{e:#}"))?;
         match ran.code() {
             Some(0) => {}
-            Some(23) if ran.stderr.iter().any(|l| l.contains("No such file or directory")) => {
+            // No host.d there (rsync says so with 23, rrsync with 12).
+            Some(12 | 23)
+                if ran
+                    .stderr
+                    .iter()
+                    .any(|l| l.contains("host.d") && l.contains("No such file or directory")) =>
+            {
                 return Ok(HostSide::default())
             }
             _ => return Err(self.ssh.reason(self.host, &ran)),
@@ -227,7 +342,12 @@ impl Pull<'_> {
         names.sort();
         let mut side = HostSide::default();
         for file in names.into_iter().take(HOST_D_MAX_FILES) {
-            let shown = format!("{}{}", HOST_D, file.file_name().unwrap_or_default().to_string_lossy());
+            let shown = crate::logging::printable(&format!(
+                "{}{}",
+                HOST_D,
+                file.file_name().unwrap_or_default().to_string_lossy()
+            ))
+            .into_owned();
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{shown} on the host: {e}"))?;
             let more = HostSide::parse(&text).map_err(|e| format!("{shown} on the host: {e}"))?;
             eprintln!(
@@ -245,10 +365,10 @@ impl Pull<'_> {
     }
 
     /// Runs one `before` command on the host; its output goes to the log.
-    fn before(&self, command: &str, deadline: Instant) -> Result<(), Why> {
+    fn before(&self, master: &Master, command: &str, deadline: Instant) -> Result<(), Why> {
         eprintln!("[{}] running on the host: {}", self.host.name, crate::logging::printable(command));
         let mut cmd = Command::new("ssh");
-        cmd.arg("-F").arg(self.config).arg(alias(self.host)).arg("--").arg(command);
+        cmd.args(master.ssh_args(self.config)).arg(alias(self.host)).arg("--").arg(command);
         let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
         for line in ran.stdout.lines() {
             eprintln!("[{}] {}", self.host.name, crate::logging::printable(line));
@@ -272,8 +392,16 @@ impl Pull<'_> {
         Err(format!("before command `{command}` failed: {why}"))
     }
 
-    fn transfer_args(&self, cmd: &mut Command, paths: &[String], exclude: &[String], prev: Option<&Path>) {
-        cmd.args(["-aHAXS", "--numeric-ids", "--relative"]);
+    /// `attributes`: ACLs and extended attributes too (not for an estimate).
+    fn transfer_args(
+        &self,
+        cmd: &mut Command,
+        paths: &[String],
+        exclude: &[String],
+        prev: Option<&Path>,
+        attributes: bool,
+    ) {
+        cmd.args([if attributes { "-aHAXS" } else { "-aHS" }, "--numeric-ids", "--relative"]);
         for ours in [manifest::NAME, manifest::SHRUNK_NOTE] {
             cmd.arg(format!("--exclude=/{ours}"));
         }
@@ -288,46 +416,69 @@ impl Pull<'_> {
         }
     }
 
+    /// The pull itself: rsync confined to the new folder and the previous
+    /// one (see `confine`), then the manifest.
+    #[allow(clippy::too_many_arguments)]
     fn transfer(
         &self,
+        master: &Master,
         deadline: Instant,
         paths: &[String],
         exclude: &[String],
         prev: Option<&Path>,
         target: &Partial,
         out: &mut HostPull,
-    ) -> Result<(), Why> {
-        let mut cmd = self.rsync();
-        self.transfer_args(&mut cmd, paths, exclude, prev);
+    ) -> Result<(), Transfer> {
+        let failed = |e: anyhow::Error| Transfer::Failed(format!("{e:#}"));
+        let myself = std::env::current_exe().map_err(|e| failed(e.into()))?;
+        let mut cmd = Command::new(myself);
+        cmd.env("LC_ALL", "C").arg("confine").arg("--write").arg(&target.partial_path);
+        if let Some(p) = prev {
+            cmd.arg("--link-from").arg(p);
+        }
+        cmd.arg("--read").arg(self.config).arg("--").arg("rsync").args(self.rsync_args(master));
+        self.transfer_args(&mut cmd, paths, exclude, prev, true);
         cmd.arg(format!("{}/", target.partial_path.display()));
-        let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
+        let ran = run(cmd, deadline, Some(&self.host.name)).map_err(failed)?;
         out.vanished = ran.vanished;
         match ran.code() {
             Some(0) => out.outcome = Pulled::Done,
             // Files vanished while read: what is there is a backup.
             Some(24) => out.outcome = Pulled::Done,
-            // Some files could not be read (or a path does not exist): named.
-            Some(23) => {
-                out.unreadable = unreadable(&ran);
-                if out.unreadable.is_empty() {
-                    return Err(self.ssh.reason(self.host, &ran));
+            // Some files could not be read there (or a path does not exist): named.
+            Some(23) => match unreadable(&ran) {
+                Ok(named) => {
+                    out.unreadable = named;
+                    out.outcome = Pulled::Partial;
                 }
-                out.outcome = Pulled::Partial;
-            }
-            _ => return Err(self.ssh.reason(self.host, &ran)),
+                Err(ours) => {
+                    // Refused by the confinement: a path of the previous
+                    // folder that leads out of it (a link followed).
+                    if let Some(path) = prev.and_then(|p| denied_in(&ran, p)) {
+                        return Err(Transfer::FollowedLinks(vec![path]));
+                    }
+                    return Err(Transfer::Failed(format!("could not be written to the disk: {ours}")));
+                }
+            },
+            _ => return Err(Transfer::Failed(self.ssh.reason(self.host, &ran))),
         }
-        let dir = fsx::open_read(target.parent.as_fd(), &target.partial, true)
-            .map_err(|e| format!("cannot open {}: {}", target.partial_path.display(), e.desc()))?;
-        let indexed = index::write(dir.as_fd(), &target.partial_path, prev).map_err(|e| format!("{e:#}"))?;
+        let dir = fsx::open_read(target.parent.as_fd(), &target.partial, true).map_err(|e| {
+            Transfer::Failed(format!("cannot open {}: {}", target.partial_path.display(), e.desc()))
+        })?;
+        let indexed = index::write(dir.as_fd(), &target.partial_path, prev).map_err(failed)?;
+        if !indexed.followed_links.is_empty() {
+            return Err(Transfer::FollowedLinks(indexed.followed_links));
+        }
         out.files = indexed.files;
         out.bytes = indexed.bytes;
         out.bytes_written = indexed.new_bytes;
-        nix::unistd::syncfs(dir.as_fd()).map_err(|e| format!("syncfs: {}", e.desc()))
+        nix::unistd::syncfs(dir.as_fd()).map_err(|e| Transfer::Failed(format!("syncfs: {}", e.desc())))
     }
 
     /// `--dry-run`: what the transfer would write, from rsync's own count.
     fn estimate(
         &self,
+        master: &Master,
         deadline: Instant,
         paths: &[String],
         exclude: &[String],
@@ -335,9 +486,9 @@ impl Pull<'_> {
         out: &mut HostPull,
     ) -> Result<(), Why> {
         let scratch = tempfile::tempdir().map_err(|e| format!("cannot make a scratch folder: {e}"))?;
-        let mut cmd = self.rsync();
+        let mut cmd = self.rsync(master);
         cmd.args(["--dry-run", "--stats"]);
-        self.transfer_args(&mut cmd, paths, exclude, prev);
+        self.transfer_args(&mut cmd, paths, exclude, prev, false);
         cmd.arg(format!("{}/", scratch.path().display()));
         let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
         if !matches!(ran.code(), Some(0 | 23 | 24)) {
@@ -363,6 +514,19 @@ fn drop_partial(target: Partial) {
     }
 }
 
+/// The path below `prev` rsync was refused (by the confinement), if any.
+fn denied_in(ran: &Ran, prev: &Path) -> Option<PathBuf> {
+    let start = format!("\"{}/", prev.display());
+    ran.stderr.iter().find_map(|l| {
+        if !(l.starts_with("rsync: [generator]") && l.contains("Permission denied")) {
+            return None;
+        }
+        let at = l.find(&start)? + start.len();
+        let rest = &l[at..];
+        Some(PathBuf::from(&rest[..rest.find('"')?]))
+    })
+}
+
 /// A number of rsync's `--stats` ("Total file size: 1,234 bytes").
 fn stat(stats: &str, label: &str) -> Option<u64> {
     let line = stats.lines().find(|l| l.trim_start().starts_with(label))?;
@@ -371,9 +535,23 @@ fn stat(stats: &str, label: &str) -> Option<u64> {
     digits.replace(',', "").parse().ok()
 }
 
-/// The files rsync could not read, from its messages: `PATH: why`.
-fn unreadable(ran: &Ran) -> Vec<String> {
-    ran.stderr.iter().filter_map(|l| unreadable_line(l)).take(HostPull::SHOWN).collect()
+/// The files the host could not read, from rsync's messages (`PATH:
+/// why`); `Err` with the first line that is about our side instead (the
+/// disk full, an attribute it refuses).
+fn unreadable(ran: &Ran) -> Result<Vec<String>, String> {
+    let mut named = Vec::new();
+    for l in &ran.stderr {
+        if l.starts_with("rsync: [sender]") {
+            named.extend(unreadable_line(l));
+        } else if l.starts_with("rsync: ") && !l.contains("vanished") {
+            return Err(l.trim().to_owned());
+        }
+    }
+    if named.is_empty() {
+        return Err(ran.last_error().unwrap_or("rsync's exit 23 named no file").to_owned());
+    }
+    named.truncate(HostPull::SHOWN);
+    Ok(named)
 }
 
 fn unreadable_line(line: &str) -> Option<String> {

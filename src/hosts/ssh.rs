@@ -152,6 +152,20 @@ impl Ssh {
         let has = |s: &str| all.contains(s);
         if has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
             let offered = offered_fingerprint(&ran.stderr).unwrap_or_else(|| "another key".into());
+            // "Host key for [127.0.0.1]:2222 has changed and ...": whose.
+            let whose = ran.stderr.iter().find_map(|l| {
+                l.split_once("Host key for ")?.1.split_once(" has changed").map(|(w, _)| w.trim().to_owned())
+            });
+            if let Some(jump) = whose.filter(|w| *w != host.known_as()) {
+                let pinned = self.pinned(&jump);
+                let pinned = if pinned.is_empty() { "the pinned key".into() } else { pinned.join(", ") };
+                return format!(
+                    "the host key of {jump}, the jump host on the way, changed: we trust {pinned}, it now offers \
+                     {offered}; nothing was pulled. If it was reinstalled, check the new key there and run \
+                     `tetras-back hosts trust {} --replace`",
+                    host.name
+                );
+            }
             let pinned = self.pinned(&host.known_as());
             let pinned = if pinned.is_empty() { "the pinned key".into() } else { pinned.join(", ") };
             return format!(
@@ -223,25 +237,33 @@ impl Ssh {
         if !self.key.exists() {
             self.ensure_key()?;
         }
-        if replace {
-            for name in [host.known_as(), host.address.clone()] {
-                let _ =
-                    Command::new("ssh-keygen").arg("-R").arg(&name).arg("-f").arg(&self.known_hosts).output();
-            }
-            let _ = std::fs::remove_file(self.known_hosts.with_extension("old"));
-        }
         let scratch = tempfile::Builder::new().prefix("trust.").tempdir_in(&self.dir)?;
         let learned = scratch.path().join("known_hosts");
+        // What we trust, less this host's keys (and its jump hosts') with
+        // --replace: only written back once the new keys are confirmed.
+        let kept = scratch.path().join("known_hosts.kept");
+        match std::fs::copy(&self.known_hosts, &kept) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&kept, "")?,
+            Err(e) => return Err(e).with_context(|| self.known_hosts.display().to_string()),
+        }
+        if replace {
+            for name in std::iter::once(host.known_as()).chain(host.jump_known_as()) {
+                let out = Command::new("ssh-keygen").arg("-R").arg(&name).arg("-f").arg(&kept).output()?;
+                if !out.status.success() {
+                    bail!("ssh-keygen -R {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+                }
+            }
+        }
         let cfg = scratch.path().join("ssh_config");
-        let text =
-            self.config_text(std::slice::from_ref(host), Unknown::Learn, &[&learned, &self.known_hosts]);
+        let text = self.config_text(std::slice::from_ref(host), Unknown::Learn, &[&learned, &kept]);
         std::fs::write(&cfg, text)?;
         let mut cmd = Command::new("ssh");
         cmd.arg("-F").arg(&cfg).arg(alias(host)).arg("exit");
         let ran = run(cmd, Instant::now() + CONNECT_TIMEOUT * 3, None)?;
         let offered: Vec<Offered> = fingerprints_full(&learned);
         if offered.is_empty() {
-            let pinned = self.pinned(&host.known_as());
+            let pinned = fingerprints(&kept, Some(&host.known_as()));
             let all = ran.stderr.join("\n");
             if all.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
                 bail!("{}", self.reason(host, &ran));
@@ -254,7 +276,7 @@ impl Ssh {
         if !confirm(&offered)? {
             bail!("not trusted: nothing was written");
         }
-        let mut text = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        let mut text = std::fs::read_to_string(&kept)?;
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
