@@ -138,6 +138,10 @@ fn each_host_fails_alone_and_says_why() {
     );
     let mut changed = site.sshd("changed", "restrict");
     let closed = free_port();
+    // Our key is not there; rsync is not installed there.
+    let (_, stranger) = common::sshd::client_key(&site.env.path("stranger"));
+    let nokey = Sshd::start(&site.env.path("sshd-nokey"), &format!("{stranger}\n"));
+    let norsync = site.sshd("norsync", "restrict,command=\"PATH=/nonexistent rsync\"");
     let fake_data = Path::new("/srv/data");
     site.hosts(
         &[
@@ -148,6 +152,8 @@ fn each_host_fails_alone_and_says_why() {
             toml_host("db1", plain.port, &[&src], "before = [\"exit 1\"]"),
             toml_host("nowhere", closed, &[&src], ""),
             toml_host("gone", gone.port, &[&src], ""),
+            toml_host("nokey", nokey.port, &[&src], ""),
+            toml_host("norsync", norsync.port, &[&src], ""),
         ]
         .concat(),
     );
@@ -172,6 +178,9 @@ fn each_host_fails_alone_and_says_why() {
     assert!(far.stdout.contains(&jump.fingerprint()), "{far:?}");
     site.trust("mail1", &[&changed.fingerprint()]).ok();
     site.trust("gone", &[&gone.fingerprint()]).ok();
+    // Trusting needs no accepted key: the host key comes first.
+    site.trust("nokey", &[&nokey.fingerprint()]).ok();
+    site.trust("norsync", &[&norsync.fingerprint()]).ok();
     let pinned = changed.fingerprint();
     changed.restart_with_new_host_key();
     drop(gone);
@@ -194,6 +203,8 @@ fn each_host_fails_alone_and_says_why() {
         ("mail1", "host key changed"),
         ("nowhere", "unreachable"),
         ("db1", "ok:"),
+        ("nokey", "our key is refused"),
+        ("norsync", "rsync is not installed there"),
     ] {
         let line = check
             .stdout
@@ -235,6 +246,8 @@ fn each_host_fails_alone_and_says_why() {
         fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["far", "store1", "web1"]);
+    assert!(host(&s, "nokey")["error"].as_str().unwrap().contains("our key is refused"), "{s:#}");
+    assert!(host(&s, "norsync")["error"].as_str().unwrap().contains("rsync is not installed there"), "{s:#}");
     assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
     let backups = site.env.cli(&["backups", site.disk().to_str().unwrap(), "--json"]).ok();
     let folders: serde_json::Value = serde_json::from_str(&backups.stdout).unwrap();

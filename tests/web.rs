@@ -752,3 +752,53 @@ async fn a_shrunk_source_shows_as_a_warning() {
     );
     b.shots("backup-warning").await;
 }
+
+/// A backup that pulled other hosts: its page in the console lists each
+/// host, how it went or why not (one pulled, one unreachable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_page_lists_each_host() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let port = free_port();
+    install_shipped_scripts(&env.path("scripts"));
+    env.cli(&["hosts", "key"]).ok();
+    let public = std::fs::read_to_string(env.path("state/ssh/id_ed25519.pub")).unwrap();
+    let src = env.path("web1-src");
+    std::fs::create_dir_all(src.join("www")).unwrap();
+    std::fs::write(src.join("www/index.html"), "<h1>hello</h1>\n").unwrap();
+    let sshd =
+        common::sshd::Sshd::start(&env.path("sshd"), &format!("restrict,command=\"rrsync -ro /\" {public}"));
+    let closed = free_port();
+    env.write_config(&format!(
+        "[[scripts]]\nname = \"backup_hosts.sh\"\n\
+         [[hosts]]\nname = \"web1\"\naddress = \"127.0.0.1\"\nport = {}\npaths = [\"{}\"]\n\
+         [[hosts]]\nname = \"gone1\"\naddress = \"127.0.0.1\"\nport = {closed}\npaths = [\"/srv\"]\n\
+         [mail]\nwhen = \"never\"\n{}",
+        sshd.port,
+        src.display(),
+        WebConsole::config(&env, port, None)
+    ));
+    env.cli(&["hosts", "trust", "web1", "--fingerprint", &sshd.fingerprint()]).ok();
+    let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 64);
+    env.cli(&["save", &disk.uuid, "office"]).ok();
+    let _daemon = env.start_daemon();
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    add_user(&env, "alice", "pw");
+    let web = WebConsole::start(&env, port, false);
+    disk.attach();
+    let done = sub.until_about("backup_finished", &disk.uuid).pop().unwrap();
+    assert_eq!(done["status"], "failed", "one host failed: {done}");
+    sub.until_about("safe_to_remove", &disk.uuid);
+
+    let b = Browser::start(false).await;
+    b.login(&web.url, "alice", "pw").await;
+    b.client.goto(&format!("{}/history", web.url)).await.unwrap();
+    b.wait_text("table.history .badge", "Failed").await;
+    b.click("table.history td a").await;
+    let pulled = b.wait_text("dd.hosts div", "web1").await.text().await.unwrap();
+    assert!(pulled.contains("web1 pulled: 1 files"), "{pulled}");
+    let failed = b.wait_text("dd.hosts div.error", "gone1").await.text().await.unwrap();
+    assert!(failed.contains("NOT PULLED: unreachable") && failed.contains("Connection refused"), "{failed}");
+    b.shots("backup-hosts").await;
+}
