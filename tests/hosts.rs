@@ -27,6 +27,11 @@ struct Site {
 impl Site {
     fn new(mb: u64) -> Site {
         require_root();
+        // The "hosts" are this machine: its own host.d would join every pull.
+        assert!(
+            !Path::new("/etc/tetras-back/host.d").exists(),
+            "/etc/tetras-back/host.d exists on this machine: the hosts tests serve this machine's files and would pull what it declares"
+        );
         let env = TestEnv::new();
         install_shipped_scripts(&env.path("scripts"));
         let disk = LoopDisk::mounted(env.root(), mb, &env.path("disk"));
@@ -425,8 +430,12 @@ fn vanished_files_are_noted_and_unreadable_ones_named() {
     );
     let sshd = site.sshd("weak", &format!("restrict,command=\"{}\"", wrapper.display()));
     site.hosts(
-        &[toml_host("moving", sshd.port, &[&vanish], ""), toml_host("locked", sshd.port, &[&secret_dir], "")]
-            .concat(),
+        &[
+            toml_host("moving", sshd.port, &[&vanish], ""),
+            toml_host("locked", sshd.port, &[&secret_dir], ""),
+            toml_host("slowpoke", sshd.port, &[&vanish], "timeout = \"2s\""),
+        ]
+        .concat(),
     );
     site.trust("moving", &[&sshd.fingerprint()]).ok();
 
@@ -461,6 +470,15 @@ fn vanished_files_are_noted_and_unreadable_ones_named() {
     let kept = dir.join("locked").join(secret_dir.strip_prefix("/").unwrap());
     assert_eq!(fs::read_to_string(kept.join("readable")).unwrap(), "fine");
     site.env.cli(&["verify", dir.join("locked").to_str().unwrap()]).ok();
+
+    // 3 MiB at 1 MiB/s: its 2 s timeout stops it, and nothing is kept.
+    let started = Instant::now();
+    let (run, s) = site.pull(&["slowpoke", "--dest", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let why = host(&s, "slowpoke")["error"].as_str().unwrap().to_owned();
+    assert!(why.starts_with("timed out after 2s"), "{why}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(!dir.join("slowpoke").exists() && !dir.join("slowpoke.partial").exists());
 }
 
 /// The pid of the running `tetras-back pull` whose command line mentions `needle`.

@@ -27,6 +27,8 @@ pub struct Ran {
     pub stderr: Vec<String>,
     /// Lines saying a file vanished while rsync read it.
     pub vanished: u64,
+    /// How long it ran.
+    pub ran_for: Duration,
 }
 
 impl Ran {
@@ -94,6 +96,7 @@ pub fn run(mut cmd: Command, deadline: Instant, echo: Option<&str>) -> Result<Ra
         }
         (lines, vanished)
     });
+    let started = Instant::now();
     let pid = Pid::from_raw(child.id() as i32);
     let mut status = None;
     let mut killed_at: Option<Instant> = None;
@@ -119,5 +122,5 @@ pub fn run(mut cmd: Command, deadline: Instant, echo: Option<&str>) -> Result<Ra
     }
     let stdout = out_thread.join().unwrap_or_default();
     let (stderr, vanished) = err_thread.join().unwrap_or_default();
-    Ok(Ran { status, stdout, stderr, vanished })
+    Ok(Ran { status, stdout, stderr, vanished, ran_for: started.elapsed() })
 }

@@ -156,7 +156,8 @@ impl Master {
             use std::io::BufRead;
             std::io::BufReader::new(stderr).lines().map_while(Result::ok).take(1000).collect::<Vec<String>>()
         });
-        let connect_by = deadline.min(Instant::now() + super::ssh::CONNECT_TIMEOUT * 2);
+        let began = Instant::now();
+        let connect_by = deadline.min(began + super::ssh::CONNECT_TIMEOUT * 2);
         loop {
             // The socket appears once the host is authenticated.
             if socket.exists() {
@@ -172,6 +173,7 @@ impl Master {
                 let ran = Ran {
                     status: if timed_out { None } else { status },
                     stderr: lines.join().unwrap_or_default(),
+                    ran_for: began.elapsed(),
                     ..Ran::default()
                 };
                 return Err(pull.ssh.reason(pull.host, &ran));

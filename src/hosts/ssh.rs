@@ -146,7 +146,8 @@ impl Ssh {
     /// Why a connection to `host` failed, from ssh's and rsync's words.
     pub fn reason(&self, host: &Host, ran: &Ran) -> String {
         if ran.timed_out() {
-            return format!("timed out after {}", humantime::format_duration(host.timeout));
+            let secs = std::time::Duration::from_secs(ran.ran_for.as_secs());
+            return format!("timed out after {}", humantime::format_duration(secs));
         }
         let all = ran.stderr.join("\n");
         let has = |s: &str| all.contains(s);
