@@ -350,6 +350,7 @@ fn a_plugged_disk_gets_the_host_pulled_linked_drilled_and_reported() {
     let events = rig.until("safe_to_remove");
     let finished = events.iter().find(|e| e["event"] == "backup_finished").unwrap();
     assert_eq!(finished["status"], "success", "{}", rig.logs().join("\n"));
+    assert!(!rig.logs().concat().contains("unconfined"), "rsync ran unconfined: {}", rig.logs().join("\n"));
     let m = Mail::parse(&server.wait_for(1, Duration::from_secs(20))[0]);
     assert!(m.body.contains("Hosts:"), "{}", m.body);
     let line =
@@ -370,6 +371,8 @@ fn a_plugged_disk_gets_the_host_pulled_linked_drilled_and_reported() {
     assert_eq!(newest["hosts"][0]["name"], "web1", "{newest:#}");
     assert_eq!(newest["hosts"][0]["bytes_written"], 6000, "only the changed file is new: {newest:#}");
     assert_eq!(newest["drill"]["passed"], true, "{newest:#}");
+    let table = rig.env.cli(&["history", "--limit", "1"]).ok();
+    assert!(table.stdout.contains("└ host web1: "), "{table:?}");
     let listing = rig.env.cli(&["hosts"]).ok();
     assert!(listing.stdout.contains("onto office") && listing.stdout.contains("yes"), "{listing:?}");
 

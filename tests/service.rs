@@ -581,6 +581,9 @@ fn a_host_is_pulled_through_the_units_sandbox(c: &mut Ctx) {
         fs::read_to_string(c.b.path(finished["log"].as_str().unwrap())).unwrap_or_default()
     );
     c.events_until("safe_to_remove", &disk);
+    // The unit's seccomp filter lets pull confine its rsync (Landlock).
+    let log = fs::read_to_string(c.b.path(finished["log"].as_str().unwrap())).unwrap();
+    assert!(!log.contains("unconfined"), "rsync ran unconfined under the unit:\n{log}");
     let history = c.b.sh("tetras-back history --json --limit 1").ok();
     let rows: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
     assert_eq!(rows[0]["hosts"][0]["outcome"], "done", "{rows:#}");

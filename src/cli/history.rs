@@ -82,6 +82,9 @@ pub fn run(config: &Config, a: &HistoryArgs) -> Result<ExitCode> {
         for s in &r.shrunk {
             println!("{:<19} └ WARNING, shrunk: {}", "", crate::logging::printable(&s.to_string()));
         }
+        for h in &r.hosts {
+            println!("{:<19} └ host {}", "", crate::logging::printable(&h.to_string()));
+        }
         if let Some(d) = &r.drill {
             println!("{:<19} └ restore drill {}", "", d.summary());
             for p in d.problems.iter().take(5) {

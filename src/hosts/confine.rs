@@ -2,11 +2,14 @@
 //! and the ssh it starts) under a Landlock ruleset, so that it can reach
 //! only the host's new folder and the previous one it hard-links from, the
 //! system's programs and libraries, and the few files given: nothing else
-//! of the server (its keys, /etc/shadow, /root, other disks' data). rsync follows symbolic links in the folders it links from; a host
-//! that planted `srv/leak -> /var/lib/tetras-back/ssh` in its previous
-//! backup would otherwise have the backup server's own files copied into
-//! its new one. Where the kernel has no Landlock, the command runs as it
-//! is and says so; `pull` then relies on its own check (see
+//! of the server (its keys, /etc/shadow, /root, other disks' data).
+//!
+//! rsync follows symbolic links in the folders it links from: a host that
+//! planted `srv/leak -> /var/lib/tetras-back/ssh` in its previous backup
+//! would otherwise have the backup server's own files copied into its new
+//! one. Where Landlock is not available (not in the kernel, or refused by a
+//! seccomp filter: the daemon's unit allows its calls), the command runs as
+//! it is and says so; `pull` then relies on its own check (see
 //! `engine::index`).
 
 use std::ffi::OsString;
@@ -53,35 +56,34 @@ pub fn exec(allowed: &Allowed, command: &[OsString]) -> Result<()> {
     let read = AccessFs::from_read(abi);
     let existing =
         |paths: &[&str]| -> Vec<PathBuf> { paths.iter().map(PathBuf::from).filter(|p| p.exists()).collect() };
-    let status = Ruleset::default()
-        .handle_access(all)
-        .context("Landlock")?
-        .create()
-        .context("Landlock")?
-        .add_rules(path_beneath_rules(existing(SYSTEM), read))
-        .context("Landlock: the system's programs")?
-        .add_rules(path_beneath_rules(existing(ETC), AccessFs::ReadFile))
-        .context("Landlock: /etc")?
-        .add_rules(path_beneath_rules(allowed.read, AccessFs::ReadFile))
-        .context("Landlock: --read")?
-        .add_rules(path_beneath_rules(["/dev/null"], AccessFs::ReadFile | AccessFs::WriteFile))
-        .context("Landlock: /dev/null")?
-        // Landlock lets a file be linked only into a place that grants no
-        // more than where it is: the folder linked from gets the same
-        // rights as the new one (rsync only reads it).
-        .add_rules(path_beneath_rules(allowed.link_from, all))
-        .context("Landlock: --link-from")?
-        .add_rules(path_beneath_rules(allowed.write, all))
-        .context("Landlock: --write")?
-        .restrict_self()
-        .context("Landlock")?;
-    match status.ruleset {
-        RulesetStatus::FullyEnforced => {}
-        RulesetStatus::PartiallyEnforced => {
+    let restricted = (|| {
+        Ruleset::default()
+            .handle_access(all)?
+            .create()?
+            .add_rules(path_beneath_rules(existing(SYSTEM), read))?
+            .add_rules(path_beneath_rules(existing(ETC), AccessFs::ReadFile))?
+            .add_rules(path_beneath_rules(allowed.read, AccessFs::ReadFile))?
+            .add_rules(path_beneath_rules(["/dev/null"], AccessFs::ReadFile | AccessFs::WriteFile))?
+            // Landlock lets a file be linked only into a place that grants
+            // no more than where it is: the folder linked from gets the
+            // same rights as the new one (rsync only reads it).
+            .add_rules(path_beneath_rules(allowed.link_from, all))?
+            .add_rules(path_beneath_rules(allowed.write, all))?
+            .restrict_self()
+    })();
+    match restricted.map(|s| s.ruleset) {
+        Ok(RulesetStatus::FullyEnforced) => {}
+        Ok(RulesetStatus::PartiallyEnforced) => {
             eprintln!("tetras-back: this kernel's Landlock is older: {} is partly confined", shown(program))
         }
-        RulesetStatus::NotEnforced => eprintln!(
-            "tetras-back: this kernel has no Landlock: {} runs unconfined (pull checks the previous folder's links instead)",
+        Ok(RulesetStatus::NotEnforced) => eprintln!(
+            "tetras-back: Landlock is not available here (not in this kernel, or refused by a seccomp filter): {} \
+             runs unconfined (pull checks the previous folder's links instead)",
+            shown(program)
+        ),
+        // A seccomp filter that refuses Landlock's calls, a path that vanished.
+        Err(e) => eprintln!(
+            "tetras-back: cannot confine {} ({e}): it runs unconfined (pull checks the previous folder's links instead)",
             shown(program)
         ),
     }

@@ -63,7 +63,11 @@ impl SystemdBox {
         let _ = fs::remove_dir_all(&root);
         super::disk::sh("cp", &["-a", base.to_str().unwrap(), root.to_str().unwrap()]);
         let b = SystemdBox { root };
-        let started = box_tool(&["start", b.root.to_str().unwrap()], &[]);
+        // nspawn's own seccomp filter refuses Landlock's calls; a real
+        // machine has only the unit's filter, which the box must show.
+        let landlock = "--system-call-filter=landlock_create_ruleset \
+                        --system-call-filter=landlock_add_rule --system-call-filter=landlock_restrict_self";
+        let started = box_tool(&["start", b.root.to_str().unwrap()], &[("BOX_BINDS", landlock)]);
         assert_eq!(started.code, 0, "the box did not boot: {started:?}");
         b
     }
