@@ -176,7 +176,10 @@ impl Master {
                     ran_for: began.elapsed(),
                     ..Ran::default()
                 };
-                return Err(pull.ssh.reason(pull.host, &ran));
+                if timed_out && Instant::now() < deadline {
+                    return Err(format!("could not connect within {}s", began.elapsed().as_secs()));
+                }
+                return Err(pull.why(&ran));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -214,6 +217,18 @@ enum Transfer {
 }
 
 impl Pull<'_> {
+    /// Why a step failed: stopped by the host's `timeout` (every step of
+    /// its pull shares it), or what ssh and rsync said.
+    fn why(&self, ran: &Ran) -> Why {
+        if ran.timed_out() {
+            return format!(
+                "timed out: its timeout ({}) passed",
+                humantime::format_duration(self.host.timeout)
+            );
+        }
+        self.ssh.reason(self.host, ran)
+    }
+
     fn run(&self) -> HostPull {
         let started = Instant::now();
         let mut out = HostPull {
@@ -334,7 +349,7 @@ impl Pull<'_> {
             {
                 return Ok(HostSide::default())
             }
-            _ => return Err(self.ssh.reason(self.host, &ran)),
+            _ => return Err(self.why(&ran)),
         }
         let mut names: Vec<PathBuf> = std::fs::read_dir(scratch.path())
             .map_err(|e| e.to_string())?
@@ -386,7 +401,7 @@ impl Pull<'_> {
         }
         let why = match ran.code() {
             // ssh's own failure: the connection, not the command.
-            Some(255) | None => self.ssh.reason(self.host, &ran),
+            Some(255) | None => self.why(&ran),
             Some(code) => {
                 format!("exit {code}{}", ran.last_error().map(|l| format!(": {l}")).unwrap_or_default())
             }
@@ -462,7 +477,7 @@ impl Pull<'_> {
                     return Err(Transfer::Failed(format!("could not be written to the disk: {ours}")));
                 }
             },
-            _ => return Err(Transfer::Failed(self.ssh.reason(self.host, &ran))),
+            _ => return Err(Transfer::Failed(self.why(&ran))),
         }
         let dir = fsx::open_read(target.parent.as_fd(), &target.partial, true).map_err(|e| {
             Transfer::Failed(format!("cannot open {}: {}", target.partial_path.display(), e.desc()))
@@ -494,7 +509,7 @@ impl Pull<'_> {
         cmd.arg(format!("{}/", scratch.path().display()));
         let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
         if !matches!(ran.code(), Some(0 | 23 | 24)) {
-            return Err(self.ssh.reason(self.host, &ran));
+            return Err(self.why(&ran));
         }
         out.outcome = Pulled::Done;
         out.files = stat(&ran.stdout, "Number of regular files transferred").unwrap_or(0);
