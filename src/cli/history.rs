@@ -83,7 +83,8 @@ pub fn run(config: &Config, a: &HistoryArgs) -> Result<ExitCode> {
             println!("{:<19} └ WARNING, shrunk: {}", "", crate::logging::printable(&s.to_string()));
         }
         for h in &r.hosts {
-            println!("{:<19} └ host {}", "", crate::logging::printable(&h.to_string()));
+            let (head, _) = crate::store::report::host_lines(h, crate::lang::Language::En);
+            println!("{:<19} └ host {}: {}", "", h.name, crate::logging::printable(&head));
         }
         if let Some(d) = &r.drill {
             println!("{:<19} └ restore drill {}", "", d.summary());

@@ -172,7 +172,7 @@ fn list(config: &Config, ssh: &Ssh) -> Result<ExitCode> {
             Some((when, disk, p)) => format!(
                 "{} onto {disk}: {}",
                 when.format("%Y-%m-%d %H:%M"),
-                crate::logging::printable(&p.to_string()).trim_start_matches(&format!("{}: ", h.name))
+                crate::logging::printable(&crate::store::report::host_lines(p, crate::lang::Language::En).0)
             ),
         };
         println!("{:<16} {:<32} {:<8} {last}", h.name, address, trusted);
@@ -271,7 +271,10 @@ fn check(s: &Ssh, host: &Host) -> Result<String, String> {
     let pinned = s.pinned(&host.known_as());
     let deadline = Instant::now() + ssh::CONNECT_TIMEOUT * 3;
     let mut cmd = Command::new("rsync");
-    cmd.env("LC_ALL", "C").arg("-e").arg(Ssh::rsync_shell(&s.config)).args(["--list-only", "-d"]);
+    cmd.env("LC_ALL", "C")
+        .arg("-e")
+        .arg(Ssh::rsync_shell(&["-F".into(), s.config.display().to_string()]))
+        .args(["--list-only", "-d"]);
     for p in &host.paths {
         cmd.arg(format!("{}:{p}", ssh::alias(host)));
     }

@@ -80,35 +80,6 @@ impl HostPull {
     pub const SHOWN: usize = 50;
 }
 
-impl std::fmt::Display for HostPull {
-    /// One line: `web1: 1234 files (5.0 MiB, 1.0 MiB new) in 12s`, or why not.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.outcome, &self.error) {
-            (Pulled::Failed, e) => {
-                write!(f, "{}: failed: {}", self.name, e.as_deref().unwrap_or("unknown error"))
-            }
-            _ => {
-                write!(
-                    f,
-                    "{}: {} files ({}, {} new) in {:.0}s",
-                    self.name,
-                    self.files,
-                    super::human(self.bytes),
-                    super::human(self.bytes_written),
-                    self.seconds
-                )?;
-                if self.vanished > 0 {
-                    write!(f, ", {} vanished while read", self.vanished)?;
-                }
-                if !self.unreadable.is_empty() {
-                    write!(f, ", {} unreadable", self.unreadable.len())?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
 /// Appends `entry` to the journal named in the environment, if any. A
 /// journal that cannot be written costs the report a line, not the backup.
 pub fn record(entry: &Entry) {

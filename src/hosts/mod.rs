@@ -6,7 +6,8 @@
 //!
 //! May import: `config` (the hosts), `engine` (partial folders, the
 //! manifest, the journal), `fault`, `logging` (escaping what hosts print),
-//! `store` (atomic writes, private folders).
+//! `lang` (the report's words), `store` (atomic writes, private folders,
+//! a host's line).
 
 pub mod confine;
 mod process;

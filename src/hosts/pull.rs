@@ -25,6 +25,7 @@ use crate::engine::fsx::{self, Partial};
 use crate::engine::journal::{self, HostPull, Pulled};
 use crate::engine::snapshot::{self, LinkDest};
 use crate::engine::{index, manifest};
+use crate::lang::Language;
 
 /// Where a host declares more of what to back up.
 pub const HOST_D: &str = "/etc/tetras-back/host.d/";
@@ -90,7 +91,11 @@ pub fn run_all(ssh: &Ssh, all: &[Host], hosts: &[Host], opts: &Options) -> Resul
                         crate::engine::human(outcome.bytes_written),
                         outcome.files
                     ),
-                    _ => outcome.to_string(),
+                    _ => format!(
+                        "{}: {}",
+                        outcome.name,
+                        crate::store::report::host_lines(&outcome, Language::En).0
+                    ),
                 };
                 eprintln!("tetras-back: {}", crate::logging::printable(&said));
                 if !opts.dry_run {
@@ -208,6 +213,14 @@ impl Drop for Master {
     }
 }
 
+/// What one host's transfer copies: its paths and exclusions (its entry's
+/// and its host.d's), and the folder it links from.
+struct What {
+    paths: Vec<String>,
+    exclude: Vec<String>,
+    prev: Option<PathBuf>,
+}
+
 /// How a transfer ended when it did not.
 enum Transfer {
     Failed(Why),
@@ -263,17 +276,16 @@ impl Pull<'_> {
         let exclude: Vec<String> = self.host.exclude.iter().chain(&side.exclude).cloned().collect();
         let before: Vec<String> = self.host.before.iter().chain(&side.before).cloned().collect();
         let at = self.dest.join(&self.host.name);
-        let prev = self.previous(&at);
+        let mut what = What { paths, exclude, prev: self.previous(&at) };
         if self.opts.dry_run {
-            return self.estimate(&master, deadline, &paths, &exclude, prev.as_deref(), out);
+            return self.estimate(&master, deadline, &what, out);
         }
         for command in &before {
             self.before(&master, command, deadline)?;
         }
-        let mut prev = prev;
         loop {
             let target = Partial::create_dir(&at, "--dest").map_err(|e| format!("{e:#}"))?;
-            match self.transfer(&master, deadline, &paths, &exclude, prev.as_deref(), &target, out) {
+            match self.transfer(&master, deadline, &what, &target, out) {
                 Ok(()) => {
                     target.rename_into_place().map_err(|e| format!("{e:#}"))?;
                     out.dest = Some(at);
@@ -293,7 +305,7 @@ impl Pull<'_> {
                         self.host.name,
                         crate::logging::printable(&shown.join(", ")),
                     );
-                    prev = None;
+                    what.prev = None;
                 }
             }
         }
@@ -314,9 +326,8 @@ impl Pull<'_> {
     /// The rsync arguments every transfer of this host starts with: its
     /// remote shell through the master connection.
     fn rsync_args(&self, master: &Master) -> Vec<String> {
-        let quoted: Vec<String> =
-            master.ssh_args(self.config).iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
-        vec!["-e".into(), format!("ssh {}", quoted.join(" ")), format!("--timeout={}", IO_TIMEOUT.as_secs())]
+        let shell = Ssh::rsync_shell(&master.ssh_args(self.config));
+        vec!["-e".into(), shell, format!("--timeout={}", IO_TIMEOUT.as_secs())]
     }
 
     fn rsync(&self, master: &Master) -> Command {
@@ -410,42 +421,33 @@ impl Pull<'_> {
     }
 
     /// `attributes`: ACLs and extended attributes too (not for an estimate).
-    fn transfer_args(
-        &self,
-        cmd: &mut Command,
-        paths: &[String],
-        exclude: &[String],
-        prev: Option<&Path>,
-        attributes: bool,
-    ) {
+    fn transfer_args(&self, cmd: &mut Command, what: &What, attributes: bool) {
         cmd.args([if attributes { "-aHAXS" } else { "-aHS" }, "--numeric-ids", "--relative"]);
         for ours in [manifest::NAME, manifest::SHRUNK_NOTE] {
             cmd.arg(format!("--exclude=/{ours}"));
         }
-        for e in exclude {
+        for e in &what.exclude {
             cmd.arg(format!("--exclude={e}"));
         }
-        if let Some(p) = prev {
+        if let Some(p) = &what.prev {
             cmd.arg(format!("--link-dest={}", p.display()));
         }
-        for p in paths {
+        for p in &what.paths {
             cmd.arg(self.remote(p));
         }
     }
 
     /// The pull itself: rsync confined to the new folder and the previous
     /// one (see `confine`), then the manifest.
-    #[allow(clippy::too_many_arguments)]
     fn transfer(
         &self,
         master: &Master,
         deadline: Instant,
-        paths: &[String],
-        exclude: &[String],
-        prev: Option<&Path>,
+        what: &What,
         target: &Partial,
         out: &mut HostPull,
     ) -> Result<(), Transfer> {
+        let prev = what.prev.as_deref();
         let failed = |e: anyhow::Error| Transfer::Failed(format!("{e:#}"));
         let myself = std::env::current_exe().map_err(|e| failed(e.into()))?;
         let mut cmd = Command::new(myself);
@@ -454,7 +456,7 @@ impl Pull<'_> {
             cmd.arg("--link-from").arg(p);
         }
         cmd.arg("--read").arg(self.config).arg("--").arg("rsync").args(self.rsync_args(master));
-        self.transfer_args(&mut cmd, paths, exclude, prev, true);
+        self.transfer_args(&mut cmd, what, true);
         cmd.arg(format!("{}/", target.partial_path.display()));
         let ran = run(cmd, deadline, Some(&self.host.name)).map_err(failed)?;
         out.vanished = ran.vanished;
@@ -497,15 +499,13 @@ impl Pull<'_> {
         &self,
         master: &Master,
         deadline: Instant,
-        paths: &[String],
-        exclude: &[String],
-        prev: Option<&Path>,
+        what: &What,
         out: &mut HostPull,
     ) -> Result<(), Why> {
         let scratch = tempfile::tempdir().map_err(|e| format!("cannot make a scratch folder: {e}"))?;
         let mut cmd = self.rsync(master);
         cmd.args(["--dry-run", "--stats"]);
-        self.transfer_args(&mut cmd, paths, exclude, prev, false);
+        self.transfer_args(&mut cmd, what, false);
         cmd.arg(format!("{}/", scratch.path().display()));
         let ran = run(cmd, deadline, Some(&self.host.name)).map_err(|e| format!("{e:#}"))?;
         if !matches!(ran.code(), Some(0 | 23 | 24)) {

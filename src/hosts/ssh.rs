@@ -133,9 +133,12 @@ impl Ssh {
         t
     }
 
-    /// `ssh -F CONFIG`, the remote shell of every rsync: quoted for rsync's `-e`.
-    pub fn rsync_shell(config: &Path) -> String {
-        format!("ssh -F '{}'", config.display().to_string().replace('\'', "'\\''"))
+    /// `ssh ARGS...`, the remote shell of an rsync: each argument quoted
+    /// for rsync's `-e`.
+    pub fn rsync_shell<S: AsRef<str>>(args: &[S]) -> String {
+        let quoted: Vec<String> =
+            args.iter().map(|a| format!("'{}'", a.as_ref().replace('\'', "'\\''"))).collect();
+        format!("ssh {}", quoted.join(" "))
     }
 
     /// The fingerprints pinned for `known_as` (`address` or `[address]:port`).
@@ -358,8 +361,8 @@ mod tests {
     #[test]
     fn the_rsync_shell_is_quoted_for_rsync() {
         assert_eq!(
-            Ssh::rsync_shell(Path::new("/var/lib/t b/ssh_config")),
-            "ssh -F '/var/lib/t b/ssh_config'"
+            Ssh::rsync_shell(&["-F", "/var/lib/t b/ssh_config", "it's"]),
+            "ssh '-F' '/var/lib/t b/ssh_config' 'it'\\''s'"
         );
     }
 }
