@@ -3,7 +3,7 @@
 //! both turned into one [`Action`] so that clap's types stop here.
 //!
 //! May import: every room, as the top of the house: `backup`, `clients`,
-//! `config`, `daemon`, `disk`, `engine`, `hosts`, `logging`, `notify`, `store`, `web`.
+//! `config`, `daemon`, `disk`, `engine`, `hosts`, `lang`, `logging`, `notify`, `store`, `web`.
 
 mod commands;
 mod engines;
