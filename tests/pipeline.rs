@@ -501,8 +501,7 @@ fn a_cat_loop_reader_gets_every_event_of_twenty_backups_in_order() {
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     let gaps: Vec<(u64, u64)> = seqs.windows(2).filter(|w| w[1] != w[0] + 1).map(|w| (w[0], w[1])).collect();
     assert!(gaps.is_empty(), "events missing or out of order between these seq: {gaps:?}");
-    let mine: Vec<String> =
-        names(&events.iter().filter(|e| e["uuid"] == disk.uuid.as_str()).cloned().collect::<Vec<_>>());
+    let mine = flow_of(&events, &disk.uuid);
     let one = ["backup_started", "script_started", "script_finished", "backup_finished", "safe_to_remove"];
     let mut expected = vec!["disk_plugged".to_owned()];
     for _ in 0..20 {

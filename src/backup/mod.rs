@@ -6,7 +6,8 @@
 //! identity), `engine`, `fault`, `logging`, `store` (the report's words).
 
 pub mod drill;
+pub mod progress;
 pub mod scripts;
 mod worker;
 
-pub use worker::{hostname, mount_known, run, Cancel, Progress};
+pub use worker::{hostname, journal_path, mount_known, progress_path, run, Cancel, Progress};

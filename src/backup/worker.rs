@@ -25,7 +25,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::disk::identity;
 use crate::disk::mount;
-use crate::engine::{fsx, journal};
+use crate::engine::{fsx, journal, progress};
 use crate::fault;
 use crate::store::report::{Drill, Job, PowerOff, Report, ScriptReport, Status};
 
@@ -41,8 +41,15 @@ pub struct Cancel {
 /// What the worker tells the daemon's loop.
 #[derive(Debug)]
 pub enum Progress {
-    Started { log: PathBuf, started: DateTime<Local> },
-    ScriptStarted { script: String },
+    Started {
+        log: PathBuf,
+        started: DateTime<Local>,
+    },
+    ScriptStarted {
+        script: String,
+    },
+    /// The restore drill began (after the scripts).
+    DrillStarted,
     ScriptFinished(ScriptReport),
     Finished(Box<Report>),
 }
@@ -131,8 +138,9 @@ fn backup(
     };
     progress(Progress::Started { log: log_path.to_owned(), started });
     log.info(&format!("backup of {} ({}) on {} started", job.name, job.uuid, job.device.display()));
-    let journal = config.run_dir.join(format!("journal-{}.jsonl", job.uuid));
+    let journal = journal_path(config, &job.uuid);
     let _ = std::fs::remove_file(&journal);
+    let _ = std::fs::remove_file(progress_path(config, &job.uuid));
     let mut b = Backup {
         job,
         config,
@@ -160,6 +168,7 @@ fn backup(
     });
     let totals = journal::totals(&journal);
     let _ = std::fs::remove_file(&journal);
+    let _ = std::fs::remove_file(progress_path(config, &job.uuid));
     for s in &totals.shrunk {
         log.line("tetras-back", &format!("WARNING: a source shrank: {s}"));
     }
@@ -196,6 +205,18 @@ fn backup(
         drill: b.drill,
         folders,
     })));
+}
+
+/// The journal the engines of a backup of the disk `uuid` append what they
+/// did to (see [`journal`]).
+pub fn journal_path(config: &Config, uuid: &str) -> PathBuf {
+    config.run_dir.join(format!("journal-{uuid}.jsonl"))
+}
+
+/// The file the engine at work in a backup of the disk `uuid` keeps its
+/// progress in (see [`progress`](crate::engine::progress)).
+pub fn progress_path(config: &Config, uuid: &str) -> PathBuf {
+    config.run_dir.join(format!("progress-{uuid}.json"))
 }
 
 /// The dated folders at the top of the disk mounted at `mount` that hold
@@ -265,6 +286,7 @@ impl Backup<'_> {
         // during it is caught below like one pulled out during a script.
         let stopped = || self.cancel.stop.load(Ordering::SeqCst);
         if !failed && !stopped() && self.job.drill {
+            progress(Progress::DrillStarted);
             self.drill = self.drill(&target);
         }
         let damaged = self.drill.as_ref().is_some_and(|d| !d.passed);
@@ -353,6 +375,7 @@ impl Backup<'_> {
             ),
             ("TETRAS_BACK_BIN", bin),
             (journal::ENV, self.journal.display().to_string()),
+            (progress::ENV, progress_path(self.config, &self.job.uuid).display().to_string()),
         ]
         .into_iter()
         .chain(

@@ -273,13 +273,15 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
     let uptime = Duration::from_secs(s.uptime_secs.max(0) as u64);
     println!("tetras-back daemon: running (pid {}, up {})", s.pid, humantime::format_duration(uptime));
     let activity = match &s.backup {
-        Some(r) => format!(
-            "backing up {} on {} for {}s{}",
-            r.disk,
-            r.device.display(),
-            r.elapsed_secs,
-            r.script.as_ref().map(|s| format!(", running {s}")).unwrap_or_default()
-        ),
+        Some(r) => {
+            let running = r.script.as_ref().map(|s| format!(", running {s}")).unwrap_or_default();
+            let phase = r.progress.as_ref().map(|p| format!(" ({})", p.phase)).unwrap_or_default();
+            let head = match &r.progress {
+                Some(p) => format!("backing up {}: {}", r.disk, p.describe()),
+                None => format!("backing up {}", r.disk),
+            };
+            format!("{head}\n             on {} for {}s{running}{phase}", r.device.display(), r.elapsed_secs)
+        }
         None => s.activity.clone(),
     };
     println!("activity:    {activity}");

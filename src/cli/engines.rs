@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::config::Config;
-use crate::engine::{self, archive, human, journal, prune, restore, snapshot, Exclude};
+use crate::engine::{self, archive, human, journal, progress, prune, restore, snapshot, Exclude};
 use crate::store::history::History;
 
 /// Exit code of `snapshot`/`archive` when some files could not be read
@@ -191,14 +191,17 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
         shrink_warning: a.shrink_warning.0,
     };
     let s = snapshot::run(&opts)?;
-    if !s.dry_run {
-        journal::record(&journal::Entry::Snapshot {
+    journal::record(&if s.dry_run {
+        journal::Entry::Estimate { dest: s.dest.clone(), files: s.files, bytes: s.bytes }
+    } else {
+        journal::Entry::Snapshot {
             dest: s.dest.clone(),
             files: s.files,
+            bytes: s.bytes,
             bytes_written: s.copied_bytes,
             shrunk: s.shrunk.clone(),
-        });
-    }
+        }
+    });
     if a.json {
         print_json(&s);
     } else {
@@ -248,6 +251,7 @@ pub fn archive(a: ArchiveArgs) -> Result<ExitCode> {
     journal::record(&journal::Entry::Archive {
         output: s.output.clone(),
         files: s.files,
+        bytes: s.bytes_in,
         bytes_written: s.bytes_out,
     });
     if a.json {
@@ -280,13 +284,8 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
         anyhow::bail!("say what to keep: --min-free and/or --keep-last/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly");
     }
     let keep_names = a.keep_folder.into_iter().filter(|n| !n.is_empty()).collect();
-    let o = prune::run(&prune::Options {
-        dir: a.dir,
-        min_free: a.min_free,
-        keep,
-        dry_run: a.dry_run,
-        keep_names,
-    })?;
+    let opts = prune::Options { dir: a.dir, min_free: a.min_free, keep, dry_run: a.dry_run, keep_names };
+    let o = if opts.dry_run { prune::run(&opts) } else { progress::phase("prune", || prune::run(&opts)) }?;
     if !o.dry_run && !o.deleted.is_empty() {
         journal::record(&journal::Entry::Prune {
             dir: o.dir.clone(),

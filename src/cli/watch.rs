@@ -66,6 +66,9 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode> {
     let mut lines = LineReader::default();
     let mut gaps = SeqGaps::default();
     let stdout = std::io::stdout();
+    // On a terminal, the running backup's progress is one line redrawn in place.
+    let terminal = !json && std::io::IsTerminal::is_terminal(&stdout);
+    let mut bar: Option<String> = None;
     loop {
         let mut fds =
             [PollFd::new(reader.as_fd(), PollFlags::POLLIN), PollFd::new(sig_rx.as_fd(), PollFlags::POLLIN)];
@@ -86,11 +89,20 @@ pub fn run(config: &Config, json: bool) -> Result<ExitCode> {
             let mut out = stdout.lock();
             let printed = if json {
                 out.write_all(&bytes).and_then(|_| out.write_all(b"\n"))
+            } else if let (true, Some(drawn)) = (terminal, event.as_ref().and_then(progress_bar)) {
+                bar = Some(drawn);
+                write!(out, "\r\x1b[2K{}", bar.as_deref().unwrap_or_default())
             } else {
-                match &event {
-                    Some(v) => writeln!(out, "{}", describe(v)),
-                    None => writeln!(out, "(unreadable event) {}", String::from_utf8_lossy(&bytes)),
+                let text = match &event {
+                    Some(v) => describe(v),
+                    None => format!("(unreadable event) {}", String::from_utf8_lossy(&bytes)),
+                };
+                if event.as_ref().is_some_and(|v| v["event"] == "backup_finished") {
+                    bar = None;
                 }
+                let above = if terminal { "\r\x1b[2K" } else { "" };
+                let again = bar.as_deref().unwrap_or_default();
+                write!(out, "{above}{text}\n{again}")
             };
             // A closed stdout (`watch | head`) ends the watch.
             if printed.and_then(|_| out.flush()).is_err() {
@@ -161,6 +173,7 @@ fn describe(v: &Value) -> String {
         Event::BackupQueued { name, position, .. } => format!("backup of {name} waits (position {position})"),
         Event::BackupStarted { name, log, .. } => format!("backup of {name} started, log {}", log.display()),
         Event::ScriptStarted { name, script, .. } => format!("{name}: running {script}"),
+        Event::BackupProgress { name, now, .. } => format!("{name}: {}, {}", now.phase, now.describe()),
         Event::ScriptFinished { name, script, outcome, duration_secs, .. } => {
             format!("{name}: {script} {outcome} ({duration_secs:.1}s)")
         }
@@ -186,6 +199,24 @@ fn describe(v: &Value) -> String {
         Event::MailFailed { subject, error, .. } => format!("mail {subject:?} not sent: {error}"),
     };
     format!("{time}  {name:<16} {text}")
+}
+
+/// The line a terminal shows for a `backup_progress` event:
+/// `office  [#########-----------]  45%  snapshot  23,104 of 51,230 files, about 3 min left`.
+fn progress_bar(v: &Value) -> Option<String> {
+    let line = EventLine::deserialize(v).ok()?;
+    let Event::BackupProgress { name, now, .. } = line.event.as_ref() else { return None };
+    const WIDTH: usize = 24;
+    let bar = match now.percent {
+        Some(p) => {
+            let full = ((p.clamp(0.0, 100.0) / 100.0) * WIDTH as f64).round() as usize;
+            format!("[{}{}] {p:>3.0}%  ", "#".repeat(full), "-".repeat(WIDTH - full))
+        }
+        None => String::new(),
+    };
+    let mut described = now.clone();
+    described.percent = None;
+    Some(format!("{name}  {bar}{}  {}", now.phase, described.describe()))
 }
 
 /// An event this build cannot read: its name and fields as they are.
@@ -218,6 +249,18 @@ mod tests {
         }
         let newer = serde_json::json!({"event": "disk_exploded", "seq": 2, "time": "2026-11-24T10:11:13+01:00", "uuid": "u"});
         assert_eq!(describe(&newer), "10:11:13  disk_exploded    uuid=u");
+    }
+
+    #[test]
+    fn a_progress_event_draws_a_bar() {
+        let e = crate::clients::events::one_of_each()
+            .into_iter()
+            .find(|e| matches!(e, Event::BackupProgress { .. }))
+            .unwrap();
+        let line = EventLine { event: std::borrow::Cow::Borrowed(&e), seq: 1, time: "t".into() };
+        let drawn = progress_bar(&serde_json::to_value(&line).unwrap()).unwrap();
+        assert!(drawn.contains("[###########-------------]  45%  snapshot"), "{drawn}");
+        assert!(drawn.ends_with("23,104 of 51,230 files, about 3 min left"), "{drawn}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::events::{DiskRow, UnknownRow};
 use crate::clients::fifo::{self, Delivery};
-use crate::store::report::Status;
+use crate::store::report::{ProgressNow, Status};
 
 /// A command sent to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +178,9 @@ pub struct RunningBackup {
     pub device: PathBuf,
     pub script: Option<String>,
     pub elapsed_secs: u64,
+    /// Where it stands (what the last `backup_progress` said).
+    #[serde(default)]
+    pub progress: Option<ProgressNow>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,6 +381,11 @@ mod tests {
                 device: "/dev/sdb1".into(),
                 script: Some("backup_nocloud.sh".into()),
                 elapsed_secs: 42,
+                progress: Some(ProgressNow {
+                    phase: "snapshot".into(),
+                    percent: Some(4.5),
+                    ..Default::default()
+                }),
             }),
             queue: vec!["home".into()],
             config: Some("/etc/tetras-back/tetras-back.toml".into()),

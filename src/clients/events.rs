@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::fifo::{self, Delivery};
 use crate::store::history::{DiskSummary, History};
-use crate::store::report::Status;
+use crate::store::report::{ProgressNow, Status};
 use crate::store::state::{Disk, State};
 
 /// Something the daemon tells its subscribers (and what `watch` reads back).
@@ -90,6 +90,15 @@ pub enum Event {
         uuid: String,
         name: String,
         script: String,
+    },
+    /// Where the running backup stands, at most once a second.
+    BackupProgress {
+        uuid: String,
+        name: String,
+        /// The script running, if one is.
+        script: Option<String>,
+        #[serde(flatten)]
+        now: ProgressNow,
     },
     ScriptFinished {
         uuid: String,
@@ -397,6 +406,20 @@ pub(crate) fn one_of_each() -> Vec<Event> {
             log: "/var/log/x.log".into(),
         },
         Event::ScriptStarted { uuid: u.clone(), name: n.clone(), script: "a.sh".into() },
+        Event::BackupProgress {
+            uuid: u.clone(),
+            name: n.clone(),
+            script: Some("a.sh".into()),
+            now: ProgressNow {
+                phase: "snapshot".into(),
+                files_done: 23_104,
+                bytes_done: 1 << 30,
+                files_expected: Some(51_230),
+                bytes_expected: None,
+                percent: Some(45.1),
+                eta_secs: Some(180),
+            },
+        },
         Event::ScriptFinished {
             uuid: u.clone(),
             name: n.clone(),
@@ -448,6 +471,7 @@ pub(crate) fn one_of_each() -> Vec<Event> {
             | Event::BackupQueued { .. }
             | Event::BackupStarted { .. }
             | Event::ScriptStarted { .. }
+            | Event::BackupProgress { .. }
             | Event::ScriptFinished { .. }
             | Event::BackupFinished { .. }
             | Event::SafeToRemove { .. }

@@ -12,8 +12,9 @@ use chrono::{DateTime, Local};
 
 use super::opened::OpenDisks;
 use super::pipeline::{Do, Known, Pipeline};
-use super::wake::WakeChannel;
+use super::wake::{Periodic, WakeChannel};
 use super::Daemon;
+use crate::backup::progress::{self, Tracker};
 use crate::backup::{self, Cancel, Progress};
 use crate::clients::events::Event;
 use crate::disk::devices::BlockEvent;
@@ -23,6 +24,10 @@ use crate::notify::mail::outbox::Work;
 use crate::notify::mail::BackupMail;
 use crate::store::report::{Job, Report, Status};
 use crate::store::state::{Disk, LastBackup};
+
+/// The metrics file gets the running backup's progress every this many
+/// `backup_progress`.
+const METRICS_EVERY: u64 = 5;
 
 /// The thread running a backup, and how to stop it.
 pub struct Worker {
@@ -38,6 +43,9 @@ pub struct Disks {
     pub progress: WakeChannel<Progress>,
     /// The disks opened for restore.
     pub open: OpenDisks,
+    /// Where the running backup stands, and when it is said next.
+    pub tracker: Option<Tracker>,
+    pub tick: Periodic,
 }
 
 impl Disks {
@@ -47,6 +55,8 @@ impl Disks {
             worker: None,
             progress: WakeChannel::new()?,
             open: OpenDisks::new(),
+            tracker: None,
+            tick: Periodic::new(progress::EVERY),
         })
     }
 }
@@ -195,6 +205,21 @@ impl Daemon {
         match p {
             Progress::Started { log, started } => {
                 log::info!("backup of {name} started ({:?} after it was queued)", r.since.elapsed());
+                let scripts: Vec<String> =
+                    self.config.scripts.iter().filter(|s| s.enabled).map(|s| s.name.clone()).collect();
+                let usual = self.history.as_ref().and_then(|h| {
+                    h.usual_duration(&uuid, &scripts).unwrap_or_else(|e| {
+                        log::error!("history: {e:#}");
+                        None
+                    })
+                });
+                self.disks.tracker = Some(Tracker::new(
+                    backup::journal_path(&self.config, &uuid),
+                    backup::progress_path(&self.config, &uuid),
+                    usual,
+                ));
+                // A backup shorter than a second says nothing of its progress.
+                self.disks.tick.restart();
                 let device = r.job.device.clone();
                 if let Some(h) = &self.history {
                     match h.backup_started(&r.job, started, &log) {
@@ -204,12 +229,18 @@ impl Daemon {
                 }
                 self.broadcast(&Event::BackupStarted { uuid, name, device, log });
             }
+            Progress::DrillStarted => {
+                r.script = None;
+                self.disks.tracker.iter_mut().for_each(|t| t.step = "drill");
+            }
             Progress::ScriptStarted { script } => {
                 r.script = Some(script.clone());
+                self.disks.tracker.iter_mut().for_each(|t| t.step = "script");
                 self.broadcast(&Event::ScriptStarted { uuid, name, script });
             }
             Progress::ScriptFinished(s) => {
                 r.script = None;
+                self.disks.tracker.iter_mut().for_each(|t| t.step = "finishing");
                 self.broadcast(&Event::ScriptFinished {
                     uuid,
                     name,
@@ -223,8 +254,27 @@ impl Daemon {
         }
     }
 
+    /// Sends `backup_progress` for the running backup, when it is time;
+    /// returns when it is next (`None`: no backup runs).
+    pub(super) fn report_progress_if_due(&mut self) -> Option<std::time::Instant> {
+        let r = self.disks.pipeline.running.as_ref()?;
+        let tracker = self.disks.tracker.as_mut()?;
+        if self.disks.tick.due() {
+            let now = tracker.update().clone();
+            tracker.ticks += 1;
+            let metrics_due = tracker.ticks % METRICS_EVERY == 1;
+            let (uuid, name, script) = (r.job.uuid.clone(), r.job.name.clone(), r.script.clone());
+            self.broadcast(&Event::BackupProgress { uuid, name, script, now });
+            if metrics_due {
+                self.write_metrics(true);
+            }
+        }
+        Some(self.disks.tick.next())
+    }
+
     /// Records the end of the running backup, then starts the next one.
     fn finished(&mut self, report: Report) {
+        self.disks.tracker = None;
         let Some(current) = self.disks.pipeline.running.take() else { return };
         if let Some(w) = self.disks.worker.take() {
             if w.thread.join().is_err() {

@@ -260,6 +260,7 @@ impl Daemon {
             self.prune_if_due();
             let next_due = self.back_up_due_disks();
             let next_close = self.close_unused_disks();
+            let next_progress = self.report_progress_if_due();
             let mut fds = vec![
                 PollFd::new(io.control.file.as_fd(), PollFlags::POLLIN),
                 PollFd::new(io.term.as_fd(), PollFlags::POLLIN),
@@ -275,8 +276,10 @@ impl Daemon {
             let wake_in =
                 self.reminders.next().min(self.retention.next()).saturating_duration_since(Instant::now());
             let wake_in = io.watchdog.map_or(wake_in, |w| w.min(wake_in));
-            let wake_in =
-                next_close.map_or(wake_in, |c| c.saturating_duration_since(Instant::now()).min(wake_in));
+            let wake_in = [next_close, next_progress]
+                .into_iter()
+                .flatten()
+                .fold(wake_in, |w, at| at.saturating_duration_since(Instant::now()).min(w));
             let wake_in =
                 next_due.map_or(wake_in, |d| (d - Local::now()).to_std().unwrap_or_default().min(wake_in));
             // Rounded up, so that the loop does not spin for the last partial millisecond.
@@ -525,7 +528,11 @@ impl Daemon {
             }
         }
         let pending = h.outbox_counts().map(|c| c.0).unwrap_or(0);
-        if let Err(e) = metrics::write(path, &metrics::render(up, &disks, pending)) {
+        let running =
+            self.disks.pipeline.running.as_ref().zip(self.disks.tracker.as_ref()).map(|(r, t)| {
+                metrics::RunningMetrics { name: &r.job.name, uuid: &r.job.uuid, progress: &t.now }
+            });
+        if let Err(e) = metrics::write(path, &metrics::render(up, &disks, pending, running)) {
             log::error!("{e:#}");
         }
     }
@@ -564,7 +571,10 @@ impl Daemon {
     }
 
     fn status(&self) -> StatusInfo {
-        let (backup, queue) = self.disks.pipeline.activity();
+        let (mut backup, queue) = self.disks.pipeline.activity();
+        if let (Some(b), Some(t)) = (backup.as_mut(), &self.disks.tracker) {
+            b.progress = Some(t.now.clone());
+        }
         let last_backup =
             self.history.as_ref().and_then(|h| h.backups(None, 1).ok()).and_then(|mut v| v.pop());
         let outbox = self.history.as_ref().and_then(|h| h.outbox_counts().ok());

@@ -385,6 +385,7 @@ impl Pipeline {
             device: r.job.device.clone(),
             script: r.script.clone(),
             elapsed_secs: r.since.elapsed().as_secs(),
+            progress: None,
         });
         (running, queue)
     }

@@ -67,6 +67,11 @@ impl Periodic {
         Periodic { next: Instant::now(), every }
     }
 
+    /// The next time is `every` from now.
+    pub fn restart(&mut self) {
+        self.next = Instant::now() + self.every;
+    }
+
     /// Whether it is time; if so, the next time is `every` from now.
     pub fn due(&mut self) -> bool {
         let now = Instant::now();

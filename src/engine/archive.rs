@@ -20,6 +20,7 @@ use serde::Serialize;
 use tar::{EntryType, Header, HeaderMode};
 
 use super::fsx::{self, Partial};
+use super::progress;
 use super::{Exclude, Skipped};
 
 pub struct Options {
@@ -67,12 +68,21 @@ pub fn run(opts: &Options) -> Result<Summary> {
         bail!("nothing to archive: give paths or --glob patterns");
     }
     let target = Output::create(&opts.output)?;
-    let mut w = Writer::new(target.file.try_clone()?, opts.level, &opts.exclude);
+    let done = progress::Counter::default();
+    let mut w = Writer::new(target.file.try_clone()?, opts.level, &opts.exclude, &done);
     w.summary.output = std::path::absolute(&opts.output).unwrap_or(opts.output.clone());
-    for input in &inputs {
-        w.add_tree(input, &member_name(input))
-            .with_context(|| format!("cannot write {}", target.target.partial_path.display()))?;
-    }
+    progress::during(
+        "archive",
+        (None, None),
+        || done.get(),
+        || -> Result<()> {
+            for input in &inputs {
+                w.add_tree(input, &member_name(input))
+                    .with_context(|| format!("cannot write {}", target.target.partial_path.display()))?;
+            }
+            Ok(())
+        },
+    )?;
     let gz = w.tar.into_inner().context("cannot finish the tar stream")?;
     let file =
         gz.finish().with_context(|| format!("cannot write {}", target.target.partial_path.display()))?;
@@ -115,7 +125,8 @@ impl Output {
 /// files (manifests, shrink notes) are left out, as a restore leaves them.
 pub fn stream<W: Write>(out: W, top: &Path, base: &Path, level: u32) -> Result<Summary> {
     let ours = Exclude::engine_files();
-    let mut w = Writer::new(out, level, &ours);
+    let done = progress::Counter::default();
+    let mut w = Writer::new(out, level, &ours, &done);
     w.add_tree(top, base)?;
     let gz = w.tar.into_inner().context("cannot finish the tar stream")?;
     let mut out = gz.finish()?;
@@ -132,6 +143,8 @@ struct Writer<'a, W: Write> {
     links: HashMap<(u64, u64), PathBuf>,
     skipped: Skipped,
     summary: Summary,
+    /// What the progress file says.
+    done: &'a progress::Counter,
 }
 
 /// The name a path gets in the archive: relative, without `.`/`..`.
@@ -140,7 +153,7 @@ fn member_name(path: &Path) -> PathBuf {
 }
 
 impl<'a, W: Write> Writer<'a, W> {
-    fn new(out: W, level: u32, exclude: &'a Exclude) -> Writer<'a, W> {
+    fn new(out: W, level: u32, exclude: &'a Exclude, done: &'a progress::Counter) -> Writer<'a, W> {
         let gz = ParGz::new(out, Compression::new(level), rayon::current_num_threads());
         Writer {
             tar: tar::Builder::new(gz),
@@ -148,6 +161,7 @@ impl<'a, W: Write> Writer<'a, W> {
             links: HashMap::new(),
             skipped: Skipped::default(),
             summary: Summary::default(),
+            done,
         }
     }
 
@@ -262,6 +276,7 @@ impl<'a, W: Write> Writer<'a, W> {
         }
         self.summary.files += 1;
         self.summary.bytes_in += size;
+        self.done.add(1, size);
         Ok(())
     }
 }

@@ -22,6 +22,9 @@ pub enum Entry {
     Snapshot {
         dest: PathBuf,
         files: u64,
+        /// What its files hold (copied or linked).
+        #[serde(default)]
+        bytes: u64,
         bytes_written: u64,
         /// Sources much smaller than in the previous snapshot.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -30,6 +33,9 @@ pub enum Entry {
     Archive {
         output: PathBuf,
         files: u64,
+        /// What its members hold, before compression.
+        #[serde(default)]
+        bytes: u64,
         bytes_written: u64,
     },
     Prune {
@@ -39,6 +45,13 @@ pub enum Entry {
     },
     /// One host of a `pull`, as soon as it is done.
     Pull(HostPull),
+    /// What a dry run (the scripts' estimate pass) found a snapshot,
+    /// archive or pull will go through: the backup's expected totals.
+    Estimate {
+        dest: PathBuf,
+        files: u64,
+        bytes: u64,
+    },
 }
 
 /// How the pull of one host ended.
@@ -110,6 +123,11 @@ pub struct Totals {
     pub written: Vec<PathBuf>,
     /// Each host pulled (or not), in the order they finished.
     pub hosts: Vec<HostPull>,
+    /// Regular files and bytes gone through by the snapshots, archives and
+    /// pulls that ended (linked files too): the backup's progress.
+    pub done: (u64, u64),
+    /// What the estimates said those would be, when there were any.
+    pub expected: Option<(u64, u64)>,
 }
 
 /// Reads the journal at `path` (absent: nothing was recorded); lines that do
@@ -119,13 +137,15 @@ pub fn totals(path: &Path) -> Totals {
     let Ok(text) = std::fs::read_to_string(path) else { return t };
     for line in text.lines() {
         match serde_json::from_str::<Entry>(line) {
-            Ok(Entry::Snapshot { dest, files, bytes_written, shrunk }) => {
+            Ok(Entry::Snapshot { dest, files, bytes, bytes_written, shrunk }) => {
+                t.done = (t.done.0 + files, t.done.1 + bytes);
                 t.files += files;
                 t.bytes_written += bytes_written;
                 t.shrunk.extend(shrunk);
                 t.written.push(dest);
             }
-            Ok(Entry::Archive { output, files, bytes_written }) => {
+            Ok(Entry::Archive { output, files, bytes, bytes_written }) => {
+                t.done = (t.done.0 + files, t.done.1 + bytes);
                 t.files += files;
                 t.bytes_written += bytes_written;
                 t.written.push(output);
@@ -135,10 +155,15 @@ pub fn totals(path: &Path) -> Totals {
                 t.freed += freed;
             }
             Ok(Entry::Pull(host)) => {
+                t.done = (t.done.0 + host.files, t.done.1 + host.bytes);
                 t.files += host.files;
                 t.bytes_written += host.bytes_written;
                 t.written.extend(host.dest.clone());
                 t.hosts.push(host);
+            }
+            Ok(Entry::Estimate { files, bytes, .. }) => {
+                let (f, b) = t.expected.unwrap_or_default();
+                t.expected = Some((f + files, b + bytes));
             }
             Err(e) => log::warn!("{}: ignored a line that is not a journal entry: {e}", path.display()),
         }
@@ -158,15 +183,22 @@ mod tests {
             serde_json::to_string(&Entry::Snapshot {
                 dest: "/m/a".into(),
                 files: 3,
+                bytes: 300,
                 bytes_written: 100,
                 shrunk: vec![],
             })
             .unwrap(),
             "not json".into(),
-            serde_json::to_string(&Entry::Archive { output: "/m/a.tgz".into(), files: 2, bytes_written: 50 })
-                .unwrap(),
+            serde_json::to_string(&Entry::Archive {
+                output: "/m/a.tgz".into(),
+                files: 2,
+                bytes: 80,
+                bytes_written: 50,
+            })
+            .unwrap(),
             serde_json::to_string(&Entry::Prune { dir: "/m".into(), deleted: vec!["old".into()], freed: 7 })
                 .unwrap(),
+            serde_json::to_string(&Entry::Estimate { dest: "/m/a".into(), files: 4, bytes: 400 }).unwrap(),
         ];
         std::fs::write(&p, lines.join("\n")).unwrap();
         let t = totals(&p);
@@ -180,6 +212,8 @@ mod tests {
                 shrunk: vec![],
                 written: vec!["/m/a".into(), "/m/a.tgz".into()],
                 hosts: vec![],
+                done: (5, 380),
+                expected: Some((4, 400)),
             }
         );
         assert_eq!(totals(&dir.path().join("absent")), Totals::default());

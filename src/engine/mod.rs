@@ -12,6 +12,7 @@ pub mod fsx;
 pub mod index;
 pub mod journal;
 pub mod manifest;
+pub mod progress;
 pub mod prune;
 pub mod restore;
 pub mod snapshot;

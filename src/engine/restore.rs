@@ -105,7 +105,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => bail!("--to {}: {e}", opts.to.display()),
         }
-        snapshot::copy_into(roots, None, &mut summary, false, opts.privileges)?;
+        snapshot::copy_into(roots, None, &mut summary, false, opts.privileges, (None, None))?;
         for m in members.iter().flatten() {
             summary.dirs += u64::from(m.dir);
             summary.files += u64::from(m.file);
@@ -120,7 +120,16 @@ pub fn run(opts: &Options) -> Result<Summary> {
     for path in &plain {
         make_parents(backup.as_fd(), to.as_fd(), path, opts.privileges)?;
     }
-    snapshot::copy_into(roots, Some(to.try_clone()?), &mut summary, opts.overwrite, opts.privileges)?;
+    // What the backup's manifest says is below the paths asked for.
+    let expected = expected(backup.as_fd(), &opts.backup, &plain).unzip();
+    snapshot::copy_into(
+        roots,
+        Some(to.try_clone()?),
+        &mut summary,
+        opts.overwrite,
+        opts.privileges,
+        expected,
+    )?;
     for ((archive, wanted), members) in archived.iter().zip(&members) {
         let part = from_archive((backup.as_fd(), archive), wanted, members, opts, to.as_fd())?;
         for (total, n) in [
@@ -300,7 +309,7 @@ fn from_archive(
         }
         let mut part = Summary::default();
         let into = Some(fsx::open_beneath(to, Path::new(""))?);
-        snapshot::copy_into(roots, into, &mut part, opts.overwrite, opts.privileges)?;
+        snapshot::copy_into(roots, into, &mut part, opts.overwrite, opts.privileges, (None, None))?;
         part.skipped += skipped;
         Ok(part)
     })();
@@ -328,6 +337,21 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
             path.display()
         ),
     }
+}
+
+/// The regular files and bytes the manifest of `backup` counts below the
+/// `paths` (`None` when it has none, or does not count them: below a
+/// folder deeper than the first level).
+fn expected(backup: BorrowedFd, path: &Path, paths: &[PathBuf]) -> Option<(u64, u64)> {
+    let manifest = snapshot::read_manifest(backup, path).ok()??;
+    paths.iter().try_fold((0, 0), |(files, bytes), p| {
+        let below = match p.components().count() {
+            0 => manifest.totals.below(Path::new("")),
+            1 => manifest.totals.below(p),
+            _ => None,
+        }?;
+        Some((files + below.0, bytes + below.1))
+    })
 }
 
 /// The entries of the backup folder at and below `path`, relative to the

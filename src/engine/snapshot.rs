@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use super::fsx::{self, Partial};
 use super::manifest::{self, Entry, Hash, Kind, Manifest};
+use super::progress;
 use super::{dated_name, is_partial, Exclude, Skipped};
 
 /// Where unchanged files are hard-linked from.
@@ -287,7 +288,13 @@ pub fn run(opts: &Options) -> Result<Summary> {
     ctx.prev_manifest = prev_manifest;
     ctx.manifest = manifest;
     ctx.one_file_system = opts.one_file_system;
-    ctx.walk()?;
+    if opts.dry_run {
+        ctx.walk()?;
+    } else {
+        // An incremental snapshot expects about what the previous one held.
+        let expected = ctx.prev_manifest.as_ref().map(|m| (m.totals.files, m.totals.bytes)).unzip();
+        progress::during("snapshot", expected, || ctx.done(), || ctx.walk())?;
+    }
 
     let mut summary = Summary {
         dest: dest_abs,
@@ -340,13 +347,17 @@ pub(super) fn copy_into(
     summary: &mut Summary,
     overwrite: bool,
     privileges: bool,
+    expected: (Option<u64>, Option<u64>),
 ) -> Result<()> {
     let started = Instant::now();
     // Snapshots' manifests describe the backup, not the files: left there.
     let exclude = Exclude::engine_files();
     let mut ctx = Ctx::new(roots, dest, &exclude, Target::Existing { overwrite });
     ctx.privileges = privileges;
-    ctx.walk()?;
+    match &ctx.dest {
+        None => ctx.walk()?,
+        Some(_) => progress::during("restore", expected, || ctx.done(), || ctx.walk())?,
+    }
     if let Some(dest) = &ctx.dest {
         ctx.link_inside(dest.as_fd())?;
         ctx.finish_dirs(dest.as_fd())?;
@@ -451,7 +462,7 @@ pub fn find_previous(dest: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-fn read_manifest(dir: BorrowedFd, path: &Path) -> Result<Option<Manifest>> {
+pub(super) fn read_manifest(dir: BorrowedFd, path: &Path) -> Result<Option<Manifest>> {
     match fsx::open_file(dir, OsStr::new(manifest::NAME)) {
         Ok(file) => Ok(Some(Manifest::open(file, &path.join(manifest::NAME))?)),
         // A folder made by another tool: checksums are computed from the files.
@@ -555,6 +566,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// Copies every root, directories in parallel.
+    /// Regular files and their bytes gone through so far.
+    fn done(&self) -> (u64, u64) {
+        (self.n.files.load(Relaxed), self.n.bytes.load(Relaxed))
+    }
+
     fn walk(&self) -> Result<()> {
         let start: Vec<Job> = (0..self.roots.len()).map(|i| (i, PathBuf::new())).collect();
         super::walk::par_walk(start, |job| self.visit(job))

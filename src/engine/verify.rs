@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::fsx;
 use super::manifest::{self, Entry, Kind, Manifest};
+use super::progress;
 use super::snapshot::hash_file;
 
 #[derive(Debug, Default, Serialize)]
@@ -64,54 +65,60 @@ pub fn run(backup: &Path) -> Result<Report> {
     })?;
     let expected = Manifest::open(file, &backup.join(manifest::NAME))?;
     let report = Mutex::new(Report { backup: backup.to_owned(), ..Report::default() });
+    let done = progress::Counter::default();
+    let totals = (Some(expected.totals.files), Some(expected.totals.bytes));
 
     // Each directory is read in name order beside its block of the manifest.
-    super::walk::par_walk(vec![PathBuf::new()], |rel| -> Result<Vec<PathBuf>> {
-        let dir = fsx::open_beneath(root.as_fd(), &rel)
-            .map_err(|e| anyhow!("{}: {}", backup.join(&rel).display(), e.desc()))?;
-        let mut names =
-            fsx::read_names(dir.as_fd()).with_context(|| backup.join(&rel).display().to_string())?;
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let mut want = expected.children(&rel);
-        let mut here = Report::default();
-        let mut subdirs = Vec::new();
-        for name in names {
-            let path = rel.join(&name);
-            if manifest::is_ours(&path) {
-                continue;
+    let walk = || {
+        super::walk::par_walk(vec![PathBuf::new()], |rel| -> Result<Vec<PathBuf>> {
+            let dir = fsx::open_beneath(root.as_fd(), &rel)
+                .map_err(|e| anyhow!("{}: {}", backup.join(&rel).display(), e.desc()))?;
+            let mut names =
+                fsx::read_names(dir.as_fd()).with_context(|| backup.join(&rel).display().to_string())?;
+            names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut want = expected.children(&rel);
+            let mut here = Report::default();
+            let mut subdirs = Vec::new();
+            for name in names {
+                let path = rel.join(&name);
+                if manifest::is_ours(&path) {
+                    continue;
+                }
+                let st = fsx::lstat_at(dir.as_fd(), &name)
+                    .with_context(|| backup.join(&path).display().to_string())?;
+                // A missing directory is reported once, not with what it held.
+                let Some(want) = want.find(&name, |gone| here.missing.push(gone.path))? else {
+                    here.extra.push(path);
+                    continue;
+                };
+                let kind = kind_of(&st);
+                if kind == Kind::Dir && want.kind == Kind::Dir {
+                    subdirs.push(path.clone());
+                }
+                let difference = if kind != want.kind {
+                    Some(format!("was {}, is now {}", describe(want.kind), describe(kind)))
+                } else {
+                    compare(dir.as_fd(), &name, &st, &want)
+                        .with_context(|| backup.join(&path).display().to_string())?
+                };
+                here.entries += 1;
+                if kind == Kind::File {
+                    here.files += 1;
+                    here.bytes += st.st_size as u64;
+                }
+                if let Some(d) = difference {
+                    here.changed.push((path, d));
+                }
             }
-            let st = fsx::lstat_at(dir.as_fd(), &name)
-                .with_context(|| backup.join(&path).display().to_string())?;
-            // A missing directory is reported once, not with what it held.
-            let Some(want) = want.find(&name, |gone| here.missing.push(gone.path))? else {
-                here.extra.push(path);
-                continue;
-            };
-            let kind = kind_of(&st);
-            if kind == Kind::Dir && want.kind == Kind::Dir {
-                subdirs.push(path.clone());
+            for gone in want.rest() {
+                here.missing.push(gone?.path);
             }
-            let difference = if kind != want.kind {
-                Some(format!("was {}, is now {}", describe(want.kind), describe(kind)))
-            } else {
-                compare(dir.as_fd(), &name, &st, &want)
-                    .with_context(|| backup.join(&path).display().to_string())?
-            };
-            here.entries += 1;
-            if kind == Kind::File {
-                here.files += 1;
-                here.bytes += st.st_size as u64;
-            }
-            if let Some(d) = difference {
-                here.changed.push((path, d));
-            }
-        }
-        for gone in want.rest() {
-            here.missing.push(gone?.path);
-        }
-        report.lock().unwrap().add(here);
-        Ok(subdirs)
-    })?;
+            done.add(here.files, here.bytes);
+            report.lock().unwrap().add(here);
+            Ok(subdirs)
+        })
+    };
+    progress::during("verify", totals, || done.get(), walk)?;
 
     let mut r = report.into_inner().unwrap();
     r.missing.sort();

@@ -24,7 +24,7 @@ use crate::config::{Host, HostSide};
 use crate::engine::fsx::{self, Partial};
 use crate::engine::journal::{self, HostPull, Pulled};
 use crate::engine::snapshot::{self, LinkDest};
-use crate::engine::{index, manifest};
+use crate::engine::{index, manifest, progress};
 use crate::lang::Language;
 
 /// Where a host declares more of what to back up.
@@ -77,33 +77,37 @@ pub fn run_all(ssh: &Ssh, all: &[Host], hosts: &[Host], opts: &Options) -> Resul
     let dest = std::path::absolute(&opts.dest).unwrap_or_else(|_| opts.dest.clone());
     let next = AtomicUsize::new(0);
     let done: Mutex<Vec<(usize, HostPull)>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..opts.jobs.clamp(1, hosts.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(host) = hosts.get(i) else { break };
-                let pull = Pull { ssh, config: &config, host, dest: &dest, opts };
-                let outcome = pull.run();
-                let said = match (opts.dry_run, outcome.outcome) {
-                    (true, Pulled::Done) => format!(
-                        "{}: would write about {} ({} files new or changed)",
-                        outcome.name,
-                        crate::engine::human(outcome.bytes_written),
-                        outcome.files
-                    ),
-                    _ => format!(
-                        "{}: {}",
-                        outcome.name,
-                        crate::store::report::host_lines(&outcome, Language::En).0
-                    ),
-                };
-                eprintln!("tetras-back: {}", crate::logging::printable(&said));
-                if !opts.dry_run {
-                    journal::record(&journal::Entry::Pull(outcome.clone()));
-                }
-                done.lock().unwrap().push((i, outcome));
-            });
-        }
+    // Each host's files count in the backup's progress once it is in the journal.
+    let run = |work: &dyn Fn()| if opts.dry_run { work() } else { progress::phase("pull", work) };
+    run(&|| {
+        std::thread::scope(|s| {
+            for _ in 0..opts.jobs.clamp(1, hosts.len().max(1)) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(host) = hosts.get(i) else { break };
+                    let pull = Pull { ssh, config: &config, host, dest: &dest, opts };
+                    let outcome = pull.run();
+                    let said = match (opts.dry_run, outcome.outcome) {
+                        (true, Pulled::Done) => format!(
+                            "{}: would write about {} ({} files new or changed)",
+                            outcome.name,
+                            crate::engine::human(outcome.bytes_written),
+                            outcome.files
+                        ),
+                        _ => format!(
+                            "{}: {}",
+                            outcome.name,
+                            crate::store::report::host_lines(&outcome, Language::En).0
+                        ),
+                    };
+                    eprintln!("tetras-back: {}", crate::logging::printable(&said));
+                    if !opts.dry_run {
+                        journal::record(&journal::Entry::Pull(outcome.clone()));
+                    }
+                    done.lock().unwrap().push((i, outcome));
+                });
+            }
+        })
     });
     let mut done = done.into_inner().unwrap();
     done.sort_by_key(|(i, _)| *i);
@@ -515,6 +519,12 @@ impl Pull<'_> {
         out.files = stat(&ran.stdout, "Number of regular files transferred").unwrap_or(0);
         out.bytes = stat(&ran.stdout, "Total file size").unwrap_or(0);
         out.bytes_written = stat(&ran.stdout, "Total transferred file size").unwrap_or(0);
+        // What the pull will go through, for the backup's progress.
+        journal::record(&journal::Entry::Estimate {
+            dest: self.dest.join(&self.host.name),
+            files: regular_files(&ran.stdout).unwrap_or(out.files),
+            bytes: out.bytes,
+        });
         Ok(())
     }
 }
@@ -549,6 +559,14 @@ fn stat(stats: &str, label: &str) -> Option<u64> {
     let line = stats.lines().find(|l| l.trim_start().starts_with(label))?;
     let value = line.split_once(':')?.1;
     let digits: String = value.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
+    digits.replace(',', "").parse().ok()
+}
+
+/// The regular files of rsync's `--stats` ("Number of files: 1,234 (reg: 1,000, dir: 234)").
+fn regular_files(stats: &str) -> Option<u64> {
+    let line = stats.lines().find(|l| l.trim_start().starts_with("Number of files:"))?;
+    let reg = &line[line.find("reg: ")? + 5..];
+    let digits: String = reg.chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
     digits.replace(',', "").parse().ok()
 }
 
@@ -614,5 +632,7 @@ mod tests {
         assert_eq!(stat(s, "Total file size"), Some(1_234_567));
         assert_eq!(stat(s, "Total transferred file size"), Some(89));
         assert_eq!(stat(s, "Literal data"), None);
+        assert_eq!(regular_files(s), Some(2));
+        assert_eq!(regular_files("Number of files: 12,345 (reg: 10,001, dir: 2,344)"), Some(10_001));
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::store::history::DiskSummary;
-use crate::store::report::Status;
+use crate::store::report::{ProgressNow, Status};
 
 /// The statuses `tetras_back_last_backup_status` has a series for.
 const STATUSES: [Status; 6] =
@@ -24,8 +24,20 @@ pub struct DiskMetrics<'a> {
     pub summary: DiskSummary,
 }
 
+/// The backup running now, and where it stands.
+pub struct RunningMetrics<'a> {
+    pub name: &'a str,
+    pub uuid: &'a str,
+    pub progress: &'a ProgressNow,
+}
+
 /// The metrics file's text.
-pub fn render(up: bool, disks: &[DiskMetrics], mails_pending: u64) -> String {
+pub fn render(
+    up: bool,
+    disks: &[DiskMetrics],
+    mails_pending: u64,
+    running: Option<RunningMetrics>,
+) -> String {
     let mut out = String::new();
     let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -76,6 +88,50 @@ pub fn render(up: bool, disks: &[DiskMetrics], mails_pending: u64) -> String {
         "Bytes the last backup on the disk wrote (snapshot copies and archives).",
         per_disk(&|s| s.last.as_ref().and_then(|b| b.bytes_written).map(|b| b as f64)),
     );
+    let running_labels =
+        running.as_ref().map(|r| format!("{{disk=\"{}\",uuid=\"{}\"}}", escape(r.name), escape(r.uuid)));
+    let now = |f: &dyn Fn(&ProgressNow) -> Option<f64>| -> Vec<(String, f64)> {
+        running
+            .iter()
+            .zip(&running_labels)
+            .filter_map(|(r, l)| f(r.progress).map(|v| (l.clone(), v)))
+            .collect()
+    };
+    family(
+        "tetras_back_backup_running",
+        "1 while a backup of the disk runs (the series is there only then).",
+        now(&|_| Some(1.0)),
+    );
+    family(
+        "tetras_back_backup_files_done",
+        "Regular files the running backup has gone through so far.",
+        now(&|p| Some(p.files_done as f64)),
+    );
+    family(
+        "tetras_back_backup_bytes_done",
+        "Bytes of the files the running backup has gone through so far.",
+        now(&|p| Some(p.bytes_done as f64)),
+    );
+    family(
+        "tetras_back_backup_files_expected",
+        "Regular files the running backup is expected to go through.",
+        now(&|p| p.files_expected.map(|v| v as f64)),
+    );
+    family(
+        "tetras_back_backup_bytes_expected",
+        "Bytes the running backup is expected to go through.",
+        now(&|p| p.bytes_expected.map(|v| v as f64)),
+    );
+    family(
+        "tetras_back_backup_progress_ratio",
+        "How far the running backup is, from 0 to 1.",
+        now(&|p| p.percent.map(|v| v / 100.0)),
+    );
+    family(
+        "tetras_back_backup_eta_seconds",
+        "About how long the running backup still takes.",
+        now(&|p| p.eta_secs.map(|v| v as f64)),
+    );
     family(
         "tetras_back_mail_outbox_pending",
         "Mails that could not be sent yet and wait to be tried again.",
@@ -104,7 +160,7 @@ mod tests {
     fn one_status_series_is_one_and_labels_are_escaped() {
         let last = BackupRow { status: Status::Failed, ..Default::default() };
         let summary = DiskSummary { last: Some(last), last_success: None };
-        let text = render(true, &[DiskMetrics { name: "a\"b", uuid: "u", summary }], 2);
+        let text = render(true, &[DiskMetrics { name: "a\"b", uuid: "u", summary }], 2, None);
         assert!(text.contains("tetras_back_up 1\n"), "{text}");
         assert!(
             text.contains("tetras_back_last_backup_status{disk=\"a\\\"b\",uuid=\"u\",status=\"failed\"} 1\n")
@@ -112,5 +168,23 @@ mod tests {
         assert!(text.contains("status=\"success\"} 0\n"));
         assert!(text.contains("tetras_back_mail_outbox_pending 2\n"));
         assert!(!text.contains("tetras_back_last_success_timestamp_seconds{"), "no success, no sample");
+        assert!(!text.contains("tetras_back_backup_running{"), "no backup, no sample");
+    }
+
+    #[test]
+    fn the_running_backup_has_its_progress() {
+        let progress =
+            ProgressNow { files_done: 7, percent: Some(45.0), eta_secs: Some(60), ..Default::default() };
+        let running = RunningMetrics { name: "office", uuid: "u", progress: &progress };
+        let text = render(true, &[], 0, Some(running));
+        for line in [
+            "tetras_back_backup_running{disk=\"office\",uuid=\"u\"} 1\n",
+            "tetras_back_backup_files_done{disk=\"office\",uuid=\"u\"} 7\n",
+            "tetras_back_backup_progress_ratio{disk=\"office\",uuid=\"u\"} 0.45\n",
+            "tetras_back_backup_eta_seconds{disk=\"office\",uuid=\"u\"} 60\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("tetras_back_backup_files_expected{"), "not known, no sample");
     }
 }

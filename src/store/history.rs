@@ -312,6 +312,36 @@ impl History {
         Ok(folders.into_iter().max())
     }
 
+    /// How long the last backups of the disk `uuid` that ran the same
+    /// `scripts` (in that order) and got through them took, in seconds:
+    /// the median of the last three, what a running backup's time left is
+    /// reckoned from (`None`: there is none).
+    pub fn usual_duration(&self, uuid: &str, scripts: &[String]) -> Result<Option<f64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT b.duration_secs,
+                    (SELECT group_concat(name, char(10)) FROM
+                       (SELECT name FROM scripts WHERE backup_id = b.id ORDER BY seq))
+               FROM backups b
+              WHERE b.uuid = ?1 AND b.duration_secs IS NOT NULL
+                AND b.status IN ('success', 'warning', 'damaged')
+              ORDER BY b.id DESC LIMIT 50",
+        )?;
+        let wanted = scripts.join("\n");
+        let rows = stmt.query_map([uuid], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)))?;
+        let mut last = Vec::new();
+        for row in rows {
+            let (secs, ran) = row?;
+            if ran.unwrap_or_default() == wanted {
+                last.push(secs);
+                if last.len() == 3 {
+                    break;
+                }
+            }
+        }
+        last.sort_by(f64::total_cmp);
+        Ok(last.get(last.len() / 2).copied())
+    }
+
     /// Whether the restore drill is due with the next backup of the disk
     /// `uuid`: `every - 1` backups (successful or damaged) since the last
     /// drill, or before the first one (`every` 0: never).
@@ -652,6 +682,40 @@ mod tests {
         assert!(e.contains("h.sqlite") && e.contains("newer tetras-back"), "{e}");
         let e = format!("{:#}", History::open_read_only(&p).err().unwrap());
         assert!(e.contains("newer tetras-back"), "{e}");
+    }
+
+    #[test]
+    fn the_usual_duration_is_that_of_backups_with_the_same_scripts() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("h.sqlite")).unwrap();
+        let add = |secs: f64, status: &str, scripts: &[&str]| {
+            h.conn
+                .execute(
+                    "INSERT INTO backups (uuid, disk, device, started, status, duration_secs, log)
+                     VALUES ('u', 'office', '/dev/x', 0, ?1, ?2, '/l')",
+                    rusqlite::params![status, secs],
+                )
+                .unwrap();
+            let id = h.conn.last_insert_rowid();
+            for (seq, name) in scripts.iter().enumerate() {
+                h.conn
+                    .execute(
+                        "INSERT INTO scripts VALUES (?1, ?2, ?3, 0, 'succeeded', 1.0)",
+                        rusqlite::params![id, seq as i64, name],
+                    )
+                    .unwrap();
+            }
+        };
+        let both = ["a.sh".to_string(), "b.sh".to_string()];
+        assert_eq!(h.usual_duration("u", &both).unwrap(), None);
+        add(100.0, "success", &["a.sh", "b.sh"]);
+        add(10.0, "success", &["b.sh", "a.sh"]);
+        add(30.0, "success", &["a.sh", "b.sh"]);
+        add(5.0, "failed", &["a.sh", "b.sh"]);
+        add(60.0, "warning", &["a.sh", "b.sh"]);
+        assert_eq!(h.usual_duration("u", &both).unwrap(), Some(60.0));
+        assert_eq!(h.usual_duration("u", &both[..1]).unwrap(), None);
+        assert_eq!(h.usual_duration("other", &both).unwrap(), None);
     }
 
     #[test]

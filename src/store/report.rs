@@ -236,9 +236,75 @@ impl PowerOff {
     }
 }
 
+/// Where a running backup stands: what `backup_progress` says, and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgressNow {
+    /// The engine at work (`snapshot`, `archive`, `pull`, `prune`,
+    /// `verify`, `restore`), `drill` for the restore drill, or `script`
+    /// when the script does something of its own (a database dump).
+    pub phase: String,
+    /// Regular files (and their bytes) the snapshots, archives and pulls of
+    /// this backup have gone through, linked ones included. They never
+    /// go down.
+    pub files_done: u64,
+    pub bytes_done: u64,
+    /// What they will be at the end, from the scripts' estimates or the
+    /// previous snapshot (`null`: not known).
+    pub files_expected: Option<u64>,
+    pub bytes_expected: Option<u64>,
+    /// 0 to 100 (`null` when nothing is expected).
+    pub percent: Option<f64>,
+    /// Seconds left, from the progress and this disk's previous backups
+    /// with the same scripts (`null`: no basis).
+    pub eta_secs: Option<u64>,
+}
+
+impl ProgressNow {
+    /// `45% (23,104 of 51,230 files), about 3 min left`; what is not
+    /// known is left out.
+    pub fn describe(&self) -> String {
+        let files = match self.files_expected {
+            Some(of) => format!("{} of {} files", grouped(self.files_done), grouped(of)),
+            None => format!("{} files", grouped(self.files_done)),
+        };
+        let mut text = match self.percent {
+            Some(p) => format!("{p:.0}% ({files})"),
+            None => files,
+        };
+        if let Some(left) = self.left() {
+            text.push_str(", ");
+            text.push_str(&left);
+        }
+        text
+    }
+
+    /// `about 3 min left`, when there is a basis for it.
+    pub fn left(&self) -> Option<String> {
+        let secs = self.eta_secs?;
+        Some(match secs {
+            0..=89 => format!("about {secs} s left"),
+            90..=5399 => format!("about {} min left", (secs + 30) / 60),
+            _ => format!("about {} h {} min left", secs / 3600, (secs % 3600 + 30) / 60),
+        })
+    }
+}
+
+/// `51230` as `51,230`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Status;
+    use super::{grouped, ProgressNow, Status};
     use crate::lang::Language;
 
     /// Every status has its words in both languages (a missing key would
@@ -252,5 +318,26 @@ mod tests {
         }
         assert_eq!(Status::Success.word(Language::En), "Succeeded");
         assert_eq!(Status::Damaged.word(Language::Fr), "Endommagée");
+    }
+
+    #[test]
+    fn progress_reads_as_people_say_it() {
+        let mut p = ProgressNow {
+            phase: "snapshot".into(),
+            files_done: 23_104,
+            bytes_done: 0,
+            files_expected: Some(51_230),
+            bytes_expected: Some(1),
+            percent: Some(45.1),
+            eta_secs: Some(170),
+        };
+        assert_eq!(p.describe(), "45% (23,104 of 51,230 files), about 3 min left");
+        p.eta_secs = Some(42);
+        assert_eq!(p.left().as_deref(), Some("about 42 s left"));
+        p.eta_secs = Some(2 * 3600 + 600);
+        assert_eq!(p.left().as_deref(), Some("about 2 h 10 min left"));
+        (p.percent, p.files_expected, p.eta_secs) = (None, None, None);
+        assert_eq!(p.describe(), "23,104 files");
+        assert_eq!([0, 999, 1000, 1_234_567].map(grouped), ["0", "999", "1,000", "1,234,567"]);
     }
 }
