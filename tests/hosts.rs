@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::disk::{install_shipped_scripts, require_root, LoopDisk};
-use common::smtp::free_port;
+use common::smtp::{free_port, ClosedPort};
 use common::sshd::Sshd;
 use common::tree::{self, text};
 use common::{Run, TestEnv};
@@ -142,7 +142,8 @@ fn each_host_fails_alone_and_says_why() {
         &format!("restrict,port-forwarding,permitopen=\"127.0.0.1:{}\",command=\"/bin/false\"", limited.port),
     );
     let mut changed = site.sshd("changed", "restrict");
-    let closed = free_port();
+    let closed_port = ClosedPort::new();
+    let closed = closed_port.port;
     // Our key is not there; rsync is not installed there.
     let (_, stranger) = common::sshd::client_key(&site.env.path("stranger"));
     let nokey = Sshd::start(&site.env.path("sshd-nokey"), &format!("{stranger}\n"));

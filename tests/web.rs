@@ -768,7 +768,8 @@ async fn the_backup_page_lists_each_host() {
     std::fs::write(src.join("www/index.html"), "<h1>hello</h1>\n").unwrap();
     let sshd =
         common::sshd::Sshd::start(&env.path("sshd"), &format!("restrict,command=\"rrsync -ro /\" {public}"));
-    let closed = free_port();
+    let closed_port = common::smtp::ClosedPort::new();
+    let closed = closed_port.port;
     env.write_config(&format!(
         "[[scripts]]\nname = \"backup_hosts.sh\"\n\
          [[hosts]]\nname = \"web1\"\naddress = \"127.0.0.1\"\nport = {}\npaths = [\"{}\"]\n\

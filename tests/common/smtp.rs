@@ -11,6 +11,36 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A loopback port that refuses connections for as long as this lives: a
+/// socket bound to it that does not listen, so that nothing else (another
+/// test's server, chromedriver) can take it meanwhile.
+pub struct ClosedPort {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use nix::libc;
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor owned right away.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let sa = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(libc::bind(fd, sa, len), 0, "bind: {}", std::io::Error::last_os_error());
+            let mut len = len;
+            assert_eq!(libc::getsockname(fd, sa, &mut len), 0);
+            ClosedPort { _socket: socket, port: u16::from_be(addr.sin_port) }
+        }
+    }
+}
+
 /// An aiosmtpd process, killed (by pid) when dropped.
 pub struct SmtpServer {
     child: Child,
