@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::fs;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -16,22 +15,6 @@ use common::disk::*;
 use common::*;
 
 const PARTS: usize = 5;
-
-/// A backup of `PARTS` folders of `src`, estimated first (as the shipped
-/// scripts do), one snapshot per folder with a second between them: a
-/// backup of several seconds whose progress moves in steps.
-fn stepped_script(src: &std::path::Path) -> String {
-    format!(
-        r#"set -e
-TB="$TETRAS_BACK_BIN"
-D="$TETRAS_BACK_MOUNT/$(date +%Y-%m-%d_%H-%M-%S)_Progress"
-for i in $(seq {PARTS}); do "$TB" snapshot --dry-run --dest "$D/part$i" "{src}/part$i/" >/dev/null; done
-mkdir "$D"
-for i in $(seq {PARTS}); do "$TB" snapshot --dest "$D/part$i" "{src}/part$i/" >/dev/null; sleep 1; done
-"#,
-        src = src.display()
-    )
-}
 
 /// A process started in its own group (script(1) and what it runs),
 /// stopped, that group only, when dropped.
@@ -102,14 +85,8 @@ fn a_backup_says_how_far_it_is_and_how_long_it_still_takes() {
     require_root_and_udevd();
     let env = TestEnv::new();
     let src = env.path("src");
-    for part in 1..=PARTS {
-        let dir = src.join(format!("part{part}"));
-        fs::create_dir_all(&dir).unwrap();
-        for i in 0..300 {
-            fs::write(dir.join(format!("f{i}")), vec![b'x'; 4096]).unwrap();
-        }
-    }
-    script(&env.path("scripts"), "stepped.sh", &stepped_script(&src), 0o755);
+    stepped_tree(&src, PARTS);
+    script(&env.path("scripts"), "stepped.sh", &stepped_script(&src, PARTS), 0o755);
     env.write_config("[[scripts]]\nname = \"stepped.sh\"\n");
     let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 64);
     env.cli(&["save", &disk.uuid, "office"]).ok();

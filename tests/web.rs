@@ -803,3 +803,76 @@ async fn the_backup_page_lists_each_host() {
     assert!(failed.contains("NOT PULLED: unreachable") && failed.contains("Connection refused"), "{failed}");
     b.shots("backup-hosts").await;
 }
+
+/// A running backup on the dashboard: a progress bar that moves (read from
+/// the DOM, and seen in two screenshots), then a banner that says the disk
+/// can be unplugged, big enough to be read from across the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_progress_then_says_to_unplug() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let port = free_port();
+    let src = env.path("src");
+    stepped_tree(&src, 8);
+    script(&env.path("scripts"), "stepped.sh", &stepped_script(&src, 8), 0o755);
+    env.write_config(&format!(
+        "[[scripts]]\nname = \"stepped.sh\"\n[mail]\nwhen = \"never\"\n{}",
+        WebConsole::config(&env, port, None)
+    ));
+    let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 64);
+    env.cli(&["save", &disk.uuid, "office"]).ok();
+    let _daemon = env.start_daemon();
+    add_user(&env, "alice", "pw");
+    let web = WebConsole::start(&env, port, false);
+    let b = Browser::start(false).await;
+    b.login(&web.url, "alice", "pw").await;
+    b.wait_text("#daemon", "Running").await;
+
+    disk.attach();
+    let value = || async {
+        let v = b
+            .client
+            .execute("var p = document.getElementById('backup-progress'); return p ? p.value : null;", vec![])
+            .await
+            .unwrap();
+        v.as_f64()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(v) = value().await {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress bar");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    b.shot("dashboard-progress-1-desktop").await;
+    let later = loop {
+        match value().await {
+            Some(v) if v > first && v < 100.0 => break v,
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "the bar stayed at {first}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    b.shots("dashboard-progress-2").await;
+    let activity = b.find("#daemon .activity").await.text().await.unwrap();
+    assert!(activity.contains(" of 2,400 files") && activity.contains('%'), "{activity}");
+    println!("dashboard progress bar: {first} then {later}");
+
+    let banner = b.wait_text(".unplug", "You can unplug office now").await;
+    let size: f64 = b
+        .client
+        .execute(
+            "return parseFloat(getComputedStyle(document.querySelector('.unplug .big')).fontSize);",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert!(size >= 32.0, "the banner's text is {size}px");
+    assert!(banner.text().await.unwrap().contains("unmounted"));
+    b.shots("dashboard-unplug").await;
+    disk.detach();
+    b.wait_gone(".unplug").await;
+}

@@ -14,6 +14,7 @@ use crate::clients::events::DiskRow;
 use crate::config::Config;
 use crate::daemon::{self, ConfigSource};
 use crate::disk::udev_rule;
+use crate::lang::Language;
 use crate::notify::mail;
 use crate::store::history::History;
 use crate::store::state::{self, State, StateLock};
@@ -277,7 +278,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
             let running = r.script.as_ref().map(|s| format!(", running {s}")).unwrap_or_default();
             let phase = r.progress.as_ref().map(|p| format!(" ({})", p.phase)).unwrap_or_default();
             let head = match &r.progress {
-                Some(p) => format!("backing up {}: {}", r.disk, p.describe()),
+                Some(p) => format!("backing up {}: {}", r.disk, p.describe(Language::En)),
                 None => format!("backing up {}", r.disk),
             };
             format!("{head}\n             on {} for {}s{running}{phase}", r.device.display(), r.elapsed_secs)

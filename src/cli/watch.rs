@@ -19,6 +19,7 @@ use crate::clients::control::Request;
 use crate::clients::events::{Event, EventLine};
 use crate::clients::fifo::{self, Line, LineReader};
 use crate::config::Config;
+use crate::lang::Language;
 
 /// The watch FIFO: unregistered and removed on the way out, however we leave.
 struct Registration<'a> {
@@ -173,7 +174,9 @@ fn describe(v: &Value) -> String {
         Event::BackupQueued { name, position, .. } => format!("backup of {name} waits (position {position})"),
         Event::BackupStarted { name, log, .. } => format!("backup of {name} started, log {}", log.display()),
         Event::ScriptStarted { name, script, .. } => format!("{name}: running {script}"),
-        Event::BackupProgress { name, now, .. } => format!("{name}: {}, {}", now.phase, now.describe()),
+        Event::BackupProgress { name, now, .. } => {
+            format!("{name}: {}, {}", now.phase, now.describe(Language::En))
+        }
         Event::ScriptFinished { name, script, outcome, duration_secs, .. } => {
             format!("{name}: {script} {outcome} ({duration_secs:.1}s)")
         }
@@ -216,7 +219,7 @@ fn progress_bar(v: &Value) -> Option<String> {
     };
     let mut described = now.clone();
     described.percent = None;
-    Some(format!("{name}  {bar}{}  {}", now.phase, described.describe()))
+    Some(format!("{name}  {bar}{}  {}", now.phase, described.describe(Language::En)))
 }
 
 /// An event this build cannot read: its name and fields as they are.

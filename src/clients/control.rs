@@ -417,6 +417,7 @@ mod tests {
             next_due: Some(now),
             held: true,
             opened: true,
+            safe_to_remove: true,
         };
         for reply in [
             Reply::ok("saved"),

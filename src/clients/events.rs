@@ -201,6 +201,10 @@ pub struct DiskRow {
     /// Mounted read-only for restore now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub opened: bool,
+    /// Plugged in, and unmounted cleanly since its last backup or opening
+    /// (its `safe_to_remove`): it can be pulled out now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub safe_to_remove: bool,
 }
 
 impl DiskRow {
@@ -228,6 +232,7 @@ impl DiskRow {
             next_due: None,
             held: disk.held,
             opened: false,
+            safe_to_remove: false,
         }
     }
 
@@ -510,6 +515,7 @@ mod tests {
             next_due: None,
             held: i.is_multiple_of(2),
             opened: false,
+            safe_to_remove: false,
         }
     }
 

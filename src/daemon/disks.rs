@@ -3,6 +3,7 @@
 //! (events, history rows, state, the worker thread), then records the end
 //! of each backup (state, history, events, mail, metrics).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -46,6 +47,8 @@ pub struct Disks {
     /// Where the running backup stands, and when it is said next.
     pub tracker: Option<Tracker>,
     pub tick: Periodic,
+    /// The plugged-in disks that said `safe_to_remove` since they were last mounted.
+    pub safe: HashSet<String>,
 }
 
 impl Disks {
@@ -57,6 +60,7 @@ impl Disks {
             open: OpenDisks::new(),
             tracker: None,
             tick: Periodic::new(progress::EVERY),
+            safe: HashSet::new(),
         })
     }
 }

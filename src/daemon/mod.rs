@@ -506,6 +506,7 @@ impl Daemon {
                 r.next_due = self.state.disk(&r.uuid).and_then(|d| self.due_at(d));
             }
             r.opened = self.disks.open.contains_key(&r.uuid);
+            r.safe_to_remove = r.connected && self.disks.safe.contains(&r.uuid);
         }
         rows
     }
@@ -554,6 +555,19 @@ impl Daemon {
     }
 
     fn broadcast(&mut self, event: &Event) {
+        // Which plugged-in disks can be pulled out now, for the disk table.
+        match event {
+            Event::SafeToRemove { uuid, .. } => {
+                self.disks.safe.insert(uuid.clone());
+            }
+            Event::DiskPlugged { uuid, .. }
+            | Event::BackupStarted { uuid, .. }
+            | Event::DiskOpened { uuid, .. }
+            | Event::DiskUnplugged { uuid, .. } => {
+                self.disks.safe.remove(uuid);
+            }
+            _ => {}
+        }
         let gone = self.subscribers.broadcast(&self.state.subscribers, event);
         self.unregister_gone(gone);
     }

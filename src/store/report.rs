@@ -10,6 +10,7 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::journal;
+use crate::lang::Language;
 
 /// A known disk to back up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,40 +263,57 @@ pub struct ProgressNow {
 impl ProgressNow {
     /// `45% (23,104 of 51,230 files), about 3 min left`; what is not
     /// known is left out.
-    pub fn describe(&self) -> String {
-        let files = match self.files_expected {
-            Some(of) => format!("{} of {} files", grouped(self.files_done), grouped(of)),
-            None => format!("{} files", grouped(self.files_done)),
-        };
+    pub fn describe(&self, lang: Language) -> String {
+        let files = self.files(lang);
         let mut text = match self.percent {
             Some(p) => format!("{p:.0}% ({files})"),
             None => files,
         };
-        if let Some(left) = self.left() {
+        if let Some(left) = self.left(lang) {
             text.push_str(", ");
             text.push_str(&left);
         }
         text
     }
 
+    /// `23,104 of 51,230 files`, or `23,104 files` when the total is not known.
+    pub fn files(&self, lang: Language) -> String {
+        use rust_i18n::t;
+        let (l, done) = (lang.code(), grouped(self.files_done, lang));
+        match self.files_expected {
+            Some(of) => {
+                t!("progress.files_of", locale = l, done = done, total = grouped(of, lang)).into_owned()
+            }
+            None => t!("progress.files", locale = l, done = done).into_owned(),
+        }
+    }
+
     /// `about 3 min left`, when there is a basis for it.
-    pub fn left(&self) -> Option<String> {
-        let secs = self.eta_secs?;
-        Some(match secs {
-            0..=89 => format!("about {secs} s left"),
-            90..=5399 => format!("about {} min left", (secs + 30) / 60),
-            _ => format!("about {} h {} min left", secs / 3600, (secs % 3600 + 30) / 60),
-        })
+    pub fn left(&self, lang: Language) -> Option<String> {
+        use rust_i18n::t;
+        let (l, secs) = (lang.code(), self.eta_secs?);
+        Some(
+            match secs {
+                0..=89 => t!("progress.left_secs", locale = l, n = secs),
+                90..=5399 => t!("progress.left_min", locale = l, n = (secs + 30) / 60),
+                _ => t!("progress.left_hours", locale = l, h = secs / 3600, m = (secs % 3600 + 30) / 60),
+            }
+            .into_owned(),
+        )
     }
 }
 
-/// `51230` as `51,230`.
-pub fn grouped(n: u64) -> String {
+/// `51230` as `51,230` (`51 230` in French, with a narrow no-break space).
+pub fn grouped(n: u64, lang: Language) -> String {
+    let sep = match lang {
+        Language::En => ',',
+        Language::Fr => '\u{202f}',
+    };
     let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 * 3);
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
+            out.push(sep);
         }
         out.push(c);
     }
@@ -331,13 +349,20 @@ mod tests {
             percent: Some(45.1),
             eta_secs: Some(170),
         };
-        assert_eq!(p.describe(), "45% (23,104 of 51,230 files), about 3 min left");
+        assert_eq!(p.describe(Language::En), "45% (23,104 of 51,230 files), about 3 min left");
+        assert_eq!(
+            p.describe(Language::Fr),
+            "45% (23\u{202f}104 fichiers sur 51\u{202f}230), encore 3 min environ"
+        );
         p.eta_secs = Some(42);
-        assert_eq!(p.left().as_deref(), Some("about 42 s left"));
+        assert_eq!(p.left(Language::En).as_deref(), Some("about 42 s left"));
         p.eta_secs = Some(2 * 3600 + 600);
-        assert_eq!(p.left().as_deref(), Some("about 2 h 10 min left"));
+        assert_eq!(p.left(Language::En).as_deref(), Some("about 2 h 10 min left"));
         (p.percent, p.files_expected, p.eta_secs) = (None, None, None);
-        assert_eq!(p.describe(), "23,104 files");
-        assert_eq!([0, 999, 1000, 1_234_567].map(grouped), ["0", "999", "1,000", "1,234,567"]);
+        assert_eq!(p.describe(Language::En), "23,104 files");
+        assert_eq!(
+            [0, 999, 1000, 1_234_567].map(|n| grouped(n, Language::En)),
+            ["0", "999", "1,000", "1,234,567"]
+        );
     }
 }

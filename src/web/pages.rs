@@ -14,7 +14,7 @@ use crate::clients::events::{DiskRow, UnknownRow};
 use crate::engine::human;
 use crate::lang::Language;
 use crate::store::history::BackupRow;
-use crate::store::report::Status;
+use crate::store::report::{ProgressNow, Status};
 
 /// What every page needs to know of who looks at it.
 pub struct Ctx {
@@ -178,6 +178,12 @@ pub fn dashboard_page(ctx: &Ctx, d: &Dashboard) -> Markup {
 pub fn dashboard(ctx: &Ctx, d: &Dashboard) -> Markup {
     let l = ctx.lang.code();
     html! {
+        @for disk in d.disks.iter().filter(|d| d.safe_to_remove) {
+            section class="card unplug" role="status" data-uuid=(disk.uuid) {
+                p class="big" { (t!("web.unplug_now", locale = l, disk = disk.name)) }
+                p { (ctx.t("web.unplug_text")) }
+            }
+        }
         section id="daemon" class="card" {
             @match &d.status {
                 None => {
@@ -194,6 +200,9 @@ pub fn dashboard(ctx: &Ctx, d: &Dashboard) -> Markup {
                     @if let Some(b) = &s.backup {
                         div class="activity" data-running="1" {
                             h2 { (t!("web.backing_up", locale = l, disk = b.disk)) }
+                            @if let Some(p) = &b.progress {
+                                (progress(ctx, &b.disk, p))
+                            }
                             p {
                                 @if let Some(script) = &b.script {
                                     (t!("web.running_script", locale = l, script = script)) " · "
@@ -264,6 +273,32 @@ pub fn dashboard(ctx: &Ctx, d: &Dashboard) -> Markup {
                 } @else {
                     div class="unknown" data-uuid=(u.uuid) { (what) }
                 }
+            }
+        }
+    }
+}
+
+/// A running backup's progress bar, counts, phase and time left.
+fn progress(ctx: &Ctx, disk: &str, p: &ProgressNow) -> Markup {
+    let l = ctx.lang.code();
+    html! {
+        div class="progress" {
+            @if let Some(percent) = p.percent {
+                div class="bar" {
+                    progress id="backup-progress" max="100" value=(format!("{percent:.1}"))
+                        aria-label=(t!("progress.label", locale = l, disk = disk)) { (format!("{percent:.0}%")) }
+                    span class="percent" { (format!("{percent:.0}%")) }
+                }
+            }
+            @if let Some(left) = p.left(ctx.lang) {
+                p class="eta" { (left) }
+            }
+            p class="counts" {
+                (p.files(ctx.lang))
+                @if let Some(total) = p.bytes_expected {
+                    " · " (t!("progress.bytes_of", locale = l, done = human(p.bytes_done), total = human(total)))
+                }
+                " · " span class="phase" { (ctx.t(&format!("progress.phase.{}", p.phase))) }
             }
         }
     }

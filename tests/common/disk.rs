@@ -220,3 +220,30 @@ pub fn script(dir: &Path, name: &str, body: &str, mode: u32) -> PathBuf {
     fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
     p
 }
+
+/// `parts` folders of 300 files of 4 KiB below `src`, for [`stepped_script`].
+pub fn stepped_tree(src: &Path, parts: usize) {
+    for part in 1..=parts {
+        let dir = src.join(format!("part{part}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..300 {
+            fs::write(dir.join(format!("f{i}")), vec![b'x'; 4096]).unwrap();
+        }
+    }
+}
+
+/// A backup script of the `parts` folders of `src`, estimated first (as
+/// the shipped scripts do), one snapshot per folder with a second between
+/// them: a backup of several seconds whose progress moves in steps.
+pub fn stepped_script(src: &Path, parts: usize) -> String {
+    format!(
+        r#"set -e
+TB="$TETRAS_BACK_BIN"
+D="$TETRAS_BACK_MOUNT/$(date +%Y-%m-%d_%H-%M-%S)_Progress"
+for i in $(seq {parts}); do "$TB" snapshot --dry-run --dest "$D/part$i" "{src}/part$i/" >/dev/null; done
+mkdir "$D"
+for i in $(seq {parts}); do "$TB" snapshot --dest "$D/part$i" "{src}/part$i/" >/dev/null; sleep 1; done
+"#,
+        src = src.display()
+    )
+}
