@@ -532,3 +532,48 @@ fn a_source_that_shrank_is_a_loud_warning_and_its_last_whole_backup_stays() {
     assert_eq!(prune["deleted"], serde_json::json!([]), "{prune}");
     assert_eq!(prune["kept"].as_array().unwrap().len(), 2, "{prune}");
 }
+
+/// A disk whose free space has gone down backup after backup: the report
+/// says when it is full at that rate, and a warning mail says it once when
+/// that is less than 30 days away (the history's earlier rows are written
+/// into the daemon's own database; the last point is the real backup's).
+#[test]
+fn a_disk_filling_up_is_said_in_the_report_and_warned_of_once() {
+    let port = free_port();
+    let mut rig = rig(&smtp_config(port, ""));
+    let server = SmtpServer::start(rig.env.root(), port);
+    let d = daemon(&rig);
+    drop(d);
+    let db = rusqlite::Connection::open(rig.env.path("state/history.sqlite")).unwrap();
+    // 10 MB less free every day for five days, down to about what the disk has now.
+    let now = chrono::Local::now().timestamp();
+    for i in 0..5i64 {
+        let t = now - (5 - i) * 86_400;
+        db.execute(
+            "INSERT INTO backups (uuid, disk, device, started, finished, status, duration_secs, free_after, log)
+             VALUES (?1, 'office', '/dev/x', ?2, ?2, 'success', 1.0, ?3, '/var/log/x.log')",
+            rusqlite::params![rig.disk.uuid, t, 30_000_000 + (5 - i) * 10_000_000],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let _d = start(&mut rig);
+    rig.disk.attach();
+    assert_eq!(finished(&rig.until("safe_to_remove"))["status"], "success");
+    let raw = server.wait_for(2, Duration::from_secs(20));
+    let mails: Vec<Mail> = raw.iter().map(|r| Mail::parse(r)).collect();
+    let report = mails.iter().find(|m| m.subject.contains("succeeded")).expect("the report");
+    assert!(report.body.contains("Full:") && report.body.contains("at this rate (in "), "{}", report.body);
+    let warning = mails.iter().find(|m| m.subject.contains("is full in about")).expect("the warning");
+    assert!(warning.body.contains("disk office of"), "{}", warning.body);
+
+    // The next backup: its report says it again, the warning is not sent twice.
+    std::thread::sleep(Duration::from_millis(1100));
+    rig.env.cli(&["backup", "office"]).ok();
+    rig.until("safe_to_remove");
+    server.wait_for(3, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let all: Vec<Mail> = server.wait_for(3, Duration::from_secs(1)).iter().map(|r| Mail::parse(r)).collect();
+    assert_eq!(all.len(), 3, "two reports and one warning");
+    assert_eq!(all.iter().filter(|m| m.subject.contains("is full in about")).count(), 1, "warned once");
+}

@@ -876,3 +876,126 @@ async fn the_dashboard_shows_the_progress_then_says_to_unplug() {
     disk.detach();
     b.wait_gone(".unplug").await;
 }
+
+/// The least-squares line through (time, free) points, independently of
+/// the console's code; the day it reaches zero.
+fn full_date(points: &[(i64, f64)]) -> chrono::NaiveDate {
+    let n = points.len() as f64;
+    let t0 = points[0].0 as f64;
+    let mx = points.iter().map(|p| p.0 as f64 - t0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 as f64 - t0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 as f64 - t0 - mx).powi(2)).sum();
+    let slope = sxy / sxx;
+    let zero = t0 + mx - my / slope;
+    chrono::DateTime::from_timestamp(zero as i64, 0).unwrap().with_timezone(&chrono::Local).date_naive()
+}
+
+/// The history's pictures, in real Chromium, from 40 backups of one disk
+/// and a rotation with a second (rows written into the daemon's own
+/// database, read by the console): the projected full date is the one the
+/// test computes, the calendar has one cell per day a disk was backed up;
+/// desktop and phone, English and French.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_draws_durations_space_and_the_rotation() {
+    require_root();
+    let env = TestEnv::new();
+    let port = free_port();
+    env.write_config(&format!("[mail]\nwhen = \"never\"\n{}", WebConsole::config(&env, port, None)));
+    {
+        // The daemon makes the database with its schema, then goes.
+        let _daemon = env.start_daemon();
+    }
+    let db = rusqlite::Connection::open(env.path("state/history.sqlite")).unwrap();
+    let now = chrono::Local::now().timestamp();
+    let gib = 1u64 << 30;
+    let mut points = Vec::new();
+    let mut cells = std::collections::BTreeSet::new();
+    let mut add = |disk: &str, uuid: &str, days_ago: i64, status: &str, free: u64, secs: f64| {
+        let started = now - days_ago * 86_400 - 3_600;
+        db.execute(
+            "INSERT INTO backups (uuid, disk, device, started, finished, status, duration_secs, bytes_written,
+                                  files, free_before, free_after, log, disk_size)
+             VALUES (?1, ?2, '/dev/sdb1', ?3, ?4, ?5, ?6, ?7, 100, ?8, ?8, '/var/log/x.log', ?9)",
+            rusqlite::params![
+                uuid,
+                disk,
+                started,
+                started + secs as i64,
+                status,
+                secs,
+                (secs * 1e6) as i64,
+                free as i64,
+                (500 * gib) as i64
+            ],
+        )
+        .unwrap();
+        cells.insert((disk.to_owned(), days_ago));
+        (started + secs as i64, free as f64)
+    };
+    for i in 0..40i64 {
+        // Office: every day for 40 days, 2 GiB less free a day, give or take.
+        let days_ago = 40 - i;
+        let free = 300 * gib - (i as u64) * 2 * gib + ((i * 7919) % 5) as u64 * (gib / 4);
+        let status = match i % 13 {
+            5 => "failed",
+            9 => "warning",
+            _ => "success",
+        };
+        points.push(add("office", "u-office", days_ago, status, free, 600.0 + (i * 37 % 300) as f64));
+        // Home: one day in three, not back for the last week.
+        if i % 3 == 0 && days_ago > 7 {
+            add("home", "u-home", days_ago, "success", 400 * gib, 300.0);
+        }
+    }
+    drop(db);
+    let expected = full_date(&points);
+    add_user(&env, "alice", "pw");
+
+    for lang in ["en", "fr"] {
+        let port = if lang == "en" { port } else { free_port() };
+        env.write_config(&format!(
+            "language = \"{lang}\"\n[mail]\nwhen = \"never\"\n{}",
+            WebConsole::config(&env, port, None)
+        ));
+        let web = WebConsole::start(&env, port, false);
+        let b = Browser::start(false).await;
+        b.login(&web.url, "alice", "pw").await;
+        b.client.goto(&format!("{}/history", web.url)).await.unwrap();
+        let office = b.wait_text("section.charts[data-disk=office] .full", "office").await;
+        let date =
+            office.find(fantoccini::Locator::Css(".when")).await.unwrap().attr("data-date").await.unwrap();
+        let shown = chrono::NaiveDate::parse_from_str(&date.unwrap(), "%Y-%m-%d").unwrap();
+        assert!(
+            (shown - expected).num_days().abs() <= 1,
+            "the console says {shown}, least squares {expected}"
+        );
+        let text = office.text().await.unwrap();
+        assert!(text.contains(&shown.format("%Y-%m-%d").to_string()), "{text}");
+        for part in ["svg title", "svg[aria-label]"] {
+            assert_eq!(b.count(&format!("section.charts[data-disk=office] {part}")).await, 3, "{part}");
+        }
+        let drawn = b
+            .client
+            .execute(
+                "return Array.from(document.querySelectorAll('figure.calendar svg rect'))
+                   .filter(r => ['#1F7A3A', '#C98A00', '#A61B1B', '#8C95A3'].includes(r.getAttribute('fill'))).length;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(drawn.as_u64(), Some(cells.len() as u64), "one cell per disk and day backed up");
+        let words = b.find("figure.calendar figcaption").await.text().await.unwrap();
+        let ago = if lang == "en" { "days ago" } else { "il y a" };
+        assert!(words.contains("home") && words.contains(ago), "{words}");
+        b.client.execute("document.getElementById('calendar').scrollIntoView();", vec![]).await.unwrap();
+        b.shots(&format!("history-charts-{lang}")).await;
+        let office = "document.querySelector('section.charts[data-disk=office]').scrollIntoView();";
+        b.client.execute(office, vec![]).await.unwrap();
+        b.shots(&format!("history-office-{lang}")).await;
+        b.client.goto(&format!("{}/history?disk=home", web.url)).await.unwrap();
+        b.wait_text("section.charts[data-disk=home] .full", "home").await;
+        assert_eq!(b.count("section.charts").await, 2, "the calendar and home's pictures only");
+        drop(web);
+    }
+}

@@ -108,6 +108,7 @@ impl Begun {
             scripts: Vec::new(),
             free_before: None,
             free_after: None,
+            disk_size: None,
             totals: journal::Totals::default(),
             identity: None,
             drill: None,
@@ -150,6 +151,7 @@ fn backup(
         scripts: Vec::new(),
         free_before: None,
         free_after: None,
+        disk_size: None,
         identity: None,
         drill: None,
     };
@@ -200,6 +202,7 @@ fn backup(
         scripts: b.scripts,
         free_before: b.free_before,
         free_after: b.free_after,
+        disk_size: b.disk_size,
         totals,
         identity: b.identity,
         drill: b.drill,
@@ -243,6 +246,7 @@ struct Backup<'a> {
     scripts: Vec<ScriptReport>,
     free_before: Option<u64>,
     free_after: Option<u64>,
+    disk_size: Option<u64>,
     /// The identity written on the disk by this backup.
     identity: Option<String>,
     /// The restore drill, when it was due and ran.
@@ -274,7 +278,7 @@ impl Backup<'_> {
                 );
             }
         }
-        self.free_before = free_space(&target);
+        (self.free_before, self.disk_size) = free_space(&target).unzip();
         let mut failed = false;
         if let Err(e) = self.pre_hook(&target) {
             self.log.line("tetras-back", &format!("ERROR: {e:#}"));
@@ -316,7 +320,7 @@ impl Backup<'_> {
             self.log.line("tetras-back", &format!("ERROR: {e:#}"));
             failed = true;
         }
-        self.free_after = free_space(&target);
+        self.free_after = free_space(&target).map(|(free, _)| free);
         fault::point("backup::before_unmount");
         let safe = match mounted.unmount(15) {
             Ok(mount::Unmounted::Clean) => true,
@@ -513,8 +517,8 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// Free bytes on the mounted disk, for the report.
-fn free_space(mount_point: &Path) -> Option<u64> {
+/// Free bytes on the mounted disk and its size, for the report.
+fn free_space(mount_point: &Path) -> Option<(u64, u64)> {
     let dir = std::fs::File::open(mount_point).ok()?;
-    fsx::free_space(&dir).ok().map(|(free, _)| free)
+    fsx::free_space(&dir).ok()
 }

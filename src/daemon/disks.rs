@@ -18,13 +18,18 @@ use super::Daemon;
 use crate::backup::progress::{self, Tracker};
 use crate::backup::{self, Cancel, Progress};
 use crate::clients::events::Event;
+use crate::config::MailWhen;
 use crate::disk::devices::BlockEvent;
 use crate::disk::mount;
 use crate::fault;
 use crate::notify::mail::outbox::Work;
-use crate::notify::mail::BackupMail;
+use crate::notify::mail::{self, BackupMail};
 use crate::store::report::{Job, Report, Status};
 use crate::store::state::{Disk, LastBackup};
+use crate::store::trend;
+
+/// A disk full within this many days at its rate gets a warning mail.
+const FULL_WARNING_DAYS: i64 = 30;
 
 /// The metrics file gets the running backup's progress every this many
 /// `backup_progress`.
@@ -337,12 +342,17 @@ impl Daemon {
             });
         }
         self.broadcast(&self.disks_event());
+        let full_at = self.full_at(&name);
+        if let Some(full) = full_at {
+            self.warn_if_full_soon(&uuid, &name, full);
+        }
         self.mailer.send(Work::Backup(Box::new(BackupMail {
             host: backup::hostname(),
             disk: name,
             uuid,
             device,
             report,
+            full_at,
         })));
         self.write_metrics(true);
         let next = self.disks.pipeline.finished();
@@ -350,6 +360,38 @@ impl Daemon {
             notify_status("idle");
         }
         self.carry_out(next);
+    }
+
+    /// When the disk `name` is full at the rate its free space went down
+    /// over its last backups, if it is going down.
+    fn full_at(&self, name: &str) -> Option<DateTime<Local>> {
+        let rows = self.history.as_ref()?.backups(Some(name), trend::POINTS);
+        trend::full_at(&trend::points(&rows.inspect_err(|e| log::error!("history: {e:#}")).ok()?))
+    }
+
+    /// Mails a warning when the disk is full within [`FULL_WARNING_DAYS`]
+    /// at this rate, once a month at most.
+    fn warn_if_full_soon(&mut self, uuid: &str, name: &str, full: DateTime<Local>) {
+        let now = Local::now();
+        if full - now > chrono::Duration::days(FULL_WARNING_DAYS) || self.config.mail.when == MailWhen::Never
+        {
+            return;
+        }
+        let Some(h) = &self.history else { return };
+        let key = format!("full:{uuid}");
+        if h.last_reminder(&key).ok().flatten().is_some_and(|t| now - t < chrono::Duration::days(30)) {
+            return;
+        }
+        match mail::full_warning(&self.config.mail, &backup::hostname(), name, full) {
+            Ok(m) => {
+                log::warn!("{}", m.subject);
+                self.mailer.send(Work::Mail(m));
+                if let Err(e) = h.reminder_sent(&key, now) {
+                    log::error!("history: {e:#}");
+                }
+            }
+            Err(e) => log::error!("cannot compose the warning that {name} is filling up: {e:#}"),
+        }
     }
 
     /// At shutdown: no new backup starts; the running one is stopped and

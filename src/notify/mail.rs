@@ -60,6 +60,9 @@ pub struct BackupMail {
     pub uuid: String,
     pub device: PathBuf,
     pub report: Report,
+    /// When the disk is full at the rate its free space goes down (see
+    /// [`trend`](crate::store::trend)), if it does.
+    pub full_at: Option<DateTime<Local>>,
 }
 
 impl BackupMail {
@@ -135,6 +138,9 @@ impl BackupMail {
                 .into_owned(),
             ),
         ];
+        if let Some(full) = self.full_at {
+            rows.push((t!("mail.full", locale = locale), full_words(full, lang)));
+        }
         let mut more: Vec<String> = Vec::new();
         let pruned = if r.totals.pruned.is_empty() {
             t!("mail.pruned_nothing", locale = locale).into_owned()
@@ -269,6 +275,27 @@ pub fn reminder(
         t!("mail.reminder_body", locale = locale, host = host, disk = disk, days = cfg.remind_after_days);
     let body = format!("{since}\n\n{rest}");
     build(cfg, subject.into_owned(), |b| b.header(ContentType::TEXT_PLAIN).body(body))
+}
+
+/// `around 2027-03-14 (in 102 days)`.
+pub fn full_words(full: DateTime<Local>, lang: Language) -> String {
+    let days = (full - Local::now()).num_days().max(0);
+    t!("mail.full_value", locale = lang.code(), date = full.format("%Y-%m-%d"), days = days).into_owned()
+}
+
+/// A warning that `disk` is full within a few weeks at the rate it fills up.
+pub fn full_warning(cfg: &config::Mail, host: &str, disk: &str, full: DateTime<Local>) -> Result<Composed> {
+    let locale = cfg.language.code();
+    let days = (full - Local::now()).num_days().max(0);
+    let subject = t!("mail.full_subject", locale = locale, host = host, disk = disk, days = days);
+    let body = t!(
+        "mail.full_body",
+        locale = locale,
+        disk = disk,
+        when = full_words(full, cfg.language),
+        host = host
+    );
+    build(cfg, subject.into_owned(), |b| b.header(ContentType::TEXT_PLAIN).body(body.into_owned()))
 }
 
 /// The `mail-test` message.
@@ -428,12 +455,34 @@ mod tests {
                 scripts: Vec::new(),
                 free_before: None,
                 free_after: None,
+                disk_size: None,
                 totals: Default::default(),
                 identity: None,
                 drill: None,
                 folders: Vec::new(),
             },
+            full_at: None,
         }
+    }
+
+    #[test]
+    fn the_date_the_disk_is_full_is_said_when_it_fills_up() {
+        let m = failed_to_mount();
+        assert!(!m.body(Language::En, "").contains("Full:"), "not filling up: nothing said");
+        let soon = BackupMail {
+            full_at: Some(Local::now() + chrono::Duration::days(20) + chrono::Duration::hours(1)),
+            ..m
+        };
+        let date = (Local::now() + chrono::Duration::days(20)).format("%Y-%m-%d").to_string();
+        let body = soon.body(Language::En, "");
+        assert!(
+            body.contains("Full:") && body.contains(&format!("around {date} at this rate (in 20 days)")),
+            "{body}"
+        );
+        assert!(soon.body(Language::Fr, "").contains(&format!("vers le {date} à ce rythme (dans 20 jours)")));
+        let cfg = config::Config::parse("", std::path::Path::new("/etc/t.toml")).unwrap().mail;
+        let w = full_warning(&cfg, "host1", "office", soon.full_at.unwrap()).unwrap();
+        assert!(w.subject.ends_with("disk office is full in about 20 days"), "{}", w.subject);
     }
 
     #[test]

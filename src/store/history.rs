@@ -82,6 +82,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE backups ADD COLUMN shrunk TEXT;",
     "ALTER TABLE backups ADD COLUMN folders TEXT;",
     "ALTER TABLE backups ADD COLUMN hosts TEXT;",
+    // 6: the disk's size, for its used space over time.
+    "ALTER TABLE backups ADD COLUMN disk_size INTEGER;",
 ];
 
 /// An open history database.
@@ -105,6 +107,8 @@ pub struct BackupRow {
     pub files: Option<u64>,
     pub free_before: Option<u64>,
     pub free_after: Option<u64>,
+    /// The disk's size (`None` in rows older than the column).
+    pub disk_size: Option<u64>,
     pub pruned: Vec<String>,
     pub log: PathBuf,
     pub error: Option<String>,
@@ -265,7 +269,7 @@ impl History {
         tx.execute(
             "UPDATE backups SET finished = ?2, status = ?3, duration_secs = ?4, bytes_written = ?5, files = ?6,
                 free_before = ?7, free_after = ?8, pruned = ?9, error = ?10, drill = ?11, shrunk = ?12,
-                folders = ?13, hosts = ?14
+                folders = ?13, hosts = ?14, disk_size = ?15
              WHERE id = ?1",
             params![
                 id,
@@ -282,6 +286,7 @@ impl History {
                 (!r.totals.shrunk.is_empty()).then(|| serde_json::to_string(&r.totals.shrunk)).transpose()?,
                 (!r.folders.is_empty()).then(|| serde_json::to_string(&r.folders)).transpose()?,
                 (!r.totals.hosts.is_empty()).then(|| serde_json::to_string(&r.totals.hosts)).transpose()?,
+                r.disk_size.map(|b| b as i64),
             ],
         )?;
         for (seq, s) in r.scripts.iter().enumerate() {
@@ -465,7 +470,7 @@ impl History {
     ) -> Result<Vec<BackupRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT id, disk, uuid, device, started, finished, status, duration_secs, bytes_written, files,
-                    free_before, free_after, pruned, log, error, drill, shrunk, folders, hosts
+                    free_before, free_after, pruned, log, error, drill, shrunk, folders, hosts, disk_size
              FROM backups WHERE {condition} ORDER BY started DESC, id DESC LIMIT {limit} OFFSET {offset}"
         ))?;
         let count = |v: Option<i64>| v.map(|b| b as u64);
@@ -493,6 +498,7 @@ impl History {
                 shrunk: json_column(r, 16)?.unwrap_or_default(),
                 folders: json_column(r, 17)?.unwrap_or_default(),
                 hosts: json_column(r, 18)?.unwrap_or_default(),
+                disk_size: count(r.get(19)?),
             })
         })?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;

@@ -11,3 +11,4 @@
 pub mod history;
 pub mod report;
 pub mod state;
+pub mod trend;

@@ -138,6 +138,8 @@ pub struct Report {
     /// Free bytes on the disk after it was mounted, and before it was unmounted.
     pub free_before: Option<u64>,
     pub free_after: Option<u64>,
+    /// The size of the disk's filesystem.
+    pub disk_size: Option<u64>,
     /// What the engines wrote and pruned (see `engine::journal`).
     pub totals: journal::Totals,
     /// The identity this backup wrote on the disk (its first success).

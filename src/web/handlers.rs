@@ -27,6 +27,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
+use super::charts;
 use super::link::Live;
 use super::pages::{self, Ctx, Dashboard, HistoryView};
 use super::session::{self, Notice, Refusal, Session, MAX_FAILURES};
@@ -36,6 +37,7 @@ use crate::clients::control::client::{self, NotRunning};
 use crate::clients::control::{Data, Reply, Request};
 use crate::clients::events::DiskRow;
 use crate::config::Config;
+use crate::lang::Language;
 use crate::store::history::History;
 use crate::store::report::Status;
 use crate::store::state::{self, State as DiskState};
@@ -472,7 +474,11 @@ pub struct HistoryQuery {
     page: Option<u64>,
 }
 
-fn history_view(config: &Config, q: HistoryQuery) -> anyhow::Result<HistoryView> {
+/// How many of a disk's last backups its pictures show.
+const CHART_ROWS: usize = 120;
+
+/// A page of the history; with `pictures` (in that language), its charts too.
+fn history_view(config: &Config, pictures: Option<Language>, q: HistoryQuery) -> anyhow::Result<HistoryView> {
     let disk = q.disk.filter(|d| !d.is_empty());
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(s.parse::<Status>().map_err(anyhow::Error::msg)?),
@@ -488,11 +494,29 @@ fn history_view(config: &Config, q: HistoryQuery) -> anyhow::Result<HistoryView>
             disk,
             status,
             disk_names: vec![],
+            charts: vec![],
+            calendar: None,
         });
     };
     let (rows, total) =
         h.page(disk.as_deref(), status, ((page - 1) * PER_PAGE) as usize, PER_PAGE as usize)?;
-    Ok(HistoryView { rows, total, page, per_page: PER_PAGE, disk, status, disk_names: h.disk_names()? })
+    let disk_names = h.disk_names()?;
+    // The pictures: of the disk asked for, or of every disk.
+    let shown: Vec<String> = match &disk {
+        Some(d) => vec![d.clone()],
+        None => disk_names.clone(),
+    };
+    let (mut charts, mut calendar) = (Vec::new(), None);
+    if let Some(lang) = pictures {
+        let mut recent = Vec::new();
+        for name in &shown {
+            let mine = h.backups(Some(name), CHART_ROWS)?;
+            charts.extend(charts::disk(lang, name, &mine));
+            recent.extend(mine);
+        }
+        calendar = charts::calendar(lang, &shown, &recent, chrono::Local::now().date_naive());
+    }
+    Ok(HistoryView { rows, total, page, per_page: PER_PAGE, disk, status, disk_names, charts, calendar })
 }
 
 pub async fn blocking<T: Send + 'static>(
@@ -503,7 +527,8 @@ pub async fn blocking<T: Send + 'static>(
 
 pub async fn history(State(app): AppState, user: User, Query(q): Query<HistoryQuery>) -> Response {
     let config = app.config.clone();
-    match blocking(move || history_view(&config, q)).await {
+    let lang = app.ctx(Some(&user.0)).lang;
+    match blocking(move || history_view(&config, Some(lang), q)).await {
         Ok(v) => html(StatusCode::OK, pages::history(&app.ctx(Some(&user.0)), &v)),
         Err(e) => html(
             StatusCode::BAD_REQUEST,
@@ -594,7 +619,7 @@ pub async fn api_disks(State(app): AppState, _user: User) -> Response {
 
 pub async fn api_history(State(app): AppState, _user: User, Query(q): Query<HistoryQuery>) -> Response {
     let config = app.config.clone();
-    match blocking(move || history_view(&config, q)).await {
+    match blocking(move || history_view(&config, None, q)).await {
         Ok(v) => Json(serde_json::json!({ "total": v.total, "page": v.page, "per_page": v.per_page, "backups": v.rows }))
             .into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": format!("{e:#}") }))).into_response(),

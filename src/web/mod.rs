@@ -12,6 +12,7 @@
 //! ```
 
 mod browse;
+mod charts;
 mod handlers;
 mod link;
 mod pages;

@@ -395,6 +395,10 @@ pub struct HistoryView {
     pub disk: Option<String>,
     pub status: Option<Status>,
     pub disk_names: Vec<String>,
+    /// The pictures of the disk shown (or of each disk, when all are).
+    pub charts: Vec<super::charts::DiskCharts>,
+    /// The rotation calendar of the disks shown.
+    pub calendar: Option<Markup>,
 }
 
 impl HistoryView {
@@ -438,6 +442,26 @@ pub fn history(ctx: &Ctx, v: &HistoryView) -> Markup {
                 }
                 button type="submit" { (ctx.t("web.filter")) }
             }
+        }
+        @if let Some(calendar) = &v.calendar {
+            section class="card charts" id="calendar" { (calendar) }
+        }
+        @for c in &v.charts {
+            section class="card charts" data-disk=(c.disk) {
+                h2 { (t!("chart.trends", locale = l, disk = c.disk)) }
+                p class="full" {
+                    @match c.full_at {
+                        Some(full) => {
+                            (t!("chart.full_at", locale = l, disk = c.disk, date = full.format("%Y-%m-%d")))
+                            " " span class="when" data-date=(full.format("%Y-%m-%d")) {}
+                        }
+                        None => { (t!("chart.not_filling", locale = l, disk = c.disk)) }
+                    }
+                }
+                div class="grid" { (c.space) (c.duration) (c.written) }
+            }
+        }
+        section class="card" id="backups" {
             @if v.rows.is_empty() {
                 p { (ctx.t("web.no_backups")) }
             } @else {
