@@ -17,8 +17,12 @@ unless BENCH_SCALE_FILES says otherwise; 0 leaves it out) and runs each
 command once, printing its time and its peak resident memory (GNU time's
 %M, which covers the command's children).
 
+The "progress" section times the same snapshots with TETRAS_BACK_PROGRESS
+set, as the daemon sets it (a thread of the engine rewrites a small file
+four times a second), and without: what reporting progress costs.
+
 BENCH_ONLY=SECTION[,SECTION...] runs only those of "engines" (snapshot,
-archive, restore, prune), "pull" and "scale".
+archive, restore, prune), "progress", "pull" and "scale".
 
 Usage: bench.py TETRAS_BACK_BINARY WORKDIR [RUNS]
 """
@@ -39,7 +43,7 @@ RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 SRC = f"{WORK}/src"
 SCALE_FILES = int(os.environ.get("BENCH_SCALE_FILES", "1000000"))
 HERE = os.path.dirname(os.path.abspath(__file__))
-SECTIONS = ("engines", "pull", "scale")
+SECTIONS = ("engines", "progress", "pull", "scale")
 ONLY = [x for x in os.environ.get("BENCH_ONLY", ",".join(SECTIONS)).split(",") if x]
 if set(ONLY) - set(SECTIONS):
     sys.exit(f"bench: BENCH_ONLY takes some of {','.join(SECTIONS)}, not {os.environ['BENCH_ONLY']!r}")
@@ -377,6 +381,8 @@ def main():
     print(f"tree: {files} files, {out}, in {SRC}; median of {RUNS} runs; {os.cpu_count()} cores")
     if "engines" in ONLY:
         engines()
+    if "progress" in ONLY:
+        progress()
     if "pull" in ONLY:
         pull()
     if "scale" in ONLY and SCALE_FILES:
@@ -449,6 +455,35 @@ def engines():
         "<= 1.0x rm -rf",
     )
     clean(p, d, a, base)
+    undo(changed)
+
+
+def progress():
+    """The same first and incremental snapshots with and without progress reports."""
+    d, base, pf = f"{WORK}/dest", f"{WORK}/base", f"{WORK}/progress.json"
+    with_progress = f"TETRAS_BACK_PROGRESS={pf}"
+    first = f"{BIN} snapshot --dest {d} {SRC}/"
+    compare(
+        "first snapshot, reporting its progress",
+        f"{with_progress} {first}",
+        [("the same without progress", first)],
+        lambda: clean(d, pf),
+        "<= 1.02x the time without",
+        limit=1.02,
+    )
+    clean(base)
+    sh(f"{BIN} snapshot --dest {base} {SRC}/")
+    changed = change_one_percent(SRC)
+    incremental = f"{BIN} snapshot --dest {d} --link-dest {base} {SRC}/"
+    compare(
+        "incremental snapshot (1% changed), reporting its progress",
+        f"{with_progress} {incremental}",
+        [("the same without progress", incremental)],
+        lambda: clean(d, pf),
+        "<= 1.02x the time without",
+        limit=1.02,
+    )
+    clean(d, base, pf)
     undo(changed)
 
 

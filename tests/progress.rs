@@ -87,7 +87,11 @@ fn a_backup_says_how_far_it_is_and_how_long_it_still_takes() {
     let src = env.path("src");
     stepped_tree(&src, PARTS);
     script(&env.path("scripts"), "stepped.sh", &stepped_script(&src, PARTS), 0o755);
-    env.write_config("[[scripts]]\nname = \"stepped.sh\"\n");
+    let metrics = env.path("metrics.prom");
+    env.write_config(&format!(
+        "metrics_file = \"{}\"\n[[scripts]]\nname = \"stepped.sh\"\n",
+        metrics.display()
+    ));
     let mut disk = LoopDisk::create(env.root(), "ext4", &random_uuid(), 64);
     env.cli(&["save", &disk.uuid, "office"]).ok();
     let _daemon = env.start_daemon();
@@ -120,7 +124,20 @@ fn a_backup_says_how_far_it_is_and_how_long_it_still_takes() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The metrics file has the running backup's progress (rewritten every 5 s).
+    let mut prom = String::new();
+    for _ in 0..40 {
+        prom = std::fs::read_to_string(&metrics).unwrap_or_default();
+        if prom.contains("tetras_back_backup_progress_ratio{disk=\"office\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(prom.contains("tetras_back_backup_running{disk=\"office\""), "{prom}");
+    assert!(prom.contains("tetras_back_backup_files_expected{disk=\"office\""), "{prom}");
     let second = sub.until_about("safe_to_remove", &disk.uuid);
+    let after = std::fs::read_to_string(&metrics).unwrap();
+    assert!(!after.contains("tetras_back_backup_running{"), "the progress goes with the backup: {after}");
     let (eta, real) = check_progress(&second, &disk.uuid).expect("the second backup gives a time left");
     println!("second backup: first ETA {eta:.0} s, it ended {real:.1} s later");
     assert!(eta <= 2.0 * real + 1.0 && eta + 1.0 >= real / 2.0, "ETA {eta} s, real {real:.1} s");

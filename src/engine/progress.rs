@@ -137,7 +137,8 @@ fn put(path: &Path, s: &Sample) {
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        // Nothing planted there (a link, a FIFO) is followed or waited on.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(&tmp)
         .and_then(|mut f| f.write_all(&serde_json::to_vec(s).expect("a sample serialises")))
         .and_then(|()| fs::rename(&tmp, path));
