@@ -48,8 +48,9 @@ pub enum Progress {
     ScriptStarted {
         script: String,
     },
-    /// The restore drill began (after the scripts).
-    DrillStarted,
+    /// What the backup does between the scripts' steps: `drill` (the
+    /// restore drill began), `finishing` (sync and unmount).
+    Step(&'static str),
     ScriptFinished(ScriptReport),
     Finished(Box<Report>),
 }
@@ -290,8 +291,9 @@ impl Backup<'_> {
         // during it is caught below like one pulled out during a script.
         let stopped = || self.cancel.stop.load(Ordering::SeqCst);
         if !failed && !stopped() && self.job.drill {
-            progress(Progress::DrillStarted);
+            progress(Progress::Step("drill"));
             self.drill = self.drill(&target);
+            progress(Progress::Step("finishing"));
         }
         let damaged = self.drill.as_ref().is_some_and(|d| !d.passed);
 

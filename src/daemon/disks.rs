@@ -225,6 +225,7 @@ impl Daemon {
                 self.disks.tracker = Some(Tracker::new(
                     backup::journal_path(&self.config, &uuid),
                     backup::progress_path(&self.config, &uuid),
+                    scripts.len(),
                     usual,
                 ));
                 // A backup shorter than a second says nothing of its progress.
@@ -238,18 +239,18 @@ impl Daemon {
                 }
                 self.broadcast(&Event::BackupStarted { uuid, name, device, log });
             }
-            Progress::DrillStarted => {
+            Progress::Step(step) => {
                 r.script = None;
-                self.disks.tracker.iter_mut().for_each(|t| t.step = "drill");
+                self.disks.tracker.iter_mut().for_each(|t| t.step = step);
             }
             Progress::ScriptStarted { script } => {
                 r.script = Some(script.clone());
-                self.disks.tracker.iter_mut().for_each(|t| t.step = "script");
+                self.disks.tracker.iter_mut().for_each(Tracker::script_started);
                 self.broadcast(&Event::ScriptStarted { uuid, name, script });
             }
             Progress::ScriptFinished(s) => {
                 r.script = None;
-                self.disks.tracker.iter_mut().for_each(|t| t.step = "finishing");
+                self.disks.tracker.iter_mut().for_each(Tracker::script_finished);
                 self.broadcast(&Event::ScriptFinished {
                     uuid,
                     name,

@@ -587,7 +587,8 @@ impl Daemon {
     fn status(&self) -> StatusInfo {
         let (mut backup, queue) = self.disks.pipeline.activity();
         if let (Some(b), Some(t)) = (backup.as_mut(), &self.disks.tracker) {
-            b.progress = Some(t.now.clone());
+            // What the last `backup_progress` said (none before the first).
+            b.progress = (t.ticks > 0).then(|| t.now.clone());
         }
         let last_backup =
             self.history.as_ref().and_then(|h| h.backups(None, 1).ok()).and_then(|mut v| v.pop());

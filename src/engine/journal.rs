@@ -130,11 +130,42 @@ pub struct Totals {
     pub expected: Option<(u64, u64)>,
 }
 
+/// The most of a journal that is read: a line per engine run (or host).
+const MAX_LEN: u64 = 16 << 20;
+
 /// Reads the journal at `path` (absent: nothing was recorded); lines that do
-/// not parse (a script writing there by mistake) are skipped.
+/// not parse (a script writing there by mistake) are skipped, and said.
 pub fn totals(path: &Path) -> Totals {
+    read(path, true)
+}
+
+/// [`totals`] while the backup runs (read once a second): skipped lines
+/// are not said each time.
+pub fn peek(path: &Path) -> Totals {
+    read(path, false)
+}
+
+fn read(path: &Path, say: bool) -> Totals {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut t = Totals::default();
-    let Ok(text) = std::fs::read_to_string(path) else { return t };
+    // A regular file only, no link followed, nothing waited on, bounded.
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return t;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        log::warn!("{}: not a regular file; ignored", path.display());
+        return t;
+    }
+    let mut bytes = Vec::new();
+    if f.take(MAX_LEN).read_to_end(&mut bytes).is_err() {
+        return t;
+    }
+    let text = String::from_utf8_lossy(&bytes);
     for line in text.lines() {
         match serde_json::from_str::<Entry>(line) {
             Ok(Entry::Snapshot { dest, files, bytes, bytes_written, shrunk }) => {
@@ -165,7 +196,10 @@ pub fn totals(path: &Path) -> Totals {
                 let (f, b) = t.expected.unwrap_or_default();
                 t.expected = Some((f + files, b + bytes));
             }
-            Err(e) => log::warn!("{}: ignored a line that is not a journal entry: {e}", path.display()),
+            Err(e) if say => {
+                log::warn!("{}: ignored a line that is not a journal entry: {e}", path.display())
+            }
+            Err(_) => {}
         }
     }
     t

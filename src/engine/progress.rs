@@ -112,13 +112,26 @@ pub fn during<T>(
                 std::thread::park_timeout(EVERY);
             }
         });
-        let out = work();
-        stop.store(true, Ordering::Release);
-        reporter.thread().unpark();
+        let out = {
+            // Stops the reporter however `work` ends: a panic in it must
+            // reach the engine's exit, not wait for a thread that never stops.
+            let _stop = StopOnDrop(&stop, reporter.thread());
+            work()
+        };
         let _ = reporter.join();
         write(true);
         out
     })
+}
+
+/// Tells the reporter thread to stop when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool, &'a std::thread::Thread);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+        self.1.unpark();
+    }
 }
 
 /// An engine that has nothing to count (its phase is what is said).
@@ -178,5 +191,14 @@ mod tests {
         );
         std::fs::write(&path, "not json").unwrap();
         assert_eq!(Sample::read(&path), None);
+
+        // A panic in the work goes on up at once: the reporter does not hold it.
+        std::env::set_var(ENV, &path);
+        let started = std::time::Instant::now();
+        let panicked =
+            std::panic::catch_unwind(|| during("archive", (None, None), || (0, 0), || panic!("boom")));
+        std::env::remove_var(ENV);
+        assert!(panicked.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 }

@@ -127,6 +127,14 @@ pub struct BackupRow {
     pub hosts: Vec<HostPull>,
 }
 
+/// How long a disk's backups with given scripts usually take, in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usual {
+    pub total: f64,
+    /// Each script's, in their order.
+    pub scripts: Vec<f64>,
+}
+
 /// One plug or unplug.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlugRow {
@@ -318,12 +326,13 @@ impl History {
     }
 
     /// How long the last backups of the disk `uuid` that ran the same
-    /// `scripts` (in that order) and got through them took, in seconds:
-    /// the median of the last three, what a running backup's time left is
-    /// reckoned from (`None`: there is none).
-    pub fn usual_duration(&self, uuid: &str, scripts: &[String]) -> Result<Option<f64>> {
+    /// `scripts` (in that order) and got through them took: the median of
+    /// the last three, in all and script by script, what a running
+    /// backup's progress and time left are reckoned from (`None`: there is
+    /// none).
+    pub fn usual_duration(&self, uuid: &str, scripts: &[String]) -> Result<Option<Usual>> {
         let mut stmt = self.conn.prepare(
-            "SELECT b.duration_secs,
+            "SELECT b.id, b.duration_secs,
                     (SELECT group_concat(name, char(10)) FROM
                        (SELECT name FROM scripts WHERE backup_id = b.id ORDER BY seq))
                FROM backups b
@@ -332,19 +341,40 @@ impl History {
               ORDER BY b.id DESC LIMIT 50",
         )?;
         let wanted = scripts.join("\n");
-        let rows = stmt.query_map([uuid], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)))?;
+        let rows = stmt.query_map([uuid], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?, r.get::<_, Option<String>>(2)?))
+        })?;
         let mut last = Vec::new();
         for row in rows {
-            let (secs, ran) = row?;
+            let (id, secs, ran) = row?;
             if ran.unwrap_or_default() == wanted {
-                last.push(secs);
+                last.push((id, secs));
                 if last.len() == 3 {
                     break;
                 }
             }
         }
-        last.sort_by(f64::total_cmp);
-        Ok(last.get(last.len() / 2).copied())
+        if last.is_empty() {
+            return Ok(None);
+        }
+        let mut each =
+            self.conn.prepare("SELECT duration_secs FROM scripts WHERE backup_id = ?1 ORDER BY seq")?;
+        let mut per_script: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
+        for (id, _) in &last {
+            for (i, secs) in each.query_map([id], |r| r.get::<_, f64>(0))?.enumerate() {
+                if let Some(v) = per_script.get_mut(i) {
+                    v.push(secs?);
+                }
+            }
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Ok(Some(Usual {
+            total: median(last.iter().map(|l| l.1).collect()),
+            scripts: per_script.into_iter().map(median).collect(),
+        }))
     }
 
     /// Whether the restore drill is due with the next backup of the disk
@@ -719,7 +749,8 @@ mod tests {
         add(30.0, "success", &["a.sh", "b.sh"]);
         add(5.0, "failed", &["a.sh", "b.sh"]);
         add(60.0, "warning", &["a.sh", "b.sh"]);
-        assert_eq!(h.usual_duration("u", &both).unwrap(), Some(60.0));
+        let usual = h.usual_duration("u", &both).unwrap().unwrap();
+        assert_eq!((usual.total, usual.scripts), (60.0, vec![1.0, 1.0]));
         assert_eq!(h.usual_duration("u", &both[..1]).unwrap(), None);
         assert_eq!(h.usual_duration("other", &both).unwrap(), None);
     }

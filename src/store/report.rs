@@ -298,7 +298,10 @@ impl ProgressNow {
             match secs {
                 0..=89 => t!("progress.left_secs", locale = l, n = secs),
                 90..=5399 => t!("progress.left_min", locale = l, n = (secs + 30) / 60),
-                _ => t!("progress.left_hours", locale = l, h = secs / 3600, m = (secs % 3600 + 30) / 60),
+                _ => {
+                    let minutes = (secs + 30) / 60;
+                    t!("progress.left_hours", locale = l, h = minutes / 60, m = minutes % 60)
+                }
             }
             .into_owned(),
         )
@@ -360,6 +363,8 @@ mod tests {
         assert_eq!(p.left(Language::En).as_deref(), Some("about 42 s left"));
         p.eta_secs = Some(2 * 3600 + 600);
         assert_eq!(p.left(Language::En).as_deref(), Some("about 2 h 10 min left"));
+        p.eta_secs = Some(2 * 3600 + 3590);
+        assert_eq!(p.left(Language::En).as_deref(), Some("about 3 h 0 min left"));
         (p.percent, p.files_expected, p.eta_secs) = (None, None, None);
         assert_eq!(p.describe(Language::En), "23,104 files");
         assert_eq!(

@@ -80,9 +80,27 @@ pub fn points(rows: &[BackupRow]) -> Vec<Point> {
     out
 }
 
+/// The fewest backups, and the shortest time they span, that a full date
+/// is reckoned from: two backups a minute apart say nothing of a trend.
+pub const MIN_POINTS: usize = 3;
+pub const MIN_SPAN_DAYS: i64 = 3;
+
+/// Whether `points` are enough to say when the disk is full.
+pub fn enough(points: &[Point]) -> bool {
+    match (points.first(), points.last()) {
+        (Some(a), Some(b)) => {
+            points.len() >= MIN_POINTS && b.at - a.at >= chrono::Duration::days(MIN_SPAN_DAYS)
+        }
+        _ => false,
+    }
+}
+
 /// The estimated date the disk is full, from the free space after its
-/// backups (`None`: not filling up, or too few points).
+/// backups (`None`: not filling up, or too few points over too short a time).
 pub fn full_at(points: &[Point]) -> Option<DateTime<Local>> {
+    if !enough(points) {
+        return None;
+    }
     Line::fit(points)?.full_at()
 }
 
@@ -96,6 +114,7 @@ mod tests {
 
     #[test]
     fn a_disk_losing_a_gigabyte_a_day_is_full_when_the_line_says() {
+        assert_eq!(full_at(&[day(0, 9), day(1, 6), day(2, 3)]), None, "over too short a time");
         let gib = 1u64 << 30;
         let points: Vec<Point> = (0..10).map(|n| day(n, 100 * gib - n as u64 * gib)).collect();
         let line = Line::fit(&points).unwrap();
@@ -105,9 +124,9 @@ mod tests {
 
     #[test]
     fn no_date_when_it_does_not_fill_up_or_cannot_tell() {
-        assert_eq!(full_at(&[day(0, 5), day(3, 9)]), None, "growing free space");
-        assert_eq!(full_at(&[day(0, 5), day(3, 5)]), None, "flat");
-        assert_eq!(full_at(&[day(0, 5)]), None, "one point");
-        assert_eq!(full_at(&[day(2, 5), day(2, 3)]), None, "one moment");
+        assert_eq!(full_at(&[day(0, 5), day(1, 7), day(3, 9)]), None, "growing free space");
+        assert_eq!(full_at(&[day(0, 5), day(1, 5), day(3, 5)]), None, "flat");
+        assert_eq!(full_at(&[day(0, 5), day(9, 3)]), None, "two points");
+        assert_eq!(Line::fit(&[day(2, 5), day(2, 3)]), None, "one moment");
     }
 }

@@ -60,7 +60,7 @@ pub fn disk(lang: Language, disk: &str, rows: &[BackupRow]) -> Option<DiskCharts
         done.iter().filter_map(|r| Some((r.started, r.bytes_written? as f64))).collect();
     let points = trend::points(rows);
     let line = Line::fit(&points);
-    let full_at = line.and_then(|l| l.full_at());
+    let full_at = trend::full_at(&points);
     let last = |v: &[(DateTime<Local>, f64)], f: &dyn Fn(f64) -> String| {
         v.last().map(|(at, y)| (at.format("%Y-%m-%d").to_string(), f(*y))).unwrap_or_default()
     };
@@ -204,6 +204,8 @@ fn span(first: DateTime<Local>, last: DateTime<Local>) -> (f64, f64) {
 fn space(lang: Language, rows: &[BackupRow], points: &[trend::Point], line: Option<Line>) -> Option<String> {
     let l = lang.code();
     let (first, last) = (points.first()?.at, points.last()?.at);
+    // The line is drawn only where it says something (see `trend::enough`).
+    let line = line.filter(|_| trend::enough(points));
     let horizon = last + Duration::days(365);
     let end = line.and_then(|l| l.full_at()).map_or(last, |f| f.min(horizon)).max(last);
     let used: Vec<(DateTime<Local>, f64)> = rows
