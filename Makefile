@@ -38,7 +38,7 @@ RUN_DEPS    := openssh-client rsync
 TEST_DEPS   := $(BUILD_DEPS) $(DEB_DEPS) udev e2fsprogs mount util-linux tar gzip borgbackup time \
                python3-minimal python3-aiosmtpd python3-prometheus-client systemd make openssl \
                systemd-container mmdebstrap lintian rsync procps openssh-client openssh-server pv \
-               chromium chromium-driver btrfs-progs curl apache2-utils
+               chromium chromium-driver btrfs-progs curl apache2-utils cryptsetup-bin
 LINT_DEPS   := $(BUILD_DEPS) shellcheck python3-minimal
 BENCH_DEPS  := $(BUILD_DEPS) rsync python3-minimal python3 tar gzip coreutils time openssh-client openssh-server
 

@@ -834,3 +834,26 @@ fn a_disk_that_only_copies_a_known_uuid_is_refused() {
     assert_eq!((real.0, copy.0), (0o600, 0o600));
     assert_ne!(real.1, copy.1, "the adopted disk got a token of its own");
 }
+
+/// A LUKS volume plugged in is said to be one (`unknown_disk` with
+/// `encrypted: "luks"`), never mounted, and cannot be saved.
+#[test]
+fn a_luks_volume_is_reported_encrypted_and_left_alone() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let _d = env.start_daemon();
+    let mut sub = Subscriber::new(env.path("events.fifo"));
+    env.cli(&["register", sub.path.to_str().unwrap()]).ok();
+    let mut disk = luks_disk(env.root(), &random_uuid());
+    disk.attach();
+    let offered = sub.until_about("unknown_disk", &disk.uuid).pop().unwrap();
+    assert_eq!(
+        (&offered["encrypted"], &offered["fstype"]),
+        (&"luks".into(), &"crypto_LUKS".into()),
+        "{offered}"
+    );
+    env.cli(&["save", &disk.uuid, "vault"]).fails_with(&["LUKS-encrypted", "not saved", &disk.uuid]);
+    assert!(!env.cli(&["disks"]).ok().stdout.contains("vault"));
+    assert!(disk.mounts().is_empty(), "{:?}", disk.mounts());
+    disk.detach();
+}

@@ -999,3 +999,26 @@ async fn the_history_draws_durations_space_and_the_rotation() {
         drop(web);
     }
 }
+
+/// A LUKS volume plugged in: the dashboard says what it is and what
+/// tetras-back does with it (nothing), and offers no "Save" for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_says_a_luks_disk_is_not_opened() {
+    require_root_and_udevd();
+    let env = TestEnv::new();
+    let port = free_port();
+    env.write_config(&format!("[mail]\nwhen = \"never\"\n{}", WebConsole::config(&env, port, None)));
+    let _daemon = env.start_daemon();
+    add_user(&env, "alice", "pw");
+    let web = WebConsole::start(&env, port, false);
+    let mut disk = luks_disk(env.root(), &random_uuid());
+    let b = Browser::start(false).await;
+    b.login(&web.url, "alice", "pw").await;
+    disk.attach();
+    let row = format!(".unknown.luks[data-uuid='{}']", disk.uuid);
+    let text = b.wait_text(&row, "LUKS-encrypted").await.text().await.unwrap();
+    assert!(text.contains("does not open LUKS volumes"), "{text}");
+    assert_eq!(b.count(&format!("form.unknown[data-uuid='{}']", disk.uuid)).await, 0, "no Save for it");
+    b.shots("dashboard-luks").await;
+    disk.detach();
+}

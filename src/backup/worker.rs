@@ -491,6 +491,13 @@ impl Backup<'_> {
 /// [`mount::mount_disk`]), if its filesystem type is allowed and it is not
 /// mounted elsewhere already; read-only when asked.
 pub fn mount_known(job: &Job, config: &Config, read_only: bool) -> Result<mount::Mounted> {
+    if job.fstype == crate::disk::devices::LUKS {
+        bail!(
+            "{} is a LUKS-encrypted volume: tetras-back does not open LUKS volumes (that needs \
+             device-mapper); not mounted",
+            job.device.display()
+        );
+    }
     if !config.filesystems.iter().any(|f| f == &job.fstype) {
         bail!(
             "{} has a {} filesystem, which is not in `filesystems` ({}); not mounted",

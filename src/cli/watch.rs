@@ -167,6 +167,11 @@ fn describe(v: &Value) -> String {
         Event::DiskMismatch { name, device, .. } => {
             format!("the disk on {} claims to be {name} but is not: REFUSED", device.display())
         }
+        Event::UnknownDisk { uuid, device, encrypted: Some(how), .. } => format!(
+            "{uuid} on {} is a {} encrypted volume: tetras-back does not open those (they need device-mapper)",
+            device.display(),
+            how.to_uppercase()
+        ),
         Event::UnknownDisk { uuid, device, .. } => format!(
             "{uuid} on {} is not a known disk (save it with: tetras-back save {uuid} NAME)",
             device.display()

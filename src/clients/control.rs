@@ -433,6 +433,7 @@ mod tests {
                     fstype: "ext4".into(),
                     size: Some(1 << 30),
                     device: "/dev/sdc1".into(),
+                    encrypted: None,
                 }],
             }),
             Reply::data(Data::Located {

@@ -73,6 +73,9 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
         device: PathBuf,
+        /// `luks` for a LUKS volume, which tetras-back does not open.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encrypted: Option<String>,
     },
     /// The backup waits for another one to finish.
     BackupQueued {
@@ -175,6 +178,9 @@ pub struct UnknownRow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     pub device: PathBuf,
+    /// `luks` for a LUKS volume, which tetras-back does not open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<String>,
 }
 
 /// One disk in the `disks` table.
@@ -402,6 +408,15 @@ pub(crate) fn one_of_each() -> Vec<Event> {
             fstype: "xfs".into(),
             size: Some(1 << 30),
             device: dev.clone(),
+            encrypted: None,
+        },
+        Event::UnknownDisk {
+            uuid: u.clone(),
+            label: None,
+            fstype: "crypto_LUKS".into(),
+            size: Some(1 << 30),
+            device: dev.clone(),
+            encrypted: Some("luks".into()),
         },
         Event::BackupQueued { uuid: u.clone(), name: n.clone(), position: 2 },
         Event::BackupStarted {

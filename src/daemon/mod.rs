@@ -384,6 +384,14 @@ impl Daemon {
             Request::Save { uuid, name, adopt } => {
                 let uuid = state::check_uuid(&uuid)?;
                 state::check_name(&name)?;
+                let plugged = self.disks.pipeline.unknown(|_| false);
+                if let Some(luks) = plugged.iter().find(|u| u.uuid == uuid && u.encrypted.is_some()) {
+                    bail!(
+                        "{uuid} (on {}) is a LUKS-encrypted volume: tetras-back does not open LUKS \
+                         volumes (that needs device-mapper), so it cannot back up onto it; not saved",
+                        luks.device.display()
+                    );
+                }
                 let outcome = self.edit_state(|s| {
                     let outcome = s.save_disk(&uuid, &name)?;
                     if adopt {

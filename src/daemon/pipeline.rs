@@ -120,6 +120,7 @@ impl Pipeline {
                     fstype: fs.fstype.clone(),
                     size: fs.size,
                     device: p.device.clone(),
+                    encrypted: fs.encryption().map(str::to_owned),
                 })
             })
             .collect();
@@ -183,9 +184,17 @@ impl Pipeline {
             if let Some(p) = self.plugged.get_mut(&ev.devnum) {
                 p.offered = Some(fs.clone());
             }
+            let encrypted = fs.encryption().map(str::to_owned);
             let Filesystem { uuid, label, fstype, size } = fs.clone();
-            out.message =
-                format!("{} carries filesystem {uuid}, which is not a known disk", ev.device.display());
+            out.message = match &encrypted {
+                Some(_) => format!(
+                    "{} is a LUKS-encrypted volume ({uuid}); tetras-back does not open LUKS volumes",
+                    ev.device.display()
+                ),
+                None => {
+                    format!("{} carries filesystem {uuid}, which is not a known disk", ev.device.display())
+                }
+            };
             out.actions.push(Do::RecordPlug {
                 uuid: uuid.clone(),
                 name: None,
@@ -198,6 +207,7 @@ impl Pipeline {
                 fstype,
                 size,
                 device: ev.device.clone(),
+                encrypted,
             }));
             return out;
         };

@@ -42,6 +42,17 @@ pub struct Filesystem {
     pub size: Option<u64>,
 }
 
+impl Filesystem {
+    /// `luks` for a LUKS volume (udev's `crypto_LUKS`): what `unknown_disk`
+    /// says, since tetras-back does not open those (they need device-mapper).
+    pub fn encryption(&self) -> Option<&'static str> {
+        (self.fstype == LUKS).then_some("luks")
+    }
+}
+
+/// What udev calls a LUKS volume.
+pub const LUKS: &str = "crypto_LUKS";
+
 impl BlockEvent {
     /// The device left, or its medium did (a `change` with no filesystem any
     /// more, as a detached loop device or an ejected card reader reports).

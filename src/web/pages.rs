@@ -261,7 +261,12 @@ pub fn dashboard(ctx: &Ctx, d: &Dashboard) -> Markup {
                         small { (u.fstype) " · " (u.size.map(human).unwrap_or_default()) " · " (u.device.display()) }
                     }
                 };
-                @if ctx.admin {
+                @if u.encrypted.is_some() {
+                    div class="unknown luks" data-uuid=(u.uuid) {
+                        (what)
+                        p { span class="badge info" { (ctx.t("web.luks")) } " " (ctx.t("web.luks_text")) }
+                    }
+                } @else if ctx.admin {
                     form class="unknown" method="post" action={"/disks/" (u.uuid) "/save"} data-uuid=(u.uuid) {
                         (ctx.csrf())
                         (what)

@@ -247,3 +247,21 @@ for i in $(seq {parts}); do "$TB" snapshot --dest "$D/part$i" "{src}/part$i/" >/
         src = src.display()
     )
 }
+
+/// An image holding a LUKS2 volume (passphrase `pw`, a cheap key
+/// derivation) with the UUID `uuid`: what `cryptsetup luksFormat` makes.
+pub fn luks_disk(dir: &Path, uuid: &str) -> LoopDisk {
+    use std::io::Write;
+    let image = dir.join(format!("{uuid}.img"));
+    sh("truncate", &["-s", "32M", image.to_str().unwrap()]);
+    let mut child = Command::new("cryptsetup")
+        .args(["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2"])
+        .args(["--pbkdf-force-iterations", "1000", "--uuid", uuid, "--key-file", "-"])
+        .arg(&image)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("cryptsetup (make test installs it)");
+    child.stdin.take().unwrap().write_all(b"pw").unwrap();
+    assert!(child.wait().unwrap().success(), "cryptsetup luksFormat failed");
+    LoopDisk { image, uuid: uuid.to_owned(), dev: None }
+}
