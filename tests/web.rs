@@ -427,6 +427,7 @@ async fn files_come_back_through_the_console() {
     b.client.goto(&format!("{base}/restore/{rel_docs}")).await.unwrap();
     b.type_in("#to", &outside).await;
     b.click("main form button[type=submit]").await;
+    b.wait_text(".confirm", &outside).await;
     b.click("#confirm-restore").await;
     b.wait_text(".notice.bad", "restore_to").await;
     assert!(!Path::new(&outside).exists(), "nothing written outside the restore roots");
@@ -434,6 +435,7 @@ async fn files_come_back_through_the_console() {
     b.client.goto(&format!("{base}/restore/{rel_docs}")).await.unwrap();
     b.type_in("#to", to.to_str().unwrap()).await;
     b.click("main form button[type=submit]").await;
+    b.wait_text(".confirm", &format!("into {}?", to.display())).await;
     b.click("#confirm-restore").await;
     b.wait_text(".notice.bad", "already there").await;
     assert!(web.log_text().contains("web: alice restored"), "{}", web.log_text());
