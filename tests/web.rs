@@ -963,6 +963,8 @@ async fn the_history_draws_durations_space_and_the_rotation() {
         let web = WebConsole::start(&env, port, false);
         let b = Browser::start(false).await;
         b.login(&web.url, "alice", "pw").await;
+        // The login's own redirect lands first: the history is asked for after it.
+        b.wait_text("#daemon", if lang == "en" { "Stopped" } else { "Arrêté" }).await;
         b.client.goto(&format!("{}/history", web.url)).await.unwrap();
         let office = b.wait_text("section.charts[data-disk=office] .full", "office").await;
         let date =
