@@ -196,6 +196,25 @@ pub fn open_file(dir: BorrowedFd, name: &OsStr) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Reads at most `max` bytes of the regular file at `path`, a file of the
+/// daemon's own run directory (the journal, the progress file): the last
+/// component is not followed if it is a link, nothing is waited on, and
+/// anything but a regular file is refused.
+pub fn read_capped(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads one line (up to and with its `\n`) into `buf`, as `read_until`
 /// does, but never more than `cap` bytes: a longer line (a sparse file of
 /// zeros, a forged manifest) is an error, not an allocation of its size.

@@ -146,25 +146,15 @@ pub fn peek(path: &Path) -> Totals {
 }
 
 fn read(path: &Path, say: bool) -> Totals {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut t = Totals::default();
-    // A regular file only, no link followed, nothing waited on, bounded.
-    let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-    else {
-        return t;
+    let bytes = match super::fsx::read_capped(path, MAX_LEN) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return t,
+        Err(e) => {
+            log::warn!("{}: {e}; ignored", path.display());
+            return t;
+        }
     };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        log::warn!("{}: not a regular file; ignored", path.display());
-        return t;
-    }
-    let mut bytes = Vec::new();
-    if f.take(MAX_LEN).read_to_end(&mut bytes).is_err() {
-        return t;
-    }
     let text = String::from_utf8_lossy(&bytes);
     for line in text.lines() {
         match serde_json::from_str::<Entry>(line) {

@@ -50,18 +50,7 @@ impl Sample {
     /// Reads the sample at `path`; `None` when there is none (yet) or it
     /// is not one.
     pub fn read(path: &Path) -> Option<Sample> {
-        use std::io::Read;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
-            .ok()?;
-        if !f.metadata().ok()?.is_file() {
-            return None;
-        }
-        let mut text = Vec::new();
-        f.take(MAX_LEN).read_to_end(&mut text).ok()?;
-        serde_json::from_slice(&text).ok()
+        serde_json::from_slice(&super::fsx::read_capped(path, MAX_LEN).ok()?).ok()
     }
 }
 
